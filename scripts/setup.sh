@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what cloudswarm's local cloud and tests need, skipping what is there:
+#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv
+#   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${CLOUDSWARM_VENV:-$PWD/.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+pip_need() { # pip_need MODULE SPEC...
+  local mod=$1; shift
+  "$VENV/bin/python" -c "import $mod" 2>/dev/null || {
+    echo "setup: pip install $*"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "$@"
+  }
+}
+pip_need moto 'moto[server]'
+[ -x "$VENV/bin/moto_server" ] || "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+
+apt_need() { # apt_need COMMAND PACKAGE...
+  local cmd=$1; shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  [ -x "/usr/sbin/$cmd" ] && return 0
+  echo "setup: apt-get install $*"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+for extra in "$@"; do
+  case "$extra" in
+    bench)
+      apt_need nginx nginx-light
+      pip_need locust locust
+      pip_need boto3 boto3
+      ;;
+    *) echo "setup: unknown extra '$extra'" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,109 @@
+//! Command line: `cloudswarm run` (headless swarm) and `cloudswarm check`
+//! (validate profiles). Maps errors to exit codes: 2 for usage and
+//! configuration problems, the run's own code otherwise.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::profile;
+use crate::run::{self, ConfigError, RunArgs};
+use crate::tasks::Op;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cloudswarm",
+    version,
+    about = "Load-test EC2- and S3-compatible clouds, Locust-style"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a swarm headless and print a summary (exit 0 ok, 1 SLA failed, 2 bad input)
+    Run(Box<RunArgs>),
+    /// Validate profile files
+    Check {
+        /// Profile files (TOML)
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the ops a profile can use
+    Ops,
+}
+
+fn check(files: &[PathBuf]) -> i32 {
+    let mut code = 0;
+    for f in files {
+        match profile::load(f) {
+            Ok(p) => {
+                let tasks: usize = p.users.iter().map(|u| u.tasks.len()).sum();
+                println!(
+                    "{}: ok ({} user class(es), {} task(s))",
+                    f.display(),
+                    p.users.len(),
+                    tasks
+                );
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 2;
+            }
+        }
+    }
+    code
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDSWARM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Ops => {
+            for op in Op::all() {
+                println!("{}", op.name());
+            }
+            0
+        }
+        Command::Run(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return 2;
+                }
+            };
+            match rt.block_on(run::run(*args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    if e.downcast_ref::<ConfigError>().is_some() {
+                        2
+                    } else {
+                        1
+                    }
+                }
+            }
+        }
+    }
+}

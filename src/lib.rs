@@ -1,0 +1,17 @@
+//! cloudswarm: a Locust-style load tester for EC2- and S3-compatible clouds.
+//!
+//! Data flow: [`profile`] (what users do) → [`engine`] (hatches and runs
+//! users) → [`tasks`] (cloud ops through the AWS SDK, against the [`target`],
+//! creating resources tracked by [`resources`]) → [`stats`] (exact
+//! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs).
+//! [`run`] ties them together for a headless run; [`cli`] is the command line.
+
+pub mod cli;
+pub mod engine;
+pub mod output;
+pub mod profile;
+pub mod resources;
+pub mod run;
+pub mod stats;
+pub mod target;
+pub mod tasks;

@@ -1,0 +1,310 @@
+//! Outputs of a run: the Locust-style summary table, CSV files with Locust's
+//! column names, the JSON report, and SLA checks.
+
+pub mod sla;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::resources::{Kind, KindCounts};
+use crate::stats::{EntrySummary, HistoryRow, PERCENTILE_LABELS, Snapshot};
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The end-of-run summary, as Locust prints it.
+pub fn summary_table(s: &Snapshot) -> String {
+    let w = s
+        .entries
+        .iter()
+        .map(|e| e.name.len())
+        .max()
+        .unwrap_or(10)
+        .max(24);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>9} {:>14} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>10} {:>9}",
+        "Name", "# reqs", "# fails", "Avg", "Min", "Max", "Med", "req/s", "failures/s", "throttled"
+    );
+    let line = "-".repeat(w + 95);
+    let _ = writeln!(out, "{line}");
+    let row = |out: &mut String, e: &EntrySummary| {
+        let fails = format!("{}({:.2}%)", e.num_failures, e.failure_ratio() * 100.0);
+        let _ = writeln!(
+            out,
+            "{:<w$} {:>9} {:>14} | {:>8} {:>8} {:>8} {:>8} | {:>8.2} {:>10.2} {:>9}",
+            e.name,
+            e.num_requests,
+            fails,
+            fmt_ms(e.avg_ms),
+            fmt_ms(e.min_ms),
+            fmt_ms(e.max_ms),
+            fmt_ms(e.median_ms),
+            e.rps,
+            e.fail_per_sec,
+            e.num_throttled
+        );
+    };
+    for e in &s.entries {
+        row(&mut out, e);
+    }
+    let _ = writeln!(out, "{line}");
+    row(&mut out, &s.total);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Response time percentiles (ms)");
+    let _ = write!(out, "{:<w$} {:>9}", "Name", "# reqs");
+    for l in PERCENTILE_LABELS {
+        let _ = write!(out, " {l:>7}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{line}");
+    let prow = |out: &mut String, e: &EntrySummary| {
+        let _ = write!(out, "{:<w$} {:>9}", e.name, e.num_requests);
+        for v in &e.percentiles_ms {
+            let _ = write!(out, " {:>7}", fmt_ms(*v));
+        }
+        let _ = writeln!(out);
+    };
+    for e in &s.entries {
+        prow(&mut out, e);
+    }
+    let _ = writeln!(out, "{line}");
+    prow(&mut out, &s.total);
+    if !s.errors.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Error report");
+        let _ = writeln!(out, "{:>9}  {:<w$}  Error", "# occur.", "Name");
+        let _ = writeln!(out, "{line}");
+        for e in &s.errors {
+            let _ = writeln!(
+                out,
+                "{:>9}  {:<w$}  {}{}: {}",
+                e.count,
+                e.name,
+                e.code,
+                if e.throttled { " (throttled)" } else { "" },
+                e.message
+            );
+        }
+    }
+    if !s.capped.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Kept from creating by budget caps");
+        for (name, n) in &s.capped {
+            let _ = writeln!(out, "{n:>9}  {name}");
+        }
+    }
+    out
+}
+
+fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("cannot write {}: {e}", path.display())
+}
+
+/// Writes PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv.
+pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<()> {
+    let path = format!("{prefix}_stats.csv");
+    let p = Path::new(&path);
+    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
+    let mut header = vec![
+        "Type",
+        "Name",
+        "Request Count",
+        "Failure Count",
+        "Median Response Time",
+        "Average Response Time",
+        "Min Response Time",
+        "Max Response Time",
+        "Average Content Size",
+        "Requests/s",
+        "Failures/s",
+    ];
+    header.extend(PERCENTILE_LABELS);
+    header.push("Throttled Count");
+    w.write_record(&header).map_err(csv_err(p))?;
+    for e in s.entries.iter().chain(std::iter::once(&s.total)) {
+        let mut rec = vec![
+            e.kind.clone(),
+            e.name.clone(),
+            e.num_requests.to_string(),
+            e.num_failures.to_string(),
+            format!("{:.3}", e.median_ms),
+            format!("{:.3}", e.avg_ms),
+            format!("{:.3}", e.min_ms),
+            format!("{:.3}", e.max_ms),
+            format!("{:.1}", e.avg_content_size),
+            format!("{:.3}", e.rps),
+            format!("{:.3}", e.fail_per_sec),
+        ];
+        rec.extend(e.percentiles_ms.iter().map(|v| format!("{v:.3}")));
+        rec.push(e.num_throttled.to_string());
+        w.write_record(&rec).map_err(csv_err(p))?;
+    }
+    w.flush().with_context(|| format!("cannot write {path}"))?;
+
+    let path = format!("{prefix}_failures.csv");
+    let p = Path::new(&path);
+    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
+    w.write_record([
+        "Method",
+        "Name",
+        "Error",
+        "Occurrences",
+        "Code",
+        "Throttled",
+        "First Seen",
+        "Last Seen",
+    ])
+    .map_err(csv_err(p))?;
+    for e in &s.errors {
+        w.write_record([
+            e.name.split(':').next().unwrap_or(""),
+            &e.name,
+            &format!("{}: {}", e.code, e.message),
+            &e.count.to_string(),
+            &e.code,
+            if e.throttled { "true" } else { "false" },
+            &format!("{:.3}", e.first_seen),
+            &format!("{:.3}", e.last_seen),
+        ])
+        .map_err(csv_err(p))?;
+    }
+    w.flush().with_context(|| format!("cannot write {path}"))?;
+
+    let path = format!("{prefix}_stats_history.csv");
+    let p = Path::new(&path);
+    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
+    let mut header = vec![
+        "Timestamp",
+        "User Count",
+        "Type",
+        "Name",
+        "Requests/s",
+        "Failures/s",
+    ];
+    header.extend(PERCENTILE_LABELS);
+    header.extend([
+        "Total Request Count",
+        "Total Failure Count",
+        "Total Median Response Time",
+        "Total Average Response Time",
+        "Total Min Response Time",
+        "Total Max Response Time",
+        "Total Average Content Size",
+        "Total Throttled Count",
+    ]);
+    w.write_record(&header).map_err(csv_err(p))?;
+    for r in history {
+        let mut rec = vec![
+            format!("{}", r.timestamp as u64),
+            r.user_count.to_string(),
+            String::new(),
+            "Aggregated".to_string(),
+            format!("{:.3}", r.current_rps),
+            format!("{:.3}", r.current_fail_per_sec),
+        ];
+        rec.extend(r.percentiles_ms.iter().map(|v| format!("{v:.3}")));
+        rec.extend([
+            r.total_requests.to_string(),
+            r.total_failures.to_string(),
+            format!("{:.3}", r.total_median_ms),
+            format!("{:.3}", r.total_avg_ms),
+            format!("{:.3}", r.total_min_ms),
+            format!("{:.3}", r.total_max_ms),
+            format!("{:.1}", r.total_avg_content_size),
+            r.total_throttled.to_string(),
+        ]);
+        w.write_record(&rec).map_err(csv_err(p))?;
+    }
+    w.flush().with_context(|| format!("cannot write {path}"))?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonEntry<'a> {
+    name: &'a str,
+    num_requests: u64,
+    num_failures: u64,
+    num_throttled: u64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    avg_ms: f64,
+    min_ms: f64,
+    rps: f64,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+impl<'a> From<&'a EntrySummary> for JsonEntry<'a> {
+    fn from(e: &'a EntrySummary) -> Self {
+        JsonEntry {
+            name: &e.name,
+            num_requests: e.num_requests,
+            num_failures: e.num_failures,
+            num_throttled: e.num_throttled,
+            p50_ms: e.median_ms,
+            p95_ms: e.percentile(0.95).unwrap_or(0.0),
+            p99_ms: e.percentile(0.99).unwrap_or(0.0),
+            max_ms: e.max_ms,
+            avg_ms: e.avg_ms,
+            min_ms: e.min_ms,
+            rps: e.rps,
+            bytes_sent: e.bytes_sent,
+            bytes_received: e.bytes_received,
+        }
+    }
+}
+
+/// What the JSON report needs beyond the stats.
+pub struct RunFacts<'a> {
+    pub run_id: &'a str,
+    pub profile: &'a str,
+    pub started_at: f64,
+    pub duration_s: f64,
+    pub users: u64,
+    pub resources: &'a BTreeMap<Kind, KindCounts>,
+}
+
+/// The JSON report of a run.
+pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
+    let created: u64 = f.resources.values().map(|c| c.created).sum();
+    let deleted: u64 = f.resources.values().map(|c| c.deleted).sum();
+    let leaked: u64 = f.resources.values().map(|c| c.alive).sum();
+    let by_kind: BTreeMap<&str, &KindCounts> =
+        f.resources.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    serde_json::json!({
+        "run_id": f.run_id,
+        "profile": f.profile,
+        "started_at": f.started_at,
+        "duration_s": f.duration_s,
+        "users": f.users,
+        "entries": s.entries.iter().map(JsonEntry::from).collect::<Vec<_>>(),
+        "total": JsonEntry::from(&s.total),
+        "errors": s.errors.iter().map(|e| serde_json::json!({
+            "name": e.name, "code": e.code, "message": e.message, "count": e.count,
+            "throttled": e.throttled, "first_seen": e.first_seen, "last_seen": e.last_seen,
+        })).collect::<Vec<_>>(),
+        "capped": s.capped,
+        "resources": { "created": created, "deleted": deleted, "leaked": leaked, "by_kind": by_kind },
+    })
+}
+
+/// Writes the JSON report to a file.
+pub fn write_json(path: &Path, report: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,671 @@
+//! Profiles: the TOML files in `profiles/` that describe weighted user classes,
+//! their weighted tasks (single ops or ordered sequences), wait times and op
+//! parameters. Parsing validates everything up front and reports problems with
+//! the file, line and column, so `cloudswarm check` and `run` fail early.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::tasks::Op;
+
+/// A validated profile, ready for the engine.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub users: Vec<UserClass>,
+}
+
+/// One kind of simulated user.
+#[derive(Debug, Clone)]
+pub struct UserClass {
+    pub name: String,
+    /// Relative share of the users (ignored when `fixed_count` is set).
+    pub weight: u32,
+    /// Exactly this many users of the class, taken before the weighted split.
+    pub fixed_count: Option<u32>,
+    pub wait: WaitTime,
+    pub tasks: Vec<Task>,
+    pub params: Params,
+}
+
+/// A weighted task: one op, or a sequence of ops run in order.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    pub weight: u32,
+    pub steps: Vec<Op>,
+}
+
+/// How long a user waits between two tasks (Locust's wait_time functions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WaitTime {
+    Constant(Duration),
+    Between(Duration, Duration),
+    /// Each task starts this long after the previous one started.
+    ConstantPacing(Duration),
+    /// This many tasks per second per user (pacing of 1/n).
+    ConstantThroughput(f64),
+}
+
+impl WaitTime {
+    /// The pause after a task that started `elapsed` ago.
+    pub fn next_wait(&self, elapsed: Duration, rng: &mut impl rand::Rng) -> Duration {
+        match *self {
+            WaitTime::Constant(d) => d,
+            WaitTime::Between(lo, hi) => {
+                if hi <= lo {
+                    lo
+                } else {
+                    Duration::from_secs_f64(rng.random_range(lo.as_secs_f64()..=hi.as_secs_f64()))
+                }
+            }
+            WaitTime::ConstantPacing(p) => p.saturating_sub(elapsed),
+            WaitTime::ConstantThroughput(n) => {
+                Duration::from_secs_f64(1.0 / n).saturating_sub(elapsed)
+            }
+        }
+    }
+}
+
+/// Parameters the ops of a user class use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// An image id, or `auto` for the first available machine image.
+    pub image_id: String,
+    pub instance_type: String,
+    pub instance_count: i32,
+    pub volume_size_gib: i32,
+    pub volume_type: Option<String>,
+    /// An availability zone, or `auto` for the first one the region lists.
+    pub availability_zone: String,
+    pub object_size: u64,
+    pub bucket: BucketMode,
+    /// How long a provisioning wait (`ec2:instance-running`...) may take before it fails.
+    pub wait_timeout: Duration,
+    /// How often a provisioning wait polls the cloud.
+    pub poll_interval: Duration,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            image_id: "auto".into(),
+            instance_type: "t3.micro".into(),
+            instance_count: 1,
+            volume_size_gib: 1,
+            volume_type: None,
+            availability_zone: "auto".into(),
+            object_size: 1024,
+            bucket: BucketMode::PerUser,
+            wait_timeout: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a user's objects go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketMode {
+    /// Each user creates its own bucket on first need.
+    PerUser,
+    /// All users of the run share one bucket.
+    Shared,
+}
+
+/// A profile problem, located in its file.
+#[derive(Debug)]
+pub struct ProfileError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ProfileError {}
+
+// ---- raw TOML shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    params: RawParams,
+    #[serde(default)]
+    user: Vec<Spanned<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+    fixed_count: Option<Spanned<i64>>,
+    wait: Option<Spanned<RawWait>>,
+    #[serde(default)]
+    params: RawParams,
+    #[serde(default)]
+    task: Vec<Spanned<RawTask>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawWait {
+    Constant(f64),
+    Between([f64; 2]),
+    ConstantPacing(f64),
+    ConstantThroughput(f64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Option<String>,
+    op: Option<Spanned<String>>,
+    sequence: Option<Vec<Spanned<String>>>,
+    weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawParams {
+    image_id: Option<String>,
+    instance_type: Option<String>,
+    instance_count: Option<Spanned<i64>>,
+    volume_size_gib: Option<Spanned<i64>>,
+    volume_type: Option<String>,
+    availability_zone: Option<String>,
+    object_size: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    wait_timeout: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+}
+
+impl RawParams {
+    /// Field-wise override: values set in `self` win over `base`.
+    fn over(self, base: &RawParams) -> RawParams {
+        let b = base.clone();
+        RawParams {
+            image_id: self.image_id.or(b.image_id),
+            instance_type: self.instance_type.or(b.instance_type),
+            instance_count: self.instance_count.or(b.instance_count),
+            volume_size_gib: self.volume_size_gib.or(b.volume_size_gib),
+            volume_type: self.volume_type.or(b.volume_type),
+            availability_zone: self.availability_zone.or(b.availability_zone),
+            object_size: self.object_size.or(b.object_size),
+            bucket: self.bucket.or(b.bucket),
+            wait_timeout: self.wait_timeout.or(b.wait_timeout),
+            poll_interval: self.poll_interval.or(b.poll_interval),
+        }
+    }
+}
+
+/// Parses a size such as `1024`, `1KiB`, `4 MiB`, `1kB` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 1024, 1KiB, 4MiB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, kB, MB, GB)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(0.0..=5e12).contains(&bytes) {
+        return Err(format!("size `{s}` is out of range (0 to 5 TB)"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration such as `30s`, `2m`, `1h30m`, `500ms`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{s}` is not a duration (try 30s, 2m, 1h30m): {e}"))
+}
+
+/// Loads and validates a profile file.
+pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        message: format!("cannot read profile: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates profile text; `path` is used for messages and the name.
+pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
+    let locate = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, column) = match span {
+            Some(r) => {
+                let (l, c) = line_col(text, r.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ProfileError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: RawProfile = toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        locate(e.span(), msg)
+    })?;
+
+    if raw.user.is_empty() {
+        return Err(locate(
+            None,
+            "the profile has no user classes: add at least one [[user]] table".into(),
+        ));
+    }
+    let mut users = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for su in raw.user {
+        let user_span = su.span();
+        let u = su.into_inner();
+        let name = u.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(locate(Some(u.name.span()), "user name is empty".into()));
+        }
+        if !names.insert(name.clone()) {
+            return Err(locate(
+                Some(u.name.span()),
+                format!("user class `{name}` is defined twice"),
+            ));
+        }
+        let weight = match &u.weight {
+            Some(w) => positive(w, "weight", &locate)?,
+            None => 1,
+        };
+        let fixed_count = match &u.fixed_count {
+            Some(w) => {
+                let v = *w.get_ref();
+                if !(0..=1_000_000).contains(&v) {
+                    return Err(locate(
+                        Some(w.span()),
+                        format!("fixed_count must be between 0 and 1000000, got {v}"),
+                    ));
+                }
+                Some(v as u32)
+            }
+            None => None,
+        };
+        let wait = match u.wait {
+            None => WaitTime::Constant(Duration::ZERO),
+            Some(w) => {
+                let span = w.span();
+                wait_time(w.into_inner()).map_err(|m| locate(Some(span), m))?
+            }
+        };
+        let params = build_params(u.params.over(&raw.params), &locate)?;
+        if u.task.is_empty() {
+            return Err(locate(
+                Some(user_span),
+                format!("user class `{name}` has no tasks: add a [[user.task]] table"),
+            ));
+        }
+        let mut tasks = Vec::new();
+        for st in u.task {
+            let tspan = st.span();
+            let t = st.into_inner();
+            let weight = match &t.weight {
+                Some(w) => positive(w, "task weight", &locate)?,
+                None => 1,
+            };
+            let steps_raw: Vec<Spanned<String>> = match (t.op, t.sequence) {
+                (Some(op), None) => vec![op],
+                (None, Some(seq)) if !seq.is_empty() => seq,
+                (None, Some(_)) => {
+                    return Err(locate(Some(tspan), "the task's sequence is empty".into()));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(locate(
+                        Some(tspan),
+                        "a task has either `op` or `sequence`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(locate(
+                        Some(tspan),
+                        "a task needs `op = \"service:Operation\"` or `sequence = [...]`".into(),
+                    ));
+                }
+            };
+            let mut steps = Vec::new();
+            for s in &steps_raw {
+                let op = Op::from_name(s.get_ref().trim()).ok_or_else(|| {
+                    locate(
+                        Some(s.span()),
+                        format!(
+                            "unknown op `{}`; known ops: {}",
+                            s.get_ref(),
+                            Op::all()
+                                .iter()
+                                .map(|o| o.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+                steps.push(op);
+            }
+            let task_name = t.name.unwrap_or_else(|| {
+                steps
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(" > ")
+            });
+            tasks.push(Task {
+                name: task_name,
+                weight,
+                steps,
+            });
+        }
+        users.push(UserClass {
+            name,
+            weight,
+            fixed_count,
+            wait,
+            tasks,
+            params,
+        });
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "profile".into());
+    Ok(Profile {
+        name,
+        description: raw.description,
+        users,
+    })
+}
+
+fn positive(
+    w: &Spanned<i64>,
+    what: &str,
+    locate: &impl Fn(Option<std::ops::Range<usize>>, String) -> ProfileError,
+) -> Result<u32, ProfileError> {
+    let v = *w.get_ref();
+    if !(1..=1_000_000).contains(&v) {
+        return Err(locate(
+            Some(w.span()),
+            format!("{what} must be a whole number from 1 to 1000000, got {v}"),
+        ));
+    }
+    Ok(v as u32)
+}
+
+fn wait_time(w: RawWait) -> Result<WaitTime, String> {
+    let secs = |v: f64, what: &str| {
+        if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!(
+                "{what} must be between 0 and 86400 seconds, got {v}"
+            ))
+        }
+    };
+    Ok(match w {
+        RawWait::Constant(v) => WaitTime::Constant(secs(v, "wait.constant")?),
+        RawWait::Between([a, b]) => {
+            let (lo, hi) = (secs(a, "wait.between")?, secs(b, "wait.between")?);
+            if lo > hi {
+                return Err(format!(
+                    "wait.between needs [min, max] with min <= max, got [{a}, {b}]"
+                ));
+            }
+            WaitTime::Between(lo, hi)
+        }
+        RawWait::ConstantPacing(v) => WaitTime::ConstantPacing(secs(v, "wait.constant_pacing")?),
+        RawWait::ConstantThroughput(v) => {
+            if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                return Err(format!(
+                    "wait.constant_throughput must be a positive number of tasks per second, got {v}"
+                ));
+            }
+            WaitTime::ConstantThroughput(v)
+        }
+    })
+}
+
+fn build_params(
+    raw: RawParams,
+    locate: &impl Fn(Option<std::ops::Range<usize>>, String) -> ProfileError,
+) -> Result<Params, ProfileError> {
+    let mut p = Params::default();
+    if let Some(v) = raw.image_id {
+        p.image_id = v;
+    }
+    if let Some(v) = raw.instance_type {
+        p.instance_type = v;
+    }
+    if let Some(v) = raw.instance_count {
+        let n = *v.get_ref();
+        if !(1..=100).contains(&n) {
+            return Err(locate(
+                Some(v.span()),
+                format!("instance_count must be from 1 to 100, got {n}"),
+            ));
+        }
+        p.instance_count = n as i32;
+    }
+    if let Some(v) = raw.volume_size_gib {
+        let n = *v.get_ref();
+        if !(1..=16_384).contains(&n) {
+            return Err(locate(
+                Some(v.span()),
+                format!("volume_size_gib must be from 1 to 16384, got {n}"),
+            ));
+        }
+        p.volume_size_gib = n as i32;
+    }
+    p.volume_type = raw.volume_type;
+    if let Some(v) = raw.availability_zone {
+        p.availability_zone = v;
+    }
+    if let Some(v) = raw.object_size {
+        p.object_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+    }
+    if let Some(v) = raw.bucket {
+        p.bucket = match v.get_ref().as_str() {
+            "per-user" => BucketMode::PerUser,
+            "shared" => BucketMode::Shared,
+            other => {
+                return Err(locate(
+                    Some(v.span()),
+                    format!("bucket must be \"per-user\" or \"shared\", got \"{other}\""),
+                ));
+            }
+        };
+    }
+    if let Some(v) = raw.wait_timeout {
+        p.wait_timeout = parse_duration(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+    }
+    if let Some(v) = raw.poll_interval {
+        let d = parse_duration(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+        if d < Duration::from_millis(50) {
+            return Err(locate(
+                Some(v.span()),
+                "poll_interval must be at least 50ms".into(),
+            ));
+        }
+        p.poll_interval = d;
+    }
+    Ok(p)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Profile, ProfileError> {
+        parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn parses_classes_tasks_sequences_and_params() {
+        let prof = p(r#"
+            description = "demo"
+            [params]
+            object_size = "4KiB"
+            [[user]]
+            name = "compute"
+            weight = 3
+            wait = { between = [1, 2] }
+            params = { instance_type = "m1.small" }
+            [[user.task]]
+            op = "ec2:DescribeInstances"
+            weight = 5
+            [[user.task]]
+            name = "lifecycle"
+            sequence = ["ec2:RunInstances", "ec2:instance-running", "ec2:TerminateInstances"]
+            [[user]]
+            name = "storage"
+            fixed_count = 2
+            wait = { constant_throughput = 2.0 }
+            [[user.task]]
+            op = "s3:PutObject"
+        "#)
+        .unwrap();
+        assert_eq!(prof.users.len(), 2);
+        let c = &prof.users[0];
+        assert_eq!(c.weight, 3);
+        assert_eq!(c.params.instance_type, "m1.small");
+        assert_eq!(c.params.object_size, 4096);
+        assert_eq!(c.tasks[0].weight, 5);
+        assert_eq!(c.tasks[1].name, "lifecycle");
+        assert_eq!(c.tasks[1].steps.len(), 3);
+        assert_eq!(
+            c.wait,
+            WaitTime::Between(Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(prof.users[1].fixed_count, Some(2));
+        assert_eq!(prof.users[1].wait, WaitTime::ConstantThroughput(2.0));
+    }
+
+    #[test]
+    fn unknown_op_names_line_and_lists_known_ops() {
+        let e = p("[[user]]\nname = \"a\"\n[[user.task]]\nop = \"ec2:RunInstance\"\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.toml:4:"), "{s}");
+        assert!(s.contains("unknown op `ec2:RunInstance`"), "{s}");
+        assert!(s.contains("ec2:RunInstances"), "{s}");
+        assert!(s.contains("s3:PutObject"), "{s}");
+    }
+
+    #[test]
+    fn syntax_and_field_errors_are_located() {
+        let e = p("[[user]]\nname = \"a\"\nweight = \"x\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = p("[[user]]\nname = \"a\"\nwieght = 2\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("wieght"), "{e}");
+        let e = p("[[user]]\nname = \"a\"\nweight = 0\n[[user.task]]\nop=\"s3:PutObject\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("weight must be"), "{e}");
+        let e = p("[[user]]\nname = \"a\"\n").unwrap_err();
+        assert!(e.message.contains("no tasks"), "{e}");
+        let e = p("").unwrap_err();
+        assert!(e.message.contains("no user classes"), "{e}");
+        let e = p("[[user]]\nname=\"a\"\nwait = { between = [5, 1] }\n[[user.task]]\nop=\"s3:PutObject\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("min <= max"), "{e}");
+        let e = p("[[user]]\nname=\"a\"\nparams = { object_size = \"3 parsecs\" }\n[[user.task]]\nop=\"s3:PutObject\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("unit"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1KiB").unwrap(), 1024);
+        assert_eq!(parse_size("1 kB").unwrap(), 1000);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
+        assert_eq!(parse_size("17").unwrap(), 17);
+        assert!(parse_size("-1").is_err());
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn wait_times() {
+        let mut rng = rand::rng();
+        let pacing = WaitTime::ConstantPacing(Duration::from_secs(10));
+        assert_eq!(
+            pacing.next_wait(Duration::from_secs(3), &mut rng),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            pacing.next_wait(Duration::from_secs(30), &mut rng),
+            Duration::ZERO
+        );
+        let thr = WaitTime::ConstantThroughput(4.0);
+        assert_eq!(
+            thr.next_wait(Duration::from_millis(50), &mut rng),
+            Duration::from_millis(200)
+        );
+        let b = WaitTime::Between(Duration::from_secs(5), Duration::from_secs(10));
+        for _ in 0..100 {
+            let w = b.next_wait(Duration::ZERO, &mut rng);
+            assert!(w >= Duration::from_secs(5) && w <= Duration::from_secs(10));
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Resource tracking: every instance, volume and bucket a run creates is
+//! written to the run's journal (`<state-dir>/runs/<run-id>/journal.jsonl`):
+//! the intent is fsynced before the create call is sent and the id after it
+//! answers, so a crash leaves enough behind to clean up. In memory the tracker
+//! keeps what is alive, per kind, for the final clean-up and the reports.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The tag key every tagged resource carries, with the run id as its value.
+pub const RUN_TAG: &str = "cloudswarm:run-id";
+
+/// Kinds of tracked resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Instance,
+    Volume,
+    Bucket,
+    Object,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Instance => "instances",
+            Kind::Volume => "volumes",
+            Kind::Bucket => "buckets",
+            Kind::Object => "objects",
+        }
+    }
+}
+
+/// One journal line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "ev", rename_all = "lowercase")]
+pub enum JournalEvent {
+    /// Written before a create call is sent.
+    Intent {
+        seq: u64,
+        kind: Kind,
+        name: Option<String>,
+    },
+    /// The create call answered with this id.
+    Created { seq: u64, kind: Kind, id: String },
+    /// The create call failed: nothing was made.
+    Failed { seq: u64 },
+    /// The resource is gone.
+    Deleted { kind: Kind, id: String },
+}
+
+/// Counts per kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct KindCounts {
+    pub created: u64,
+    pub deleted: u64,
+    pub alive: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Alive tracked resources: kind → ids.
+    alive: BTreeMap<Kind, std::collections::BTreeSet<String>>,
+    counts: BTreeMap<Kind, KindCounts>,
+    /// Creates sent and not answered yet, per kind (they count against caps).
+    pending: BTreeMap<Kind, u64>,
+}
+
+/// The run's record of what it created.
+#[derive(Clone)]
+pub struct Tracker {
+    run_id: String,
+    dir: PathBuf,
+    journal: Arc<Mutex<File>>,
+    seq: Arc<AtomicU64>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Tracker {
+    /// Creates the run's state directory and journal.
+    pub fn create(state_dir: &Path, run_id: &str, meta: &serde_json::Value) -> Result<Tracker> {
+        let dir = state_dir.join("runs").join(run_id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(meta)?)
+            .with_context(|| format!("cannot write {}", dir.join("run.json").display()))?;
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("journal.jsonl"))
+            .with_context(|| format!("cannot open journal in {}", dir.display()))?;
+        journal.sync_all()?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Tracker {
+            run_id: run_id.to_string(),
+            dir,
+            journal: Arc::new(Mutex::new(journal)),
+            seq: Arc::new(AtomicU64::new(0)),
+            inner: Arc::default(),
+        })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn write(&self, ev: JournalEvent, sync: bool) {
+        let journal = self.journal.clone();
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut line = serde_json::to_vec(&ev).expect("journal event serialises");
+            line.push(b'\n');
+            let mut f = journal.lock().unwrap_or_else(|p| p.into_inner());
+            f.write_all(&line)?;
+            if sync {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = res.map_err(std::io::Error::other) {
+            tracing::error!("cannot write the resource journal: {e}");
+        }
+    }
+
+    /// Reserves room for `n` resources of a kind under `cap`; false when the
+    /// cap would be exceeded. A reservation ends with `created` or `failed`.
+    pub fn reserve(&self, kind: Kind, n: u64, cap: u64) -> bool {
+        let mut g = self.lock();
+        let alive = g.counts.get(&kind).map_or(0, |c| c.alive);
+        let pending = g.pending.entry(kind).or_default();
+        if alive + *pending + n > cap {
+            return false;
+        }
+        *pending += n;
+        true
+    }
+
+    /// Records (durably) that a create call is about to be sent.
+    pub async fn intent(&self, kind: Kind, name: Option<&str>) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.write(
+            JournalEvent::Intent {
+                seq,
+                kind,
+                name: name.map(str::to_string),
+            },
+            true,
+        )
+        .await;
+        seq
+    }
+
+    /// Records (durably) that a create call answered with `id`.
+    pub async fn created(&self, seq: u64, kind: Kind, id: &str) {
+        {
+            let mut g = self.lock();
+            if let Some(p) = g.pending.get_mut(&kind) {
+                *p = p.saturating_sub(1);
+            }
+            g.alive.entry(kind).or_default().insert(id.to_string());
+            let c = g.counts.entry(kind).or_default();
+            c.created += 1;
+            c.alive += 1;
+        }
+        self.write(
+            JournalEvent::Created {
+                seq,
+                kind,
+                id: id.to_string(),
+            },
+            true,
+        )
+        .await;
+    }
+
+    /// Records that a create call failed (it had reserved `n`).
+    pub async fn failed(&self, seq: u64, kind: Kind, n: u64) {
+        if let Some(p) = self.lock().pending.get_mut(&kind) {
+            *p = p.saturating_sub(n);
+        }
+        self.write(JournalEvent::Failed { seq }, false).await;
+    }
+
+    /// Records that a resource was deleted.
+    pub async fn deleted(&self, kind: Kind, id: &str) {
+        let was_alive = {
+            let mut g = self.lock();
+            let removed = g.alive.get_mut(&kind).is_some_and(|s| s.remove(id));
+            if removed {
+                let c = g.counts.entry(kind).or_default();
+                c.deleted += 1;
+                c.alive -= 1;
+            }
+            removed
+        };
+        if was_alive {
+            self.write(
+                JournalEvent::Deleted {
+                    kind,
+                    id: id.to_string(),
+                },
+                false,
+            )
+            .await;
+        }
+    }
+
+    /// Counts untracked-by-id resources such as objects (they go with their bucket).
+    pub fn count_objects(&self, created: i64) {
+        let mut g = self.lock();
+        let c = g.counts.entry(Kind::Object).or_default();
+        if created >= 0 {
+            c.created += created as u64;
+            c.alive += created as u64;
+        } else {
+            let n = (-created) as u64;
+            c.deleted += n;
+            c.alive = c.alive.saturating_sub(n);
+        }
+    }
+
+    /// Forgets all objects of a deleted bucket.
+    pub fn objects_gone(&self, n: u64) {
+        self.count_objects(-(n as i64));
+    }
+
+    /// Ids of the alive resources of a kind.
+    pub fn alive(&self, kind: Kind) -> Vec<String> {
+        self.lock()
+            .alive
+            .get(&kind)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_alive(&self, kind: Kind, id: &str) -> bool {
+        self.lock().alive.get(&kind).is_some_and(|s| s.contains(id))
+    }
+
+    /// Counts per kind.
+    pub fn counts(&self) -> BTreeMap<Kind, KindCounts> {
+        self.lock().counts.clone()
+    }
+
+    /// How many of a kind are alive now.
+    pub fn alive_count(&self, kind: Kind) -> u64 {
+        self.lock().counts.get(&kind).map_or(0, |c| c.alive)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads a journal back: ids created and not deleted, per kind, plus the
+/// intents that never got an answer (their resource may exist untracked).
+pub fn replay(path: &Path) -> Result<(BTreeMap<Kind, Vec<String>>, usize)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read journal {}", path.display()))?;
+    let mut alive: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+    let mut open = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        // A crash may cut the last line short: skip what does not parse.
+        let Ok(ev) = serde_json::from_str::<JournalEvent>(line) else {
+            continue;
+        };
+        match ev {
+            JournalEvent::Intent { seq, .. } => {
+                open.insert(seq);
+            }
+            JournalEvent::Created { seq, kind, id } => {
+                open.remove(&seq);
+                alive.entry(kind).or_default().push(id);
+            }
+            JournalEvent::Failed { seq } => {
+                open.remove(&seq);
+            }
+            JournalEvent::Deleted { kind, id } => {
+                if let Some(v) = alive.get_mut(&kind) {
+                    v.retain(|x| x != &id);
+                }
+            }
+        }
+    }
+    Ok((alive, open.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn journal_records_intent_before_id_and_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracker::create(dir.path(), "abc", &serde_json::json!({})).unwrap();
+        let s1 = t.intent(Kind::Instance, None).await;
+        // The intent is on disk before the create call would be sent.
+        let (_, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
+        assert_eq!(open, 1);
+        t.created(s1, Kind::Instance, "i-1").await;
+        let s2 = t.intent(Kind::Bucket, Some("cs-abc-1")).await;
+        t.created(s2, Kind::Bucket, "cs-abc-1").await;
+        let s3 = t.intent(Kind::Volume, None).await;
+        t.failed(s3, Kind::Volume, 1).await;
+        let _s4 = t.intent(Kind::Volume, None).await; // crash before the answer
+        t.deleted(Kind::Instance, "i-1").await;
+        let (alive, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
+        assert_eq!(alive.get(&Kind::Instance).map(Vec::len), Some(0));
+        assert_eq!(alive[&Kind::Bucket], vec!["cs-abc-1".to_string()]);
+        assert_eq!(open, 1);
+        assert!(t.reserve(Kind::Volume, 1, 2));
+        assert!(t.reserve(Kind::Volume, 1, 2));
+        assert!(
+            !t.reserve(Kind::Volume, 1, 2),
+            "cap of 2 holds with 2 pending"
+        );
+        t.failed(9, Kind::Volume, 1).await;
+        assert!(
+            t.reserve(Kind::Volume, 1, 2),
+            "a failed create frees its room"
+        );
+        let c = t.counts();
+        assert_eq!(
+            c[&Kind::Instance],
+            KindCounts {
+                created: 1,
+                deleted: 1,
+                alive: 0
+            }
+        );
+        assert_eq!(t.alive(Kind::Bucket), vec!["cs-abc-1".to_string()]);
+    }
+}

@@ -1,0 +1,524 @@
+//! The headless run (`cloudswarm run`): preflight, hatch, status lines, load
+//! shape (run time or stages), stop, clean-up, then the summary, CSV, JSON and
+//! SLA verdicts. Exit codes: 0 all SLAs held, 1 an SLA failed, 2 usage or
+//! configuration error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::types::Filter;
+use clap::Args;
+use rand::Rng;
+
+use crate::engine::{Engine, RunState};
+use crate::output::{self, RunFacts, sla::Sla};
+use crate::profile::{self, Profile};
+use crate::resources::{Kind, Tracker};
+use crate::stats::Stats;
+use crate::target::{self, TargetArgs};
+use crate::tasks::{Caps, Op, RunCtx, Service, cleanup};
+
+/// An error that exits with code 2 (usage or configuration).
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn config_err(msg: impl Into<String>) -> anyhow::Error {
+    ConfigError(msg.into()).into()
+}
+
+/// One stage of a load shape: hold `users` for `duration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub users: u64,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+}
+
+/// A load shape: stages run in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape(pub Vec<Stage>);
+
+/// Parses `10:30s,50:2m,0:30s` (users:duration[:rate], comma separated).
+pub fn parse_stages(s: &str) -> Result<Shape, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let f: Vec<&str> = part.split(':').collect();
+        if !(2..=3).contains(&f.len()) {
+            return Err(format!(
+                "stage `{part}` is not USERS:DURATION[:RATE] (e.g. 10:30s or 50:2m:5)"
+            ));
+        }
+        let users: u64 = f[0]
+            .parse()
+            .map_err(|_| format!("stage `{part}`: `{}` is not a user count", f[0]))?;
+        let duration = profile::parse_duration(f[1]).map_err(|e| format!("stage `{part}`: {e}"))?;
+        let rate = match f.get(2) {
+            Some(r) => Some(
+                r.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0)
+                    .ok_or_else(|| format!("stage `{part}`: `{r}` is not a hatch rate"))?,
+            ),
+            None => None,
+        };
+        out.push(Stage {
+            users,
+            duration,
+            rate,
+        });
+    }
+    if out.is_empty() {
+        return Err("--stages is empty (e.g. \"10:30s,50:2m,0:30s\")".into());
+    }
+    Ok(Shape(out))
+}
+
+/// Flags of `cloudswarm run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Profile file (TOML), e.g. profiles/burn-in.toml
+    #[arg(long, short = 'f')]
+    pub profile: PathBuf,
+    /// Number of users
+    #[arg(short = 'u', long = "users", default_value_t = 1)]
+    pub users: u64,
+    /// Hatch rate (users started per second)
+    #[arg(
+        short = 'r',
+        long = "hatch-rate",
+        alias = "spawn-rate",
+        default_value_t = 1.0
+    )]
+    pub rate: f64,
+    /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C
+    #[arg(short = 't', long = "run-time", value_parser = crate::profile::parse_duration)]
+    pub run_time: Option<Duration>,
+    /// Load shape USERS:DURATION[:RATE],... (e.g. "10:30s,50:2m,0:30s"); ends the run after the last stage
+    #[arg(long, value_parser = parse_stages)]
+    pub stages: Option<Shape>,
+    /// Write PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv
+    #[arg(long, value_name = "PREFIX")]
+    pub csv: Option<String>,
+    /// Write the JSON report to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// SLA to check at the end, e.g. "p95(ec2:RunInstances)<2s", "failure_rate<1%"; repeatable
+    #[arg(long = "sla", value_name = "EXPR")]
+    pub sla: Vec<String>,
+    /// How long users may take to finish their current task when the run stops
+    #[arg(long, default_value = "60s", value_parser = crate::profile::parse_duration)]
+    pub stop_timeout: Duration,
+    /// How long clean-up may take before giving up on what is left
+    #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
+    pub cleanup_timeout: Duration,
+    /// Leave created resources in place (they stay in the run's journal)
+    #[arg(long)]
+    pub keep_resources: bool,
+    /// Where run journals live (default: the user's state directory)
+    #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Most instances alive at once
+    #[arg(long, default_value_t = 20)]
+    pub max_instances: u64,
+    /// Most volumes alive at once
+    #[arg(long, default_value_t = 20)]
+    pub max_volumes: u64,
+    /// Most buckets alive at once
+    #[arg(long, default_value_t = 100)]
+    pub max_buckets: u64,
+    /// Seconds between status lines (0: none)
+    #[arg(long, default_value_t = 5)]
+    pub status_every: u64,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// The default state directory.
+pub fn default_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .map(|d| d.join("cloudswarm"))
+        .unwrap_or_else(|| PathBuf::from(".cloudswarm-state"))
+}
+
+/// A run id: 8 characters, a letter then letters and digits (valid in bucket names).
+pub fn new_run_id() -> String {
+    let mut rng = rand::rng();
+    let letters = b"abcdefghijklmnopqrstuvwxyz";
+    let chars = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut s = String::with_capacity(8);
+    s.push(letters[rng.random_range(0..letters.len())] as char);
+    for _ in 0..7 {
+        s.push(chars[rng.random_range(0..chars.len())] as char);
+    }
+    s
+}
+
+fn uses(p: &Profile, f: impl Fn(Op) -> bool) -> bool {
+    p.users
+        .iter()
+        .flat_map(|u| u.tasks.iter())
+        .flat_map(|t| t.steps.iter())
+        .any(|&o| f(o))
+}
+
+/// Picks the image `image_id = "auto"` stands for: one of ours, else any available machine image.
+async fn auto_image(ec2: &aws_sdk_ec2::Client) -> Result<String> {
+    let filters = || {
+        vec![
+            Filter::builder().name("state").values("available").build(),
+            Filter::builder()
+                .name("image-type")
+                .values("machine")
+                .build(),
+        ]
+    };
+    for owners in [Some("self"), None] {
+        let mut req = ec2.describe_images().set_filters(Some(filters()));
+        if let Some(o) = owners {
+            req = req.owners(o);
+        }
+        let out = req.send().await.map_err(|e| {
+            let f = crate::tasks::errors::classify(&e);
+            config_err(format!(
+                "image_id = \"auto\": DescribeImages failed ({}: {})",
+                f.code, f.message
+            ))
+        })?;
+        let mut ids: Vec<&str> = out.images().iter().filter_map(|i| i.image_id()).collect();
+        ids.sort();
+        if let Some(id) = ids.first() {
+            return Ok(id.to_string());
+        }
+    }
+    bail!(config_err(
+        "image_id = \"auto\" found no available machine image: set image_id in the profile"
+    ))
+}
+
+/// Runs a headless swarm; returns the process exit code.
+pub async fn run(args: RunArgs) -> Result<i32> {
+    let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
+    let slas: Vec<Sla> = args
+        .sla
+        .iter()
+        .map(|s| Sla::parse(s).map_err(config_err))
+        .collect::<Result<_>>()?;
+    for s in &slas {
+        if let Some(e) = s.entry()
+            && Op::from_name(e).is_none()
+        {
+            bail!(config_err(format!(
+                "SLA `{s}` names `{e}`, which is not an op (known ops: {})",
+                Op::all()
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if args.users > crate::engine::MAX_USERS {
+        bail!(config_err(format!(
+            "-u: at most {} users",
+            crate::engine::MAX_USERS
+        )));
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= crate::engine::MAX_RATE) {
+        bail!(config_err(format!(
+            "-r: the hatch rate must be above 0 and at most {}",
+            crate::engine::MAX_RATE
+        )));
+    }
+
+    let clients = args
+        .target
+        .clients()
+        .await
+        .map_err(|e| config_err(e.to_string()))?;
+    let need_ec2 = uses(&profile, |o| o.service() == Service::Ec2);
+    let need_s3 = uses(&profile, |o| o.service() == Service::S3);
+    let az = target::preflight(&clients, need_ec2, need_s3)
+        .await
+        .map_err(|e| config_err(e.to_string()))?;
+    let needs_image = uses(&profile, |o| {
+        matches!(
+            o,
+            Op::RunInstances
+                | Op::InstanceRunning
+                | Op::TerminateInstances
+                | Op::InstanceTerminated
+        )
+    }) && profile.users.iter().any(|u| u.params.image_id == "auto");
+    let image = if needs_image {
+        Some(auto_image(&clients.ec2).await?)
+    } else {
+        None
+    };
+
+    let run_id = new_run_id();
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let meta = serde_json::json!({
+        "run_id": run_id,
+        "profile": args.profile.display().to_string(),
+        "started_at": started_at,
+        "target": clients.info,
+    });
+    let tracker =
+        Tracker::create(&state_dir, &run_id, &meta).map_err(|e| config_err(format!("{e:#}")))?;
+    let caps = Caps {
+        max_instances: args.max_instances,
+        max_volumes: args.max_volumes,
+        max_buckets: args.max_buckets,
+    };
+    let mut ctx = RunCtx::new(run_id.clone(), clients, Stats::new(), tracker.clone(), caps);
+    ctx.default_az = az;
+    ctx.auto_image = image;
+    let ctx = Arc::new(ctx);
+    let profile = Arc::new(profile);
+    let engine = Engine::new(ctx.clone(), profile.clone());
+
+    eprintln!(
+        "cloudswarm run {run_id}: profile {} against EC2 {} / S3 {} (region {}); journal {}",
+        args.profile.display(),
+        ctx.clients.info.ec2_endpoint,
+        ctx.clients.info.s3_endpoint,
+        ctx.clients.info.region,
+        tracker.dir().join("journal.jsonl").display()
+    );
+
+    let t0 = Instant::now();
+    engine.start();
+    let shape: Vec<Stage> = match &args.stages {
+        Some(s) => s.0.clone(),
+        None => vec![],
+    };
+    if shape.is_empty() {
+        engine
+            .set_target(args.users, args.rate)
+            .map_err(config_err)?;
+    }
+
+    let status = {
+        let engine = engine.clone();
+        let every = args.status_every;
+        tokio::spawn(async move {
+            if every == 0 {
+                return std::future::pending().await;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("{}", status_line(&engine, t0));
+            }
+        })
+    };
+
+    let default_rate = args.rate;
+    let shape_done = {
+        let engine = engine.clone();
+        async move {
+            if shape.is_empty() {
+                return std::future::pending::<()>().await;
+            }
+            for st in shape {
+                if let Err(e) = engine.set_target(st.users, st.rate.unwrap_or(default_rate)) {
+                    eprintln!("stage {st:?}: {e}");
+                }
+                tokio::time::sleep(st.duration).await;
+            }
+        }
+    };
+    let run_time = async {
+        match args.run_time {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let reason = tokio::select! {
+        _ = run_time => "run time reached",
+        _ = shape_done => "last stage done",
+        _ = shutdown_signal() => "interrupted",
+    };
+    status.abort();
+    eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
+    let peak_users = engine.user_count();
+    let stop = engine.stop(args.stop_timeout);
+    tokio::select! {
+        _ = stop => {}
+        _ = shutdown_signal() => {
+            eprintln!("interrupted again: abandoning users; resources stay in {}", tracker.dir().display());
+        }
+    }
+    let duration_s = t0.elapsed().as_secs_f64();
+
+    let mut cleanup_failed = Vec::new();
+    if args.keep_resources {
+        eprintln!(
+            "--keep-resources: created resources stay (journal {})",
+            tracker.dir().display()
+        );
+    } else {
+        engine.set_state(RunState::CleaningUp);
+        let progress = |m: &str| eprintln!("clean-up: {m}");
+        let report = tokio::select! {
+            r = cleanup::delete_tracked(&ctx, args.cleanup_timeout, &progress) => Some(r),
+            _ = shutdown_signal() => None,
+        };
+        match report {
+            Some(r) => {
+                let done: Vec<String> = r
+                    .deleted
+                    .iter()
+                    .map(|(k, n)| format!("{n} {}", k.as_str()))
+                    .collect();
+                if !done.is_empty() {
+                    eprintln!("clean-up: deleted {}", done.join(", "));
+                }
+                cleanup_failed = r.failed;
+            }
+            None => eprintln!("clean-up interrupted: what is left stays in the journal"),
+        }
+    }
+    engine.set_state(RunState::Stopped);
+
+    let snap = ctx.stats.snapshot();
+    println!("{}", output::summary_table(&snap));
+    let counts = tracker.counts();
+    let live: Vec<String> = counts
+        .iter()
+        .filter(|(k, c)| c.alive > 0 && **k != Kind::Object)
+        .map(|(k, c)| format!("{} {}", c.alive, k.as_str()))
+        .collect();
+    if !live.is_empty() && !args.keep_resources {
+        eprintln!(
+            "WARNING: resources of run {run_id} are left: {} (see {})",
+            live.join(", "),
+            tracker.dir().join("journal.jsonl").display()
+        );
+        for (k, id, why) in &cleanup_failed {
+            eprintln!("  {} {id}: {why}", k.as_str());
+        }
+    }
+    if let Some(prefix) = &args.csv {
+        let history = ctx.stats.lock().history.clone();
+        output::write_csv(prefix, &snap, &history).context("--csv")?;
+    }
+    if let Some(path) = &args.json {
+        let facts = RunFacts {
+            run_id: &run_id,
+            profile: &profile.name,
+            started_at,
+            duration_s,
+            users: peak_users,
+            resources: &counts,
+        };
+        output::write_json(path, &output::json_report(&facts, &snap)).context("--json")?;
+    }
+    let mut code = 0;
+    for s in &slas {
+        let v = s.check(&snap);
+        println!(
+            "SLA {:<40} {} (actual {})",
+            v.sla,
+            if v.held { "held" } else { "FAILED" },
+            v.actual
+        );
+        if !v.held {
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+/// One status line: state, users, requests, failures, rates, percentiles, live resources.
+pub fn status_line(engine: &Engine, t0: Instant) -> String {
+    let snap = engine.ctx.stats.snapshot();
+    let t = &snap.total;
+    let (target, _) = engine.target();
+    let counts = engine.ctx.tracker.counts();
+    let live = |k: Kind| counts.get(&k).map_or(0, |c| c.alive);
+    format!(
+        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt",
+        humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
+        engine.state().as_str(),
+        engine.user_count(),
+        target,
+        t.num_requests,
+        t.num_failures,
+        t.failure_ratio() * 100.0,
+        t.current_rps,
+        snap.current_percentiles_ms[0],
+        snap.current_percentiles_ms[5],
+        t.num_throttled,
+        live(Kind::Instance),
+        live(Kind::Volume),
+        live(Kind::Bucket),
+    )
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_parse() {
+        let s = parse_stages("10:30s,50:2m:5,0:30s").unwrap().0;
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].users, 50);
+        assert_eq!(s[1].duration, Duration::from_secs(120));
+        assert_eq!(s[1].rate, Some(5.0));
+        assert!(parse_stages("10").is_err());
+        assert!(parse_stages("x:30s").is_err());
+        assert!(parse_stages("10:soon").is_err());
+        assert!(parse_stages("").is_err());
+    }
+
+    #[test]
+    fn run_ids_fit_bucket_names() {
+        for _ in 0..100 {
+            let id = new_run_id();
+            assert_eq!(id.len(), 8);
+            assert!(id.chars().next().unwrap().is_ascii_lowercase());
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            );
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! Request statistics: one HDR histogram (µs resolution) per entry, counts,
+//! bytes, throttling, errors grouped by entry and code, a sliding window for
+//! current RPS and current percentiles, and a per-second history.
+//!
+//! `StatsData` is a plain value that merges (`merge`), so a coordinator can
+//! sum the deltas of many engines; `Stats` is the shared, locked recorder a
+//! single engine writes into.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The percentiles every report shows, as fractions.
+pub const PERCENTILES: [f64; 11] = [
+    0.50, 0.66, 0.75, 0.80, 0.90, 0.95, 0.98, 0.99, 0.999, 0.9999, 1.0,
+];
+/// Locust's labels for [`PERCENTILES`].
+pub const PERCENTILE_LABELS: [&str; 11] = [
+    "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
+];
+/// Seconds in the sliding window behind "current" figures.
+pub const WINDOW_SECS: u64 = 10;
+/// Longest latency a histogram holds (one hour, in µs); longer ones are clamped.
+const MAX_US: u64 = 3_600_000_000;
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Why a request failed, as the stats group it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// AWS error code (`InstanceLimitExceeded`), transport kind (`timeout`,
+    /// `refused`, `reset`...), `HTTP 500` for bodies that are not AWS errors,
+    /// or a cloudswarm code such as `wait-timeout`.
+    pub code: String,
+    pub message: String,
+    pub throttled: bool,
+}
+
+impl Failure {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        let throttled = is_throttle_code(&code);
+        Failure {
+            code,
+            message: message.into(),
+            throttled,
+        }
+    }
+}
+
+/// Codes that mean the cloud is throttling us.
+pub fn is_throttle_code(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "TooManyRequestsException"
+            | "SlowDown"
+            | "HTTP 503"
+            | "HTTP 429"
+    )
+}
+
+/// True for `service:Operation` entries (API calls), false for waits
+/// (`ec2:instance-running`) and sub-measurements (`s3:GetObject:ttfb`).
+pub fn is_request_entry(name: &str) -> bool {
+    let mut parts = name.split(':');
+    let (_, op, rest) = (parts.next(), parts.next(), parts.next());
+    rest.is_none() && op.is_some_and(|o| o.starts_with(|c: char| c.is_ascii_uppercase()))
+}
+
+/// What one measured request carried, for byte counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// Everything known about one entry (an op such as `ec2:RunInstances` or a
+/// wait such as `ec2:instance-running`).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub hist: Histogram<u64>,
+    pub num_requests: u64,
+    pub num_failures: u64,
+    pub num_throttled: u64,
+    pub total_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub first_request: f64,
+    pub last_request: f64,
+    /// (unix second, requests, failures) for the last seconds.
+    per_sec: VecDeque<(u64, u64, u64)>,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            hist: new_hist(),
+            num_requests: 0,
+            num_failures: 0,
+            num_throttled: 0,
+            total_us: 0,
+            min_us: u64::MAX,
+            max_us: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            first_request: 0.0,
+            last_request: 0.0,
+            per_sec: VecDeque::new(),
+        }
+    }
+}
+
+impl Entry {
+    fn record(&mut self, now: f64, us: u64, bytes: Bytes, failed: bool, throttled: bool) {
+        let us = us.clamp(1, MAX_US);
+        self.hist.saturating_record(us);
+        self.num_requests += 1;
+        self.num_failures += failed as u64;
+        self.num_throttled += throttled as u64;
+        self.total_us += us;
+        self.min_us = self.min_us.min(us);
+        self.max_us = self.max_us.max(us);
+        self.bytes_sent += bytes.sent;
+        self.bytes_received += bytes.received;
+        if self.first_request == 0.0 || now < self.first_request {
+            self.first_request = now;
+        }
+        self.last_request = self.last_request.max(now);
+        bump_sec(&mut self.per_sec, now as u64, 1, failed as u64);
+    }
+
+    /// Adds another entry's figures into this one.
+    pub fn merge(&mut self, o: &Entry) {
+        self.hist.add(&o.hist).expect("same histogram bounds");
+        self.num_requests += o.num_requests;
+        self.num_failures += o.num_failures;
+        self.num_throttled += o.num_throttled;
+        self.total_us += o.total_us;
+        self.min_us = self.min_us.min(o.min_us);
+        self.max_us = self.max_us.max(o.max_us);
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        if o.num_requests > 0 {
+            if self.first_request == 0.0 || o.first_request < self.first_request {
+                self.first_request = o.first_request;
+            }
+            self.last_request = self.last_request.max(o.last_request);
+        }
+        for &(s, r, f) in &o.per_sec {
+            bump_sec(&mut self.per_sec, s, r, f);
+        }
+    }
+
+    /// Requests and failures per second over the last complete seconds.
+    fn current(&self, now: f64, started: f64) -> (f64, f64) {
+        let now_s = now as u64;
+        let lo = now_s.saturating_sub(WINDOW_SECS);
+        let (mut r, mut f) = (0, 0);
+        for &(s, rr, ff) in &self.per_sec {
+            if s >= lo && s < now_s {
+                r += rr;
+                f += ff;
+            }
+        }
+        let span = ((now_s as f64 - started.floor()).max(1.0)).min(WINDOW_SECS as f64);
+        (r as f64 / span, f as f64 / span)
+    }
+}
+
+fn bump_sec(v: &mut VecDeque<(u64, u64, u64)>, sec: u64, r: u64, f: u64) {
+    match v.iter_mut().rev().find(|e| e.0 == sec) {
+        Some(e) => {
+            e.1 += r;
+            e.2 += f;
+        }
+        None => {
+            let pos = v.iter().rposition(|e| e.0 < sec).map_or(0, |p| p + 1);
+            v.insert(pos, (sec, r, f));
+        }
+    }
+    let newest = v.back().map_or(sec, |e| e.0);
+    while v.front().is_some_and(|e| e.0 + WINDOW_SECS + 2 < newest) {
+        v.pop_front();
+    }
+}
+
+/// One group of errors.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorStat {
+    pub name: String,
+    pub code: String,
+    pub message: String,
+    pub count: u64,
+    pub throttled: bool,
+    pub first_seen: f64,
+    pub last_seen: f64,
+}
+
+/// One row of the per-second history (Locust's stats_history).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub timestamp: f64,
+    pub user_count: u64,
+    pub current_rps: f64,
+    pub current_fail_per_sec: f64,
+    /// Current-window percentiles (ms), labels as [`PERCENTILE_LABELS`].
+    pub percentiles_ms: Vec<f64>,
+    pub total_requests: u64,
+    pub total_failures: u64,
+    pub total_throttled: u64,
+    pub total_median_ms: f64,
+    pub total_avg_ms: f64,
+    pub total_min_ms: f64,
+    pub total_max_ms: f64,
+    pub total_avg_content_size: f64,
+}
+
+/// All statistics of a run (or of a delta from one engine): mergeable.
+#[derive(Debug, Clone)]
+pub struct StatsData {
+    pub started: f64,
+    pub entries: BTreeMap<String, Entry>,
+    pub errors: BTreeMap<(String, String), ErrorStat>,
+    /// Ops that a budget cap kept from creating, per entry.
+    pub capped: BTreeMap<String, u64>,
+    /// Aggregated histograms of the last seconds, for current percentiles.
+    window: VecDeque<(u64, Histogram<u64>)>,
+    pub history: Vec<HistoryRow>,
+}
+
+impl Default for StatsData {
+    fn default() -> Self {
+        StatsData {
+            started: unix_now(),
+            entries: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            capped: BTreeMap::new(),
+            window: VecDeque::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+impl StatsData {
+    /// Records one measured request.
+    pub fn record(&mut self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
+        self.record_at(unix_now(), name, took, bytes, fail);
+    }
+
+    fn record_at(
+        &mut self,
+        now: f64,
+        name: &str,
+        took: Duration,
+        bytes: Bytes,
+        fail: Option<&Failure>,
+    ) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let throttled = fail.is_some_and(|f| f.throttled);
+        match self.entries.get_mut(name) {
+            Some(e) => e.record(now, us, bytes, fail.is_some(), throttled),
+            None => {
+                let mut e = Entry::default();
+                e.record(now, us, bytes, fail.is_some(), throttled);
+                self.entries.insert(name.to_string(), e);
+            }
+        }
+        let sec = now as u64;
+        if self.window.back().is_none_or(|w| w.0 != sec) {
+            self.window.push_back((sec, new_hist()));
+            while self.window.front().is_some_and(|w| w.0 + WINDOW_SECS < sec) {
+                self.window.pop_front();
+            }
+        }
+        if is_request_entry(name)
+            && let Some(w) = self.window.back_mut()
+        {
+            w.1.saturating_record(us.clamp(1, MAX_US));
+        }
+        if let Some(f) = fail {
+            let key = (name.to_string(), f.code.clone());
+            let err = self.errors.entry(key).or_insert_with(|| ErrorStat {
+                name: name.to_string(),
+                code: f.code.clone(),
+                message: truncate(&f.message, 300),
+                count: 0,
+                throttled: f.throttled,
+                first_seen: now,
+                last_seen: now,
+            });
+            err.count += 1;
+            err.last_seen = err.last_seen.max(now);
+            err.first_seen = err.first_seen.min(now);
+        }
+    }
+
+    /// Counts an op that a budget cap kept from creating.
+    pub fn count_capped(&mut self, name: &str) {
+        *self.capped.entry(name.to_string()).or_default() += 1;
+    }
+
+    /// Adds another engine's statistics (or a delta of them) into these.
+    pub fn merge(&mut self, o: &StatsData) {
+        self.started = self.started.min(o.started);
+        for (k, n) in &o.capped {
+            *self.capped.entry(k.clone()).or_default() += n;
+        }
+        for (k, e) in &o.entries {
+            self.entries.entry(k.clone()).or_default().merge(e);
+        }
+        for (k, e) in &o.errors {
+            match self.errors.get_mut(k) {
+                Some(m) => {
+                    m.count += e.count;
+                    m.first_seen = m.first_seen.min(e.first_seen);
+                    m.last_seen = m.last_seen.max(e.last_seen);
+                }
+                None => {
+                    self.errors.insert(k.clone(), e.clone());
+                }
+            }
+        }
+        for (s, h) in &o.window {
+            match self.window.iter_mut().find(|w| w.0 == *s) {
+                Some(w) => w.1.add(h).expect("same bounds"),
+                None => {
+                    let pos = self
+                        .window
+                        .iter()
+                        .rposition(|w| w.0 < *s)
+                        .map_or(0, |p| p + 1);
+                    self.window.insert(pos, (*s, h.clone()));
+                }
+            }
+        }
+    }
+
+    /// The aggregate of the API request entries (waits such as
+    /// `ec2:instance-running` are not requests and stay on their own rows).
+    pub fn total(&self) -> Entry {
+        let mut t = Entry::default();
+        for (name, e) in &self.entries {
+            if is_request_entry(name) {
+                t.merge(e);
+            }
+        }
+        t
+    }
+
+    /// Percentiles (ms) of the aggregated requests of the last window.
+    fn current_percentiles(&self, now: f64) -> Vec<f64> {
+        let lo = (now as u64).saturating_sub(WINDOW_SECS);
+        let mut h = new_hist();
+        for (s, w) in &self.window {
+            if *s >= lo {
+                h.add(w).expect("same bounds");
+            }
+        }
+        if h.is_empty() {
+            return vec![0.0; PERCENTILES.len()];
+        }
+        PERCENTILES
+            .iter()
+            .map(|&q| {
+                let v = if q >= 1.0 {
+                    h.max()
+                } else {
+                    h.value_at_quantile(q)
+                };
+                us_to_ms(v)
+            })
+            .collect()
+    }
+
+    /// Appends a per-second history row.
+    pub fn history_tick(&mut self, user_count: u64) {
+        let now = unix_now();
+        let snap = self.summary_of("Aggregated", &self.total(), now);
+        let row = HistoryRow {
+            timestamp: now,
+            user_count,
+            current_rps: snap.current_rps,
+            current_fail_per_sec: snap.current_fail_per_sec,
+            percentiles_ms: self.current_percentiles(now),
+            total_requests: snap.num_requests,
+            total_failures: snap.num_failures,
+            total_throttled: snap.num_throttled,
+            total_median_ms: snap.median_ms,
+            total_avg_ms: snap.avg_ms,
+            total_min_ms: snap.min_ms,
+            total_max_ms: snap.max_ms,
+            total_avg_content_size: snap.avg_content_size,
+        };
+        self.history.push(row);
+        // A day of seconds at most: older rows are thinned, never the newest.
+        if self.history.len() > 86_400 {
+            let keep: Vec<HistoryRow> = self
+                .history
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .map(|(_, r)| r.clone())
+                .collect();
+            self.history = keep;
+        }
+    }
+
+    fn summary_of(&self, name: &str, e: &Entry, now: f64) -> EntrySummary {
+        let n = e.num_requests;
+        let (cur_rps, cur_fail) = e.current(now, self.started);
+        let end = if n > 0 {
+            e.last_request.max(now.min(e.last_request + 1.0))
+        } else {
+            now
+        };
+        let elapsed = (end - self.started).max(1e-3);
+        let pct = |q: f64| -> f64 {
+            if n == 0 {
+                return 0.0;
+            }
+            if q >= 1.0 {
+                return us_to_ms(e.max_us);
+            }
+            us_to_ms(e.hist.value_at_quantile(q).clamp(e.min_us, e.max_us))
+        };
+        EntrySummary {
+            kind: name.split(':').next().unwrap_or("").to_string(),
+            name: name.to_string(),
+            num_requests: n,
+            num_failures: e.num_failures,
+            num_throttled: e.num_throttled,
+            median_ms: pct(0.5),
+            avg_ms: if n > 0 {
+                e.total_us as f64 / n as f64 / 1000.0
+            } else {
+                0.0
+            },
+            min_ms: if n > 0 { us_to_ms(e.min_us) } else { 0.0 },
+            max_ms: us_to_ms(e.max_us),
+            avg_content_size: if n > 0 {
+                (e.bytes_sent + e.bytes_received) as f64 / n as f64
+            } else {
+                0.0
+            },
+            bytes_sent: e.bytes_sent,
+            bytes_received: e.bytes_received,
+            rps: n as f64 / elapsed,
+            fail_per_sec: e.num_failures as f64 / elapsed,
+            current_rps: cur_rps,
+            current_fail_per_sec: cur_fail,
+            percentiles_ms: PERCENTILES.iter().map(|&q| pct(q)).collect(),
+        }
+    }
+
+    /// A serialisable view of everything, for reports and the API.
+    pub fn snapshot(&self) -> Snapshot {
+        let now = unix_now();
+        let entries = self
+            .entries
+            .iter()
+            .map(|(k, e)| self.summary_of(k, e, now))
+            .collect();
+        let mut total = self.summary_of("Aggregated", &self.total(), now);
+        total.kind = String::new();
+        let mut errors: Vec<ErrorStat> = self.errors.values().cloned().collect();
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(&b.name)));
+        Snapshot {
+            started: self.started,
+            now,
+            entries,
+            total,
+            current_percentiles_ms: self.current_percentiles(now),
+            errors,
+            capped: self.capped.clone(),
+        }
+    }
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// One entry's figures, as reports show them (times in ms).
+#[derive(Debug, Clone, Serialize)]
+pub struct EntrySummary {
+    /// The service (`ec2`, `s3`), empty for the aggregate.
+    pub kind: String,
+    pub name: String,
+    pub num_requests: u64,
+    pub num_failures: u64,
+    pub num_throttled: u64,
+    pub median_ms: f64,
+    pub avg_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub avg_content_size: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub rps: f64,
+    pub fail_per_sec: f64,
+    pub current_rps: f64,
+    pub current_fail_per_sec: f64,
+    /// Labels as [`PERCENTILE_LABELS`].
+    pub percentiles_ms: Vec<f64>,
+}
+
+impl EntrySummary {
+    pub fn percentile(&self, q: f64) -> Option<f64> {
+        PERCENTILES
+            .iter()
+            .position(|&p| (p - q).abs() < 1e-9)
+            .map(|i| self.percentiles_ms[i])
+    }
+    pub fn failure_ratio(&self) -> f64 {
+        if self.num_requests == 0 {
+            0.0
+        } else {
+            self.num_failures as f64 / self.num_requests as f64
+        }
+    }
+}
+
+/// A point-in-time view of a run's statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub started: f64,
+    pub now: f64,
+    pub entries: Vec<EntrySummary>,
+    pub total: EntrySummary,
+    pub current_percentiles_ms: Vec<f64>,
+    pub errors: Vec<ErrorStat>,
+    pub capped: BTreeMap<String, u64>,
+}
+
+/// The shared recorder of one engine.
+#[derive(Clone, Default)]
+pub struct Stats {
+    inner: Arc<Mutex<StatsData>>,
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Records one measured request.
+    pub fn record(&self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
+        self.lock().record(name, took, bytes, fail);
+    }
+    pub fn lock(&self) -> MutexGuard<'_, StatsData> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().snapshot()
+    }
+    /// Clears all figures (Locust's "reset stats"); history is kept.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        let history = std::mem::take(&mut g.history);
+        *g = StatsData {
+            history,
+            ..StatsData::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn percentiles_are_exact_to_three_digits_and_ordered() {
+        let mut s = StatsData::default();
+        for i in 1..=1000u64 {
+            s.record(
+                "s3:PutObject",
+                ms(i),
+                Bytes {
+                    sent: 10,
+                    received: 0,
+                },
+                None,
+            );
+        }
+        let snap = s.snapshot();
+        let e = &snap.entries[0];
+        assert_eq!(e.num_requests, 1000);
+        assert!((e.median_ms - 500.0).abs() <= 0.5, "{}", e.median_ms);
+        assert!((e.percentile(0.95).unwrap() - 950.0).abs() <= 1.0);
+        assert!((e.percentile(0.99).unwrap() - 990.0).abs() <= 1.0);
+        assert_eq!(e.max_ms, 1000.0);
+        assert_eq!(e.min_ms, 1.0);
+        assert!((e.avg_ms - 500.5).abs() < 1e-9);
+        assert_eq!(e.bytes_sent, 10_000);
+        let p = &e.percentiles_ms;
+        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+        assert_eq!(*p.last().unwrap(), 1000.0);
+    }
+
+    #[test]
+    fn errors_group_by_entry_and_code_and_throttles_count_apart() {
+        let mut s = StatsData::default();
+        let slow = Failure::new("SlowDown", "Please reduce your request rate.");
+        let limit = Failure::new("InstanceLimitExceeded", "too many");
+        s.record("s3:PutObject", ms(5), Bytes::default(), Some(&slow));
+        s.record("s3:PutObject", ms(5), Bytes::default(), Some(&slow));
+        s.record("ec2:RunInstances", ms(5), Bytes::default(), Some(&limit));
+        s.record("ec2:RunInstances", ms(5), Bytes::default(), None);
+        let snap = s.snapshot();
+        assert_eq!(snap.errors.len(), 2);
+        assert_eq!(snap.errors[0].code, "SlowDown");
+        assert_eq!(snap.errors[0].count, 2);
+        assert!(snap.errors[0].throttled);
+        assert_eq!(snap.total.num_requests, 4);
+        assert_eq!(snap.total.num_failures, 3);
+        assert_eq!(snap.total.num_throttled, 2);
+        assert!(Failure::new("HTTP 503", "").throttled);
+        // Waits are shown but are not requests: they stay out of the aggregate.
+        s.record("ec2:instance-running", ms(90_000), Bytes::default(), None);
+        let snap = s.snapshot();
+        assert_eq!(snap.total.num_requests, 4);
+        assert_eq!(snap.entries.len(), 3);
+        assert!(is_request_entry("s3:PutObject"));
+        assert!(!is_request_entry("ec2:volume-available"));
+        assert!(!is_request_entry("s3:GetObject:ttfb"));
+        assert!(!Failure::new("AccessDenied", "").throttled);
+    }
+
+    #[test]
+    fn merge_equals_recording_in_one_place() {
+        let (mut a, mut b, mut both) = (
+            StatsData::default(),
+            StatsData::default(),
+            StatsData::default(),
+        );
+        let f = Failure::new("timeout", "read timed out");
+        for i in 0..500u64 {
+            let (t, fail) = (ms(i % 37 + 1), (i % 50 == 0).then_some(&f));
+            if i % 3 == 0 { &mut a } else { &mut b }.record(
+                "ec2:DescribeInstances",
+                t,
+                Bytes::default(),
+                fail,
+            );
+            both.record("ec2:DescribeInstances", t, Bytes::default(), fail);
+        }
+        a.merge(&b);
+        let (m, w) = (a.snapshot(), both.snapshot());
+        assert_eq!(m.total.num_requests, w.total.num_requests);
+        assert_eq!(m.total.num_failures, w.total.num_failures);
+        assert_eq!(m.total.percentiles_ms, w.total.percentiles_ms);
+        assert_eq!(m.errors[0].count, 10);
+    }
+
+    #[test]
+    fn current_rps_uses_complete_seconds_of_the_window() {
+        let mut s = StatsData {
+            started: 1000.0,
+            ..StatsData::default()
+        };
+        for sec in 1000..1020u64 {
+            for _ in 0..5 {
+                s.record_at(sec as f64 + 0.5, "x", ms(1), Bytes::default(), None);
+            }
+        }
+        let e = &s.entries["x"];
+        let (rps, fails) = e.current(1020.2, 1000.0);
+        assert!((rps - 5.0).abs() < 1e-9, "{rps}");
+        assert_eq!(fails, 0.0);
+        // Early in a run the window is as long as the run so far.
+        let mut early = StatsData {
+            started: 1000.0,
+            ..StatsData::default()
+        };
+        for sec in 1000..1003u64 {
+            for _ in 0..5 {
+                early.record_at(sec as f64 + 0.5, "x", ms(1), Bytes::default(), None);
+            }
+        }
+        let (rps, _) = early.entries["x"].current(1003.0, 1000.0);
+        assert!((rps - 5.0).abs() < 1e-9, "{rps}");
+    }
+
+    #[test]
+    fn history_rows_carry_users_and_totals() {
+        let mut s = StatsData::default();
+        s.record("s3:PutObject", ms(3), Bytes::default(), None);
+        s.history_tick(7);
+        let r = &s.history[0];
+        assert_eq!(r.user_count, 7);
+        assert_eq!(r.total_requests, 1);
+        assert_eq!(r.percentiles_ms.len(), PERCENTILES.len());
+    }
+}

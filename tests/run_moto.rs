@@ -1,0 +1,315 @@
+//! Headless runs against a real moto server over HTTP.
+
+mod common;
+
+use aws_sdk_ec2::types::{Filter, InstanceStateName, VolumeState};
+use common::*;
+
+fn read_json(p: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).expect("json report")).expect("valid json")
+}
+
+fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no entry {name} in {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn burn_in_run_measures_and_leaves_nothing_behind() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ec2, s3) = clients(&moto).await;
+    // Resources made outside cloudswarm must survive its clean-up.
+    let img = ec2
+        .describe_images()
+        .send()
+        .await
+        .unwrap()
+        .images()
+        .iter()
+        .find_map(|i| i.image_id().map(str::to_string))
+        .unwrap();
+    let outside = ec2
+        .run_instances()
+        .image_id(&img)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let outside_id = outside.instances()[0].instance_id().unwrap().to_string();
+    s3.create_bucket()
+        .bucket("operator-data")
+        .send()
+        .await
+        .unwrap();
+
+    let json = dir.path().join("report.json");
+    let csv = dir.path().join("burn");
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            "profiles/burn-in.toml",
+            "-u",
+            "7",
+            "-r",
+            "7",
+            "-t",
+            "15s",
+            "--json",
+            json.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+            "--sla",
+            "failure_rate<5%",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = read_json(&json);
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    for name in ["ec2:RunInstances", "ec2:CreateVolume", "s3:PutObject"] {
+        let e = entry(&report, name);
+        assert!(e["num_requests"].as_u64().unwrap() > 0, "{name}: {e}");
+        let (p50, p95, p99, max) = (
+            e["p50_ms"].as_f64().unwrap(),
+            e["p95_ms"].as_f64().unwrap(),
+            e["p99_ms"].as_f64().unwrap(),
+            e["max_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            p50 > 0.0 && p50 <= p95 && p95 <= p99 && p99 <= max,
+            "{name}: {e}"
+        );
+    }
+    assert!(
+        entry(&report, "ec2:instance-running")["num_requests"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let total = &report["total"];
+    let sum: u64 = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            let n = e["name"].as_str().unwrap();
+            n.split(':').nth(1).unwrap().starts_with(char::is_uppercase)
+        })
+        .map(|e| e["num_requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total["num_requests"].as_u64().unwrap(),
+        sum,
+        "aggregate = sum of requests"
+    );
+    assert!(report["resources"]["created"].as_u64().unwrap() > 0);
+    assert_eq!(report["resources"]["leaked"], 0, "{report:#}");
+
+    // The cloud holds nothing of the run: no live instance, no volume, no bucket.
+    let tag = Filter::builder()
+        .name("tag:cloudswarm:run-id")
+        .values(&run_id)
+        .build();
+    let inst = ec2
+        .describe_instances()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let mut tagged = 0;
+    for i in inst.reservations().iter().flat_map(|r| r.instances()) {
+        tagged += 1;
+        let st = i.state().and_then(|s| s.name()).unwrap();
+        assert!(
+            matches!(
+                st,
+                InstanceStateName::Terminated | InstanceStateName::ShuttingDown
+            ),
+            "instance {:?} of the run is {st:?}",
+            i.instance_id()
+        );
+    }
+    assert!(tagged > 0, "the run's instances carry its tag");
+    let vols = ec2.describe_volumes().filters(tag).send().await.unwrap();
+    for v in vols.volumes() {
+        assert_ne!(v.state(), Some(&VolumeState::Available), "{v:?}");
+    }
+    let buckets = s3.list_buckets().send().await.unwrap();
+    let names: Vec<&str> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("cs-{run_id}-"))),
+        "{names:?}"
+    );
+    // What was there before is untouched.
+    assert!(names.contains(&"operator-data"), "{names:?}");
+    let o = ec2
+        .describe_instances()
+        .instance_ids(&outside_id)
+        .send()
+        .await
+        .unwrap();
+    let st = o.reservations()[0].instances()[0]
+        .state()
+        .unwrap()
+        .name()
+        .unwrap()
+        .clone();
+    assert_eq!(st, InstanceStateName::Running);
+
+    // CSV files carry Locust's columns and one row per entry plus Aggregated.
+    let stats = std::fs::read_to_string(format!("{}_stats.csv", csv.display())).unwrap();
+    let mut lines = stats.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("Type,Name,Request Count,Failure Count,Median Response Time"),
+        "{header}"
+    );
+    assert!(header.contains("99.9%"));
+    assert!(
+        stats.lines().any(|l| l.starts_with(",Aggregated,")),
+        "{stats}"
+    );
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("ec2,ec2:RunInstances,")),
+        "{stats}"
+    );
+    let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
+    assert!(
+        hist.lines().count() > 10,
+        "one history row a second: {hist}"
+    );
+    assert!(std::path::Path::new(&format!("{}_failures.csv", csv.display())).exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Response time percentiles"), "{stdout}");
+    assert!(stdout.contains("SLA failure_rate<5%"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_count_follows_stages_and_sla_breach_exits_1() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("shape");
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            "profiles/storage.toml",
+            "--stages",
+            "6:7s:20,2:6s:20",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--sla",
+            "rps>=1000000",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an SLA breach exits 1: {}",
+        text(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+    let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
+    let users: Vec<u64> = hist
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let first_six = users.iter().position(|&u| u == 6).expect(&hist);
+    let later_two = users[first_six..]
+        .iter()
+        .position(|&u| u == 2)
+        .expect(&hist);
+    // Once down to 2 it stays there until the stop (the last row is after stop: 0).
+    let tail = &users[first_six + later_two..users.len() - 1];
+    assert!(tail.iter().all(|&u| u == 2), "{users:?}");
+    assert!(tail.len() >= 3, "{users:?}");
+}
+
+#[test]
+fn bad_profile_and_bad_flags_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[user]]\nname = \"x\"\n[[user.task]]\nop = \"ec2:LaunchRocket\"\n",
+    )
+    .unwrap();
+    let out = cloudswarm()
+        .args(["check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4:") && err.contains("unknown op `ec2:LaunchRocket`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ec2:RunInstances"),
+        "lists the known ops: {err}"
+    );
+
+    let out = cloudswarm()
+        .args(["run", "-f", bad.to_str().unwrap(), "-t", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let out = cloudswarm()
+        .args(["check", "profiles/burn-in.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    for args in [
+        vec!["-u", "-3"],
+        vec!["-r", "0"],
+        vec!["-t", "soon"],
+        vec!["--stages", "10"],
+        vec!["--sla", "latency<1s"],
+        vec!["--sla", "p95(ec2:Nope)<1s"],
+        vec!["--ec2-endpoint", "ftp://x"],
+    ] {
+        let out = cloudswarm()
+            .args(["run", "-f", "profiles/smoke.toml", "--state-dir"])
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(!out.stderr.is_empty());
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}
+
+#[test]
+fn unreachable_endpoint_fails_preflight_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    let url = format!("http://127.0.0.1:{port}");
+    let out = cloudswarm()
+        .args(["run", "-f", "profiles/smoke.toml", "-t", "5s"])
+        .args(["--ec2-endpoint", &url, "--s3-endpoint", &url, "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach EC2") && err.contains("refused"),
+        "{err}"
+    );
+}
