@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what cloudswarm's local cloud and tests need, skipping what is there:
-#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv
+#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx (Debian)
 #   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +32,13 @@ apt_need() { # apt_need COMMAND PACKAGE...
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# The tests put nginx in front of moto (Eucalyptus-style /services/* paths).
+apt_need nginx nginx
+
 for extra in "$@"; do
   case "$extra" in
     bench)
-      apt_need nginx nginx-light
+      apt_need nginx nginx
       pip_need locust locust
       pip_need boto3 boto3
       ;;

@@ -31,6 +31,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Delete what runs left behind (from their journals and the cloud's tags and names)
+    Cleanup(Box<crate::reclaim::CleanupArgs>),
     /// List the ops a profile can use
     Ops,
 }
@@ -55,6 +57,31 @@ fn check(files: &[PathBuf]) -> i32 {
         }
     }
     code
+}
+
+/// Runs an async command on a fresh runtime; maps errors to exit codes.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            }
+        }
+    }
 }
 
 /// Runs the command line; returns the exit code.
@@ -82,28 +109,7 @@ pub fn main() -> i32 {
             }
             0
         }
-        Command::Run(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return 2;
-                }
-            };
-            match rt.block_on(run::run(*args)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    if e.downcast_ref::<ConfigError>().is_some() {
-                        2
-                    } else {
-                        1
-                    }
-                }
-            }
-        }
+        Command::Run(args) => block_on(run::run(*args)),
+        Command::Cleanup(args) => block_on(crate::reclaim::cleanup(*args)),
     }
 }

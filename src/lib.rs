@@ -4,12 +4,14 @@
 //! users) → [`tasks`] (cloud ops through the AWS SDK, against the [`target`],
 //! creating resources tracked by [`resources`]) → [`stats`] (exact
 //! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs).
-//! [`run`] ties them together for a headless run; [`cli`] is the command line.
+//! [`run`] ties them together for a headless run, [`reclaim`] cleans up
+//! after runs; [`cli`] is the command line.
 
 pub mod cli;
 pub mod engine;
 pub mod output;
 pub mod profile;
+pub mod reclaim;
 pub mod resources;
 pub mod run;
 pub mod stats;

@@ -83,7 +83,21 @@ pub struct Params {
     pub volume_type: Option<String>,
     /// An availability zone, or `auto` for the first one the region lists.
     pub availability_zone: String,
-    pub object_size: u64,
+    /// Size of each object `s3:PutObject` writes.
+    pub object_size: SizeSpec,
+    /// HTTP byte range `s3:GetObject` asks for (`0-1023`), or the whole object.
+    pub get_range: Option<String>,
+    /// Size of a multipart upload and of its parts.
+    pub multipart_size: u64,
+    pub part_size: u64,
+    /// Objects per `s3:DeleteObjects` call.
+    pub delete_batch: usize,
+    /// Key pair, security group (id or name) and user data for `ec2:RunInstances`.
+    pub key_name: Option<String>,
+    pub security_group: Option<String>,
+    pub user_data: Option<String>,
+    /// Source network of the rule `ec2:AuthorizeSecurityGroupIngress` adds.
+    pub ingress_cidr: String,
     pub bucket: BucketMode,
     /// How long a provisioning wait (`ec2:instance-running`...) may take before it fails.
     pub wait_timeout: Duration,
@@ -100,10 +114,56 @@ impl Default for Params {
             volume_size_gib: 1,
             volume_type: None,
             availability_zone: "auto".into(),
-            object_size: 1024,
+            object_size: SizeSpec::Fixed(1024),
+            get_range: None,
+            multipart_size: 10 * 1024 * 1024,
+            part_size: 5 * 1024 * 1024,
+            delete_batch: 10,
+            key_name: None,
+            security_group: None,
+            user_data: None,
+            ingress_cidr: "192.0.2.0/24".into(),
             bucket: BucketMode::PerUser,
             wait_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Object sizes: fixed, uniform in a range, or a weighted choice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SizeSpec {
+    Fixed(u64),
+    Range(u64, u64),
+    Weighted(Vec<(u64, u32)>),
+}
+
+impl SizeSpec {
+    /// The size of the next object.
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> u64 {
+        match self {
+            SizeSpec::Fixed(n) => *n,
+            SizeSpec::Range(a, b) => rng.random_range(*a..=*b),
+            SizeSpec::Weighted(v) => {
+                let total: u64 = v.iter().map(|(_, w)| *w as u64).sum();
+                let mut pick = rng.random_range(0..total);
+                for (size, w) in v {
+                    if pick < *w as u64 {
+                        return *size;
+                    }
+                    pick -= *w as u64;
+                }
+                v.last().map_or(0, |x| x.0)
+            }
+        }
+    }
+
+    /// The largest size it can give.
+    pub fn max(&self) -> u64 {
+        match self {
+            SizeSpec::Fixed(n) => *n,
+            SizeSpec::Range(_, b) => *b,
+            SizeSpec::Weighted(v) => v.iter().map(|x| x.0).max().unwrap_or(0),
         }
     }
 }
@@ -185,6 +245,14 @@ struct RawTask {
     weight: Option<Spanned<i64>>,
 }
 
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawSize {
+    Text(String),
+    Bytes(i64),
+    Weighted(std::collections::BTreeMap<String, i64>),
+}
+
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawParams {
@@ -194,7 +262,15 @@ struct RawParams {
     volume_size_gib: Option<Spanned<i64>>,
     volume_type: Option<String>,
     availability_zone: Option<String>,
-    object_size: Option<Spanned<String>>,
+    object_size: Option<Spanned<RawSize>>,
+    get_range: Option<Spanned<String>>,
+    multipart_size: Option<Spanned<String>>,
+    part_size: Option<Spanned<String>>,
+    delete_batch: Option<Spanned<i64>>,
+    key_name: Option<String>,
+    security_group: Option<String>,
+    user_data: Option<String>,
+    ingress_cidr: Option<String>,
     bucket: Option<Spanned<String>>,
     wait_timeout: Option<Spanned<String>>,
     poll_interval: Option<Spanned<String>>,
@@ -212,6 +288,14 @@ impl RawParams {
             volume_type: self.volume_type.or(b.volume_type),
             availability_zone: self.availability_zone.or(b.availability_zone),
             object_size: self.object_size.or(b.object_size),
+            get_range: self.get_range.or(b.get_range),
+            multipart_size: self.multipart_size.or(b.multipart_size),
+            part_size: self.part_size.or(b.part_size),
+            delete_batch: self.delete_batch.or(b.delete_batch),
+            key_name: self.key_name.or(b.key_name),
+            security_group: self.security_group.or(b.security_group),
+            user_data: self.user_data.or(b.user_data),
+            ingress_cidr: self.ingress_cidr.or(b.ingress_cidr),
             bucket: self.bucket.or(b.bucket),
             wait_timeout: self.wait_timeout.or(b.wait_timeout),
             poll_interval: self.poll_interval.or(b.poll_interval),
@@ -510,7 +594,55 @@ fn build_params(
         p.availability_zone = v;
     }
     if let Some(v) = raw.object_size {
-        p.object_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+        let span = v.span();
+        p.object_size = size_spec(v.into_inner()).map_err(|m| locate(Some(span), m))?;
+    }
+    if let Some(v) = raw.get_range {
+        let r = v.get_ref().trim();
+        let ok = r.split_once('-').is_some_and(|(a, b)| {
+            a.parse::<u64>().is_ok()
+                && (b.is_empty() || b.parse::<u64>().is_ok_and(|e| e >= a.parse().unwrap_or(0)))
+        });
+        if !ok {
+            return Err(locate(
+                Some(v.span()),
+                format!(
+                    "get_range must be FIRST-LAST bytes such as \"0-1023\" or \"512-\", got \"{r}\""
+                ),
+            ));
+        }
+        p.get_range = Some(r.to_string());
+    }
+    if let Some(v) = raw.multipart_size {
+        p.multipart_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+    }
+    if let Some(v) = raw.part_size {
+        p.part_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
+        if p.part_size == 0 {
+            return Err(locate(Some(v.span()), "part_size must be above 0".into()));
+        }
+    }
+    if p.multipart_size.div_ceil(p.part_size.max(1)) > 10_000 {
+        return Err(locate(
+            None,
+            "multipart_size / part_size gives more than 10000 parts".into(),
+        ));
+    }
+    if let Some(v) = raw.delete_batch {
+        let n = *v.get_ref();
+        if !(1..=1000).contains(&n) {
+            return Err(locate(
+                Some(v.span()),
+                format!("delete_batch must be from 1 to 1000, got {n}"),
+            ));
+        }
+        p.delete_batch = n as usize;
+    }
+    p.key_name = raw.key_name;
+    p.security_group = raw.security_group;
+    p.user_data = raw.user_data;
+    if let Some(v) = raw.ingress_cidr {
+        p.ingress_cidr = v;
     }
     if let Some(v) = raw.bucket {
         p.bucket = match v.get_ref().as_str() {
@@ -538,6 +670,38 @@ fn build_params(
         p.poll_interval = d;
     }
     Ok(p)
+}
+
+fn size_spec(raw: RawSize) -> Result<SizeSpec, String> {
+    match raw {
+        RawSize::Bytes(n) if n >= 0 => Ok(SizeSpec::Fixed(n as u64)),
+        RawSize::Bytes(n) => Err(format!("object_size must not be negative, got {n}")),
+        RawSize::Text(t) => match t.split_once("..") {
+            Some((a, b)) => {
+                let (a, b) = (parse_size(a)?, parse_size(b)?);
+                if a > b {
+                    return Err(format!("object_size range `{t}` has its bounds swapped"));
+                }
+                Ok(SizeSpec::Range(a, b))
+            }
+            None => Ok(SizeSpec::Fixed(parse_size(&t)?)),
+        },
+        RawSize::Weighted(m) => {
+            if m.is_empty() {
+                return Err("object_size table is empty".into());
+            }
+            let mut v = Vec::new();
+            for (size, w) in m {
+                if !(1..=1_000_000).contains(&w) {
+                    return Err(format!(
+                        "object_size weight for `{size}` must be from 1 to 1000000, got {w}"
+                    ));
+                }
+                v.push((parse_size(&size)?, w as u32));
+            }
+            Ok(SizeSpec::Weighted(v))
+        }
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -588,7 +752,7 @@ mod tests {
         let c = &prof.users[0];
         assert_eq!(c.weight, 3);
         assert_eq!(c.params.instance_type, "m1.small");
-        assert_eq!(c.params.object_size, 4096);
+        assert_eq!(c.params.object_size, SizeSpec::Fixed(4096));
         assert_eq!(c.tasks[0].weight, 5);
         assert_eq!(c.tasks[1].name, "lifecycle");
         assert_eq!(c.tasks[1].steps.len(), 3);
@@ -630,6 +794,42 @@ mod tests {
         let e = p("[[user]]\nname=\"a\"\nparams = { object_size = \"3 parsecs\" }\n[[user.task]]\nop=\"s3:PutObject\"\n")
             .unwrap_err();
         assert!(e.message.contains("unit"), "{e}");
+    }
+
+    #[test]
+    fn object_size_forms() {
+        let prof = |v: &str| {
+            p(&format!(
+                "[params]\nobject_size = {v}\n[[user]]\nname=\"a\"\n[[user.task]]\nop=\"s3:PutObject\"\n"
+            ))
+        };
+        let sz = |v: &str| prof(v).unwrap().users[0].params.object_size.clone();
+        assert_eq!(sz("\"1KiB\""), SizeSpec::Fixed(1024));
+        assert_eq!(sz("2048"), SizeSpec::Fixed(2048));
+        assert_eq!(sz("\"1KiB..4KiB\""), SizeSpec::Range(1024, 4096));
+        let w = sz("{ \"4KiB\" = 70, \"1MiB\" = 30 }");
+        assert_eq!(w.max(), 1024 * 1024);
+        let mut rng = rand::rng();
+        let mut small = 0;
+        for _ in 0..1000 {
+            let s = w.sample(&mut rng);
+            assert!(s == 4096 || s == 1024 * 1024);
+            small += (s == 4096) as u32;
+        }
+        assert!((600..800).contains(&small), "{small}");
+        for _ in 0..100 {
+            let s = SizeSpec::Range(10, 20).sample(&mut rng);
+            assert!((10..=20).contains(&s));
+        }
+        assert!(
+            prof("\"4KiB..1KiB\"")
+                .unwrap_err()
+                .message
+                .contains("swapped")
+        );
+        assert!(prof("{ \"4KiB\" = 0 }").is_err());
+        let e = p("[params]\nget_range = \"abc\"\n[[user]]\nname=\"a\"\n[[user.task]]\nop=\"s3:GetObject\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

@@ -23,15 +23,35 @@ pub const RUN_TAG: &str = "cloudswarm:run-id";
 pub enum Kind {
     Instance,
     Volume,
+    Snapshot,
+    Address,
+    KeyPair,
+    SecurityGroup,
     Bucket,
     Object,
 }
 
 impl Kind {
+    /// Every kind, in clean-up order (what depends on others goes first).
+    pub const ALL: [Kind; 8] = [
+        Kind::Address,
+        Kind::Instance,
+        Kind::Volume,
+        Kind::Snapshot,
+        Kind::KeyPair,
+        Kind::SecurityGroup,
+        Kind::Bucket,
+        Kind::Object,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Instance => "instances",
             Kind::Volume => "volumes",
+            Kind::Snapshot => "snapshots",
+            Kind::Address => "addresses",
+            Kind::KeyPair => "key pairs",
+            Kind::SecurityGroup => "security groups",
             Kind::Bucket => "buckets",
             Kind::Object => "objects",
         }
@@ -71,6 +91,8 @@ struct Inner {
     counts: BTreeMap<Kind, KindCounts>,
     /// Creates sent and not answered yet, per kind (they count against caps).
     pending: BTreeMap<Kind, u64>,
+    /// Bytes of objects stored (or being stored) by the run.
+    object_bytes: u64,
 }
 
 /// The run's record of what it created.
@@ -107,6 +129,33 @@ impl Tracker {
             seq: Arc::new(AtomicU64::new(0)),
             inner: Arc::default(),
         })
+    }
+
+    /// Opens (or creates) a run's journal to append to, e.g. for `cloudswarm cleanup`.
+    pub fn open(state_dir: &Path, run_id: &str) -> Result<Tracker> {
+        let dir = state_dir.join("runs").join(run_id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("journal.jsonl"))
+            .with_context(|| format!("cannot open journal in {}", dir.display()))?;
+        Ok(Tracker {
+            run_id: run_id.to_string(),
+            dir,
+            journal: Arc::new(Mutex::new(journal)),
+            seq: Arc::new(AtomicU64::new(1_000_000_000)),
+            inner: Arc::default(),
+        })
+    }
+
+    /// Takes over a resource found alive (in a journal or in the cloud) without journaling it again.
+    pub fn adopt(&self, kind: Kind, id: &str) {
+        let mut g = self.lock();
+        if g.alive.entry(kind).or_default().insert(id.to_string()) {
+            g.counts.entry(kind).or_default().alive += 1;
+        }
     }
 
     pub fn run_id(&self) -> &str {
@@ -216,6 +265,27 @@ impl Tracker {
             )
             .await;
         }
+    }
+
+    /// Reserves `n` bytes of object storage under `cap`; false when it would exceed it.
+    pub fn reserve_bytes(&self, n: u64, cap: u64) -> bool {
+        let mut g = self.lock();
+        if g.object_bytes.saturating_add(n) > cap {
+            return false;
+        }
+        g.object_bytes += n;
+        true
+    }
+
+    /// Gives back object bytes (an upload failed, or objects were deleted).
+    pub fn release_bytes(&self, n: u64) {
+        let mut g = self.lock();
+        g.object_bytes = g.object_bytes.saturating_sub(n);
+    }
+
+    /// Bytes of objects the run holds.
+    pub fn object_bytes(&self) -> u64 {
+        self.lock().object_bytes
     }
 
     /// Counts untracked-by-id resources such as objects (they go with their bucket).

@@ -135,6 +135,9 @@ pub struct RunArgs {
     /// Most buckets alive at once
     #[arg(long, default_value_t = 100)]
     pub max_buckets: u64,
+    /// Most bytes of objects stored at once (e.g. 5GiB)
+    #[arg(long, default_value = "5GiB", value_parser = crate::profile::parse_size)]
+    pub max_bytes: u64,
     /// Seconds between status lines (0: none)
     #[arg(long, default_value_t = 5)]
     pub status_every: u64,
@@ -215,7 +218,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .collect::<Result<_>>()?;
     for s in &slas {
         if let Some(e) = s.entry()
-            && Op::from_name(e).is_none()
+            && !crate::tasks::is_known_entry(e)
         {
             bail!(config_err(format!(
                 "SLA `{s}` names `{e}`, which is not an op (known ops: {})",
@@ -271,11 +274,16 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
+    let services: Vec<&str> = [need_ec2.then_some("ec2"), need_s3.then_some("s3")]
+        .into_iter()
+        .flatten()
+        .collect();
     let meta = serde_json::json!({
         "run_id": run_id,
         "profile": args.profile.display().to_string(),
         "started_at": started_at,
         "target": clients.info,
+        "services": services,
     });
     let tracker =
         Tracker::create(&state_dir, &run_id, &meta).map_err(|e| config_err(format!("{e:#}")))?;
@@ -283,6 +291,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         max_instances: args.max_instances,
         max_volumes: args.max_volumes,
         max_buckets: args.max_buckets,
+        max_bytes: args.max_bytes,
     };
     let mut ctx = RunCtx::new(run_id.clone(), clients, Stats::new(), tracker.clone(), caps);
     ctx.default_az = az;
@@ -376,7 +385,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         engine.set_state(RunState::CleaningUp);
         let progress = |m: &str| eprintln!("clean-up: {m}");
         let report = tokio::select! {
-            r = cleanup::delete_tracked(&ctx, args.cleanup_timeout, &progress) => Some(r),
+            r = cleanup::delete_tracked(&ctx.clients, &ctx.tracker, args.cleanup_timeout, &progress) => Some(r),
             _ = shutdown_signal() => None,
         };
         match report {
@@ -391,7 +400,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                 }
                 cleanup_failed = r.failed;
             }
-            None => eprintln!("clean-up interrupted: what is left stays in the journal"),
+            None => eprintln!(
+                "clean-up interrupted: what is left stays in the journal; run `cloudswarm cleanup --run-id {run_id}`"
+            ),
         }
     }
     engine.set_state(RunState::Stopped);
@@ -406,7 +417,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .collect();
     if !live.is_empty() && !args.keep_resources {
         eprintln!(
-            "WARNING: resources of run {run_id} are left: {} (see {})",
+            "WARNING: resources of run {run_id} are left: {}; delete them with `cloudswarm cleanup --run-id {run_id}` (journal {})",
             live.join(", "),
             tracker.dir().join("journal.jsonl").display()
         );

@@ -27,9 +27,12 @@ pub struct TargetArgs {
     /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, then AWS's own for the region)
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
-    /// Region label (default: AWS_REGION / profile, then us-east-1)
+    /// Region label (default: AWS_REGION / profile, then us-east-1; `eucalyptus` with --eucarc)
     #[arg(long)]
     pub region: Option<String>,
+    /// Eucalyptus eucarc file: EC2_URL, S3_URL and EC2_ACCESS_KEY/EC2_SECRET_KEY (or AWS_ACCESS_KEY/AWS_SECRET_KEY)
+    #[arg(long, value_name = "FILE")]
+    pub eucarc: Option<std::path::PathBuf>,
     /// Retries per request (0: every attempt is measured on its own)
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
@@ -61,6 +64,118 @@ pub struct Clients {
     pub info: TargetInfo,
 }
 
+/// What a eucarc file says (values may be quoted, lines may start with
+/// `export`, `$VAR` / `${VAR}` refer to earlier lines; other lines are ignored).
+#[derive(Default, Clone, PartialEq)]
+pub struct Eucarc {
+    pub ec2_url: Option<String>,
+    pub s3_url: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub region: Option<String>,
+}
+
+impl std::fmt::Debug for Eucarc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("Eucarc")
+            .field("ec2_url", &self.ec2_url)
+            .field("s3_url", &self.s3_url)
+            .field("access_key", &self.access_key.as_ref().map(|_| "<set>"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
+            .field("region", &self.region)
+            .finish()
+    }
+}
+
+/// Parses eucarc text.
+pub fn parse_eucarc(text: &str) -> Eucarc {
+    let mut vars: std::collections::HashMap<String, String> = Default::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim();
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let mut v = v.trim();
+        // Drop a trailing comment outside quotes.
+        let quoted = v.starts_with('"') || v.starts_with('\'');
+        if !quoted && let Some(i) = v.find(" #") {
+            v = v[..i].trim();
+        }
+        let single = v.len() >= 2 && v.starts_with('\'') && v.ends_with('\'');
+        let double = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+        let inner = if single || double {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        let value = if single {
+            inner.to_string()
+        } else {
+            expand(inner, &vars)
+        };
+        vars.insert(k.to_string(), value);
+    }
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| vars.get(*n).filter(|v| !v.is_empty()).cloned())
+    };
+    Eucarc {
+        ec2_url: get(&["EC2_URL"]),
+        s3_url: get(&["S3_URL"]),
+        access_key: get(&["EC2_ACCESS_KEY", "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID"]),
+        secret_key: get(&["EC2_SECRET_KEY", "AWS_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"]),
+        region: get(&["AWS_DEFAULT_REGION", "AWS_REGION", "EC2_REGION"]),
+    }
+}
+
+/// Expands `$NAME` and `${NAME}` from earlier lines (unknown names stay as written).
+fn expand(v: &str, vars: &std::collections::HashMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, len) = if let Some(b) = after.strip_prefix('{') {
+            match b.find('}') {
+                Some(j) => (&b[..j], j + 2),
+                None => ("", 0),
+            }
+        } else {
+            let j = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..j], j)
+        };
+        match vars.get(name).filter(|_| !name.is_empty()) {
+            Some(val) => out.push_str(val),
+            None => out.push_str(&rest[i..i + 1 + len]),
+        }
+        rest = &rest[i + 1 + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An S3 endpoint with a path prefix must end with `/`, or the SDK drops the
+/// separator before the bucket (aws-sdk-rust #1387).
+pub fn normalize_s3_endpoint(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |x| x.1);
+    match after_scheme.find('/') {
+        Some(i) if i + 1 < after_scheme.len() && !url.ends_with('/') => format!("{url}/"),
+        _ => url.to_string(),
+    }
+}
+
 fn check_url(what: &str, url: &str) -> Result<()> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && url.split("://").nth(1).is_some_and(|h| !h.is_empty());
@@ -74,14 +189,36 @@ impl TargetArgs {
     /// Builds the clients from the flags, the environment and the AWS config files.
     pub async fn clients(&self) -> Result<Clients> {
         let env_ep = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let euca = match &self.eucarc {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read eucarc {}: {e}", path.display()))?;
+                let e = parse_eucarc(&text);
+                if e.ec2_url.is_none() && e.s3_url.is_none() {
+                    bail!("eucarc {} sets neither EC2_URL nor S3_URL", path.display());
+                }
+                if e.access_key.is_some() != e.secret_key.is_some() {
+                    bail!(
+                        "eucarc {} sets only one of the access key and the secret key",
+                        path.display()
+                    );
+                }
+                Some(e)
+            }
+            None => None,
+        };
+        let euca = euca.unwrap_or_default();
         let ec2_ep = self
             .ec2_endpoint
             .clone()
+            .or(euca.ec2_url.clone())
             .or_else(|| env_ep("AWS_ENDPOINT_URL_EC2"));
         let s3_ep = self
             .s3_endpoint
             .clone()
-            .or_else(|| env_ep("AWS_ENDPOINT_URL_S3"));
+            .or(euca.s3_url.clone())
+            .or_else(|| env_ep("AWS_ENDPOINT_URL_S3"))
+            .map(|u| normalize_s3_endpoint(&u));
         if let Some(u) = &ec2_ep {
             check_url("EC2", u)?;
         }
@@ -94,8 +231,22 @@ impl TargetArgs {
             bail!("region `{r}` is not a region label (letters, digits and -)");
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(r) = &self.region {
+        let region_flag = self.region.clone().or(euca.region.clone()).or_else(|| {
+            // Eucalyptus clouds take any label; use theirs unless told otherwise.
+            (self.eucarc.is_some() && std::env::var("AWS_REGION").is_err())
+                .then(|| "eucalyptus".to_string())
+        });
+        if let Some(r) = &region_flag {
             loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let (Some(ak), Some(sk)) = (&euca.access_key, &euca.secret_key) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                ak.clone(),
+                sk.clone(),
+                None,
+                None,
+                "eucarc",
+            ));
         }
         let shared = loader.load().await;
         let region = shared
@@ -218,4 +369,60 @@ pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String
         }
     }
     Ok(az)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eucarc_quotes_exports_and_references() {
+        let e = parse_eucarc(
+            r#"
+EUCA_KEY_DIR=$(cd $(dirname ${BASH_SOURCE:-$0}); pwd -P)
+export EC2_URL=http://10.1.1.1:8773/services/compute
+export S3_URL="http://10.1.1.1:8773/services/objectstorage"
+export EC2_ACCESS_KEY='AKIAEXAMPLE'
+export EC2_SECRET_KEY='se/cr+et'
+export AWS_ACCESS_KEY="$EC2_ACCESS_KEY"
+export AWS_SECRET_KEY="${EC2_SECRET_KEY}"
+export EC2_CERT=${EUCA_KEY_DIR}/euca2-admin-cert.pem
+alias ec2-bundle-image="ec2-bundle-image --cert ${EC2_CERT}"
+# a comment
+"#,
+        );
+        assert_eq!(
+            e.ec2_url.as_deref(),
+            Some("http://10.1.1.1:8773/services/compute")
+        );
+        assert_eq!(
+            e.s3_url.as_deref(),
+            Some("http://10.1.1.1:8773/services/objectstorage")
+        );
+        assert_eq!(e.access_key.as_deref(), Some("AKIAEXAMPLE"));
+        assert_eq!(e.secret_key.as_deref(), Some("se/cr+et"));
+        assert!(!format!("{e:?}").contains("se/cr+et"), "Debug hides keys");
+        let only_aws = parse_eucarc(
+            "AWS_ACCESS_KEY=a
+AWS_SECRET_KEY=b
+S3_URL=http://x/
+",
+        );
+        assert_eq!(only_aws.access_key.as_deref(), Some("a"));
+        assert_eq!(only_aws.secret_key.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn s3_endpoints_with_a_path_end_with_a_slash() {
+        assert_eq!(
+            normalize_s3_endpoint("http://h:8773/services/objectstorage"),
+            "http://h:8773/services/objectstorage/"
+        );
+        assert_eq!(
+            normalize_s3_endpoint("http://h:8773/services/objectstorage/"),
+            "http://h:8773/services/objectstorage/"
+        );
+        assert_eq!(normalize_s3_endpoint("http://h:9000"), "http://h:9000");
+        assert_eq!(normalize_s3_endpoint("http://h:9000/"), "http://h:9000/");
+    }
 }

@@ -5,17 +5,8 @@ mod common;
 use aws_sdk_ec2::types::{Filter, InstanceStateName, VolumeState};
 use common::*;
 
-fn read_json(p: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).expect("json report")).expect("valid json")
-}
-
 fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("no entry {name} in {report:#}"))
+    find_entry(report, name).unwrap_or_else(|| panic!("no entry {name} in {report:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,8 +90,8 @@ async fn burn_in_run_measures_and_leaves_nothing_behind() {
         .unwrap()
         .iter()
         .filter(|e| {
-            let n = e["name"].as_str().unwrap();
-            n.split(':').nth(1).unwrap().starts_with(char::is_uppercase)
+            let parts: Vec<&str> = e["name"].as_str().unwrap().split(':').collect();
+            parts.len() == 2 && parts[1].starts_with(char::is_uppercase)
         })
         .map(|e| e["num_requests"].as_u64().unwrap())
         .sum();

@@ -1,15 +1,18 @@
-//! Clean-up: deletes every resource the run still tracks as alive
-//! (instances, volumes, buckets with their objects), retrying what the cloud
-//! is not ready to delete yet, and reports what it could not delete.
+//! Clean-up: finds a run's resources in the cloud (by its tag and name
+//! prefix, never with an empty filter) and deletes everything a tracker holds
+//! as alive, in dependency order (addresses, instances, volumes, snapshots,
+//! key pairs, security groups, buckets with their objects and uploads),
+//! retrying what the cloud is not ready to delete yet.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use aws_sdk_ec2::types::Filter;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use super::RunCtx;
 use super::errors::classify;
-use crate::resources::Kind;
+use crate::resources::{Kind, RUN_TAG};
+use crate::target::Clients;
 
 /// What a clean-up did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -19,30 +22,271 @@ pub struct CleanupReport {
     pub failed: Vec<(Kind, String, String)>,
 }
 
-/// Deletes everything the run's tracker holds; gives up on a resource at `deadline`.
+/// True when `name` is one of run `run_id`'s names (`cs-<runid>-<n>`).
+pub fn is_run_name(name: &str, run_id: &str) -> bool {
+    !run_id.is_empty()
+        && name
+            .strip_prefix("cs-")
+            .and_then(|r| r.strip_prefix(run_id))
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn tag_filter(run_id: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{RUN_TAG}"))
+        .values(run_id)
+        .build()
+}
+
+fn err_text<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let f = classify(e);
+    format!("{}: {}", f.code, f.message)
+}
+
+/// Lists what of run `run_id` the cloud still holds: tagged EC2 resources
+/// that are not gone, and buckets with the run's name prefix. `ec2` / `s3`
+/// say which services to look at. Errors name the listing that failed.
+pub async fn list_run(
+    c: &Clients,
+    run_id: &str,
+    ec2: bool,
+    s3: bool,
+) -> Result<BTreeMap<Kind, Vec<String>>, String> {
+    assert!(!run_id.is_empty(), "a run id is needed to filter by");
+    let mut out: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+    if ec2 {
+        let live = Filter::builder()
+            .name("instance-state-name")
+            .values("pending")
+            .values("running")
+            .values("stopping")
+            .values("stopped")
+            .build();
+        let mut pages = c
+            .ec2
+            .describe_instances()
+            .filters(tag_filter(run_id))
+            .filters(live)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| format!("DescribeInstances: {}", err_text(&e)))?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let Some(id) = i.instance_id() {
+                    out.entry(Kind::Instance).or_default().push(id.to_string());
+                }
+            }
+        }
+        let vols = c
+            .ec2
+            .describe_volumes()
+            .filters(tag_filter(run_id))
+            .send()
+            .await
+            .map_err(|e| format!("DescribeVolumes: {}", err_text(&e)))?;
+        for v in vols.volumes() {
+            let going = matches!(
+                v.state(),
+                Some(
+                    aws_sdk_ec2::types::VolumeState::Deleting
+                        | aws_sdk_ec2::types::VolumeState::Deleted
+                )
+            );
+            if let Some(id) = v.volume_id().filter(|_| !going) {
+                out.entry(Kind::Volume).or_default().push(id.to_string());
+            }
+        }
+        let snaps = c
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tag_filter(run_id))
+            .send()
+            .await
+            .map_err(|e| format!("DescribeSnapshots: {}", err_text(&e)))?;
+        for s in snaps.snapshots() {
+            if let Some(id) = s.snapshot_id() {
+                out.entry(Kind::Snapshot).or_default().push(id.to_string());
+            }
+        }
+        let addrs = c
+            .ec2
+            .describe_addresses()
+            .filters(tag_filter(run_id))
+            .send()
+            .await
+            .map_err(|e| format!("DescribeAddresses: {}", err_text(&e)))?;
+        for a in addrs.addresses() {
+            if let Some(id) = a.allocation_id().or(a.public_ip()) {
+                out.entry(Kind::Address).or_default().push(id.to_string());
+            }
+        }
+        let keys = c
+            .ec2
+            .describe_key_pairs()
+            .filters(
+                Filter::builder()
+                    .name("key-name")
+                    .values(format!("cs-{run_id}-*"))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("DescribeKeyPairs: {}", err_text(&e)))?;
+        for k in keys.key_pairs() {
+            if let Some(n) = k.key_name().filter(|n| is_run_name(n, run_id)) {
+                out.entry(Kind::KeyPair).or_default().push(n.to_string());
+            }
+        }
+        let groups = c
+            .ec2
+            .describe_security_groups()
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(format!("cs-{run_id}-*"))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("DescribeSecurityGroups: {}", err_text(&e)))?;
+        for g in groups.security_groups() {
+            if let (Some(id), Some(name)) = (g.group_id(), g.group_name())
+                && is_run_name(name, run_id)
+            {
+                out.entry(Kind::SecurityGroup)
+                    .or_default()
+                    .push(id.to_string());
+            }
+        }
+    }
+    if s3 {
+        let buckets =
+            c.s3.list_buckets()
+                .send()
+                .await
+                .map_err(|e| format!("ListBuckets: {}", err_text(&e)))?;
+        for b in buckets.buckets() {
+            if let Some(n) = b.name().filter(|n| is_run_name(n, run_id)) {
+                out.entry(Kind::Bucket).or_default().push(n.to_string());
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    Ok(out)
+}
+
+/// Deletes everything `tracker` holds as alive; gives up on a resource at the deadline.
 pub async fn delete_tracked(
-    ctx: &RunCtx,
+    c: &Clients,
+    tracker: &crate::resources::Tracker,
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> CleanupReport {
     let deadline = Instant::now() + timeout;
     let mut report = CleanupReport::default();
+    let done = |report: &mut CleanupReport, kind: Kind, n: u64| {
+        *report.deleted.entry(kind).or_default() += n;
+    };
 
-    let instances = ctx.tracker.alive(Kind::Instance);
+    let addresses = tracker.alive(Kind::Address);
+    if !addresses.is_empty() {
+        progress(&format!("releasing {} address(es)", addresses.len()));
+    }
+    for id in addresses {
+        let is_alloc = id.starts_with("eipalloc-");
+        // Disassociate first where it is associated (a release would fail).
+        let desc = if is_alloc {
+            c.ec2.describe_addresses().allocation_ids(&id).send().await
+        } else {
+            c.ec2.describe_addresses().public_ips(&id).send().await
+        };
+        if let Ok(d) = desc {
+            for a in d.addresses() {
+                let r = match (a.association_id(), a.public_ip()) {
+                    (Some(assoc), _) => {
+                        c.ec2
+                            .disassociate_address()
+                            .association_id(assoc)
+                            .send()
+                            .await
+                    }
+                    (None, Some(ip)) if a.instance_id().is_some() && !is_alloc => {
+                        c.ec2.disassociate_address().public_ip(ip).send().await
+                    }
+                    _ => continue,
+                };
+                if let Err(e) = r {
+                    tracing::debug!("disassociate {id}: {}", err_text(&e));
+                }
+            }
+        }
+        let res = retry(deadline, || {
+            let req = c.ec2.release_address();
+            let req = if is_alloc {
+                req.allocation_id(&id)
+            } else {
+                req.public_ip(&id)
+            };
+            req.send()
+        })
+        .await;
+        match res {
+            Ok(_) => {
+                tracker.deleted(Kind::Address, &id).await;
+                done(&mut report, Kind::Address, 1);
+            }
+            Err(why) if why.contains("NotFound") => tracker.deleted(Kind::Address, &id).await,
+            Err(why) => report.failed.push((Kind::Address, id, why)),
+        }
+    }
+
+    let instances = tracker.alive(Kind::Instance);
     if !instances.is_empty() {
         progress(&format!("terminating {} instance(s)", instances.len()));
     }
     for chunk in instances.chunks(50) {
-        let mut req = ctx.clients.ec2.terminate_instances();
+        let mut req = c.ec2.terminate_instances();
         for id in chunk {
             req = req.instance_ids(id);
         }
         match retry(deadline, || req.clone().send()).await {
             Ok(_) => {
                 for id in chunk {
-                    ctx.tracker.deleted(Kind::Instance, id).await;
+                    tracker.deleted(Kind::Instance, id).await;
                 }
-                *report.deleted.entry(Kind::Instance).or_default() += chunk.len() as u64;
+                done(&mut report, Kind::Instance, chunk.len() as u64);
+            }
+            Err(why) if chunk.len() > 1 && why.starts_with("InvalidInstanceID") => {
+                // One id is gone already: go one by one.
+                for id in chunk {
+                    match retry(deadline, || {
+                        c.ec2.terminate_instances().instance_ids(id).send()
+                    })
+                    .await
+                    {
+                        Ok(_) => {
+                            tracker.deleted(Kind::Instance, id).await;
+                            done(&mut report, Kind::Instance, 1);
+                        }
+                        Err(w) if w.starts_with("InvalidInstanceID") => {
+                            tracker.deleted(Kind::Instance, id).await
+                        }
+                        Err(w) => report.failed.push((Kind::Instance, id.clone(), w)),
+                    }
+                }
+            }
+            Err(why) if why.starts_with("InvalidInstanceID") => {
+                for id in chunk {
+                    tracker.deleted(Kind::Instance, id).await;
+                }
             }
             Err(why) => {
                 for id in chunk {
@@ -54,28 +298,81 @@ pub async fn delete_tracked(
         }
     }
 
-    let volumes = ctx.tracker.alive(Kind::Volume);
+    let volumes = tracker.alive(Kind::Volume);
     if !volumes.is_empty() {
         progress(&format!("deleting {} volume(s)", volumes.len()));
     }
     for id in volumes {
-        let res = retry(deadline, || {
-            ctx.clients.ec2.delete_volume().volume_id(&id).send()
-        })
-        .await;
+        // Volumes still attached to an instance that is going detach with it; retry meanwhile.
+        let res = retry(deadline, || c.ec2.delete_volume().volume_id(&id).send()).await;
         match res {
             Ok(_) => {
-                ctx.tracker.deleted(Kind::Volume, &id).await;
-                *report.deleted.entry(Kind::Volume).or_default() += 1;
+                tracker.deleted(Kind::Volume, &id).await;
+                done(&mut report, Kind::Volume, 1);
             }
             Err(why) if why.starts_with("InvalidVolume.NotFound") => {
-                ctx.tracker.deleted(Kind::Volume, &id).await;
+                tracker.deleted(Kind::Volume, &id).await
             }
             Err(why) => report.failed.push((Kind::Volume, id, why)),
         }
     }
 
-    let buckets = ctx.tracker.alive(Kind::Bucket);
+    let snapshots = tracker.alive(Kind::Snapshot);
+    if !snapshots.is_empty() {
+        progress(&format!("deleting {} snapshot(s)", snapshots.len()));
+    }
+    for id in snapshots {
+        let res = retry(deadline, || c.ec2.delete_snapshot().snapshot_id(&id).send()).await;
+        match res {
+            Ok(_) => {
+                tracker.deleted(Kind::Snapshot, &id).await;
+                done(&mut report, Kind::Snapshot, 1);
+            }
+            Err(why) if why.starts_with("InvalidSnapshot.NotFound") => {
+                tracker.deleted(Kind::Snapshot, &id).await
+            }
+            Err(why) => report.failed.push((Kind::Snapshot, id, why)),
+        }
+    }
+
+    let keys = tracker.alive(Kind::KeyPair);
+    if !keys.is_empty() {
+        progress(&format!("deleting {} key pair(s)", keys.len()));
+    }
+    for name in keys {
+        // DeleteKeyPair succeeds for a missing key too: idempotent.
+        match retry(deadline, || c.ec2.delete_key_pair().key_name(&name).send()).await {
+            Ok(_) => {
+                tracker.deleted(Kind::KeyPair, &name).await;
+                done(&mut report, Kind::KeyPair, 1);
+            }
+            Err(why) => report.failed.push((Kind::KeyPair, name, why)),
+        }
+    }
+
+    let groups = tracker.alive(Kind::SecurityGroup);
+    if !groups.is_empty() {
+        progress(&format!("deleting {} security group(s)", groups.len()));
+    }
+    for id in groups {
+        // DependencyViolation while terminated instances still hold it: retried.
+        let res = retry(deadline, || {
+            c.ec2.delete_security_group().group_id(&id).send()
+        })
+        .await;
+        match res {
+            Ok(_) => {
+                tracker.deleted(Kind::SecurityGroup, &id).await;
+                done(&mut report, Kind::SecurityGroup, 1);
+            }
+            Err(why) if why.starts_with("InvalidGroup.NotFound") => {
+                tracker.deleted(Kind::SecurityGroup, &id).await
+            }
+            Err(why) => report.failed.push((Kind::SecurityGroup, id, why)),
+        }
+    }
+
+    let buckets = tracker.alive(Kind::Bucket);
     if !buckets.is_empty() {
         progress(&format!(
             "emptying and deleting {} bucket(s)",
@@ -83,12 +380,13 @@ pub async fn delete_tracked(
         ));
     }
     for b in buckets {
-        match delete_bucket(ctx, &b, deadline).await {
-            Ok(objects) => {
-                ctx.tracker.deleted(Kind::Bucket, &b).await;
-                ctx.tracker.objects_gone(objects);
-                *report.deleted.entry(Kind::Bucket).or_default() += 1;
-                *report.deleted.entry(Kind::Object).or_default() += objects;
+        match delete_bucket(c, &b, deadline).await {
+            Ok((objects, bytes)) => {
+                tracker.deleted(Kind::Bucket, &b).await;
+                tracker.objects_gone(objects);
+                tracker.release_bytes(bytes);
+                done(&mut report, Kind::Bucket, 1);
+                done(&mut report, Kind::Object, objects);
             }
             Err(why) => report.failed.push((Kind::Bucket, b, why)),
         }
@@ -102,13 +400,19 @@ fn transient(code: &str) -> bool {
         || matches!(
             code,
             "IncorrectState"
+                | "IncorrectInstanceState"
                 | "VolumeInUse"
                 | "DependencyViolation"
+                | "InvalidSnapshot.InUse"
+                | "InvalidIPAddress.InUse"
                 | "timeout"
                 | "reset"
                 | "refused"
                 | "HTTP 500"
+                | "HTTP 502"
+                | "HTTP 504"
                 | "InternalError"
+                | "ServiceUnavailable"
                 | "Unavailable"
         )
 }
@@ -141,16 +445,37 @@ where
     }
 }
 
-/// Deletes every object of one of the run's buckets, then the bucket; returns
-/// how many objects went.
-async fn delete_bucket(ctx: &RunCtx, bucket: &str, deadline: Instant) -> Result<u64, String> {
-    let s3 = &ctx.clients.s3;
-    let mut deleted = 0u64;
+/// Aborts the uploads, deletes every object of one of the run's buckets, then
+/// the bucket; returns how many objects and bytes went.
+async fn delete_bucket(c: &Clients, bucket: &str, deadline: Instant) -> Result<(u64, u64), String> {
+    let s3 = &c.s3;
+    let (mut deleted, mut bytes) = (0u64, 0u64);
+    match retry(deadline, || {
+        s3.list_multipart_uploads().bucket(bucket).send()
+    })
+    .await
+    {
+        Ok(ups) => {
+            for u in ups.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    let _ = s3
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(k)
+                        .upload_id(id)
+                        .send()
+                        .await;
+                }
+            }
+        }
+        Err(why) if why.starts_with("NoSuchBucket") => return Ok((0, 0)),
+        Err(why) => tracing::debug!("list uploads of {bucket}: {why}"),
+    }
     loop {
         let page = retry(deadline, || s3.list_objects_v2().bucket(bucket).send()).await;
         let page = match page {
             Ok(p) => p,
-            Err(why) if why.starts_with("NoSuchBucket") => return Ok(deleted),
+            Err(why) if why.starts_with("NoSuchBucket") => return Ok((deleted, bytes)),
             Err(why) => return Err(why),
         };
         let keys: Vec<ObjectIdentifier> = page
@@ -163,6 +488,11 @@ async fn delete_bucket(ctx: &RunCtx, bucket: &str, deadline: Instant) -> Result<
             break;
         }
         let n = keys.len() as u64;
+        let size: u64 = page
+            .contents()
+            .iter()
+            .map(|o| o.size().unwrap_or(0).max(0) as u64)
+            .sum();
         let delete = Delete::builder()
             .set_objects(Some(keys))
             .quiet(true)
@@ -183,10 +513,27 @@ async fn delete_bucket(ctx: &RunCtx, bucket: &str, deadline: Instant) -> Result<
             ));
         }
         deleted += n;
+        bytes += size;
     }
     match retry(deadline, || s3.delete_bucket().bucket(bucket).send()).await {
-        Ok(_) => Ok(deleted),
-        Err(why) if why.starts_with("NoSuchBucket") => Ok(deleted),
+        Ok(_) => Ok((deleted, bytes)),
+        Err(why) if why.starts_with("NoSuchBucket") => Ok((deleted, bytes)),
         Err(why) => Err(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_match_exactly() {
+        assert!(is_run_name("cs-abcd1234-1", "abcd1234"));
+        assert!(is_run_name("cs-abcd1234-42", "abcd1234"));
+        assert!(!is_run_name("cs-abcd1234-", "abcd1234"));
+        assert!(!is_run_name("cs-abcd1234-x", "abcd1234"));
+        assert!(!is_run_name("cs-abcd12345-1", "abcd1234"));
+        assert!(!is_run_name("cs-abcd1234-1", ""));
+        assert!(!is_run_name("operator-data", "abcd1234"));
     }
 }

@@ -1,15 +1,17 @@
-//! EC2 ops: instances and volumes, created with the run's tag, and the
-//! provisioning waits, measured from the create call's answer to the state
-//! observed by our own polling loop (the SDK waiters poll every 15 s at best).
+//! EC2 compute and block storage ops: instances (run, stop, start, reboot,
+//! terminate), volumes (create, attach, detach, delete), snapshots, all
+//! created with the run's tag, and the provisioning waits, measured from the
+//! call's answer to the state observed by our own polling loop (the SDK
+//! waiters poll every 15 s at best).
 
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
-    Filter, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VolumeState,
-    VolumeType,
+    Filter, InstanceStateName, InstanceType, Placement, ResourceType, SnapshotState, Tag,
+    TagSpecification, VolumeState, VolumeType,
 };
 
-use super::{Held, Op, RunCtx, StepError, StepResult, User};
+use super::{Held, Op, RunCtx, StepError, StepResult, User, Want, errors::classify};
 use crate::resources::{Kind, RUN_TAG};
 use crate::stats::{Bytes, Failure};
 
@@ -30,14 +32,19 @@ pub(super) fn run_filter(run_id: &str) -> Filter {
         .build()
 }
 
-enum Poll {
+/// What one poll of a provisioning wait saw.
+pub(super) enum Poll {
     Ready,
     Pending(String),
     Broken(String),
 }
 
+fn none(what: &str, op: &str) -> StepError {
+    Failure::new(format!("no-{what}"), format!("{op} returned no {what}")).into()
+}
+
 impl User {
-    fn image(&self, ctx: &RunCtx) -> Result<String, Failure> {
+    pub(super) fn image(&self, ctx: &RunCtx) -> Result<String, Failure> {
         if self.params.image_id != "auto" {
             return Ok(self.params.image_id.clone());
         }
@@ -49,6 +56,10 @@ impl User {
     fn zone(&self, ctx: &RunCtx) -> Result<String, Failure> {
         if self.params.availability_zone != "auto" {
             return Ok(self.params.availability_zone.clone());
+        }
+        // Volumes go where the user's instances are, so they can attach.
+        if let Some(z) = self.instances.iter().rev().find_map(|h| h.zone.clone()) {
+            return Ok(z);
         }
         ctx.default_az.clone().ok_or_else(|| {
             Failure::new(
@@ -73,39 +84,58 @@ impl User {
         }
         let label = ctx.new_name();
         let seq = ctx.tracker.intent(Kind::Instance, Some(&label)).await;
-        let t0 = Instant::now();
-        let res = ctx
+        let p = &self.params;
+        let mut req = ctx
             .clients
             .ec2
             .run_instances()
             .image_id(image)
-            .instance_type(InstanceType::from(self.params.instance_type.as_str()))
+            .instance_type(InstanceType::from(p.instance_type.as_str()))
             .min_count(n)
             .max_count(n)
             .tag_specifications(run_tags(ctx, ResourceType::Instance, &label))
-            .tag_specifications(run_tags(ctx, ResourceType::Volume, &label))
-            .send()
-            .await;
+            .tag_specifications(run_tags(ctx, ResourceType::Volume, &label));
+        if p.availability_zone != "auto" {
+            req = req.placement(
+                Placement::builder()
+                    .availability_zone(&p.availability_zone)
+                    .build(),
+            );
+        }
+        if let Some(k) = &p.key_name {
+            req = req.key_name(k);
+        }
+        if let Some(g) = &p.security_group {
+            req = if g.starts_with("sg-") {
+                req.security_group_ids(g)
+            } else {
+                req.security_groups(g)
+            };
+        }
+        if let Some(u) = &p.user_data {
+            use base64::Engine as _;
+            req = req.user_data(base64::engine::general_purpose::STANDARD.encode(u));
+        }
+        let t0 = Instant::now();
+        let res = req.send().await;
         match ctx.measure(name, t0, res, Bytes::default()) {
             Ok(out) => {
-                let since = Instant::now();
-                let ids: Vec<String> = out
-                    .instances()
-                    .iter()
-                    .filter_map(|i| i.instance_id().map(str::to_string))
-                    .collect();
-                for id in &ids {
+                let mut made = 0;
+                for i in out.instances() {
+                    let Some(id) = i.instance_id() else { continue };
+                    made += 1;
                     ctx.tracker.created(seq, Kind::Instance, id).await;
-                    self.instances.push_back(Held {
-                        id: id.clone(),
-                        since,
-                        ready: false,
-                        waited: false,
-                    });
+                    let mut h = Held::new(id, Want::Running);
+                    h.zone = i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .map(str::to_string);
+                    h.ready = i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running);
+                    self.instances.push_back(h);
                 }
-                if (ids.len() as i32) < n {
+                if made < n {
                     ctx.tracker
-                        .failed(seq, Kind::Instance, (n as usize - ids.len()) as u64)
+                        .failed(seq, Kind::Instance, (n - made) as u64)
                         .await;
                 }
                 Ok(())
@@ -132,20 +162,47 @@ impl User {
         Ok(())
     }
 
-    /// Makes sure the user holds an instance.
-    async fn ensure_instance(&mut self, ctx: &RunCtx) -> StepResult {
-        if self.instances.is_empty() {
-            self.run_instances(ctx).await?;
+    /// Index of the user's newest instance heading for `want`, making one if needed.
+    async fn ensure_instance(&mut self, ctx: &RunCtx, want: Want) -> Result<usize, StepError> {
+        if let Some(i) = self.instances.iter().rposition(|h| h.want == want) {
+            return Ok(i);
         }
-        if self.instances.is_empty() {
-            return Err(Failure::new("no-instance", "RunInstances returned no instance").into());
+        match want {
+            // Boxed: stopping itself ensures a running instance first.
+            Want::Stopped => Box::pin(self.stop_instance(ctx)).await?,
+            _ => self.run_instances(ctx).await?,
         }
-        Ok(())
+        self.instances
+            .iter()
+            .rposition(|h| h.want == want)
+            .ok_or_else(|| none("instance", "RunInstances"))
+    }
+
+    /// A running instance to attach or associate to: waits for it if needed.
+    pub(super) async fn ensure_running_instance(
+        &mut self,
+        ctx: &RunCtx,
+    ) -> Result<String, StepError> {
+        let i = self.ensure_instance(ctx, Want::Running).await?;
+        if !self.instances[i].ready {
+            self.wait_instance(ctx, Want::Running).await?;
+        }
+        let i = self
+            .instances
+            .iter()
+            .rposition(|h| h.want == Want::Running)
+            .ok_or_else(|| none("instance", "RunInstances"))?;
+        Ok(self.instances[i].id.clone())
     }
 
     pub(super) async fn terminate_instance(&mut self, ctx: &RunCtx) -> StepResult {
-        self.ensure_instance(ctx).await?;
-        let held = self.instances.pop_front().expect("ensured");
+        if self.instances.is_empty() {
+            self.run_instances(ctx).await?;
+        }
+        let held = self
+            .instances
+            .pop_front()
+            .ok_or_else(|| none("instance", "RunInstances"))?;
         let t0 = Instant::now();
         let res = ctx
             .clients
@@ -157,12 +214,22 @@ impl User {
         match ctx.measure(Op::TerminateInstances.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Instance, &held.id).await;
-                self.terminating.push_back(Held {
-                    since: Instant::now(),
-                    ready: false,
-                    waited: false,
-                    ..held
-                });
+                // Its volumes detach as it goes.
+                for v in self.volumes.iter_mut() {
+                    if v.attached_to.as_deref() == Some(held.id.as_str()) {
+                        v.attached_to = None;
+                        v.head_for(Want::Available);
+                    }
+                }
+                for a in self.addresses.iter_mut() {
+                    if a.instance.as_deref() == Some(held.id.as_str()) {
+                        a.instance = None;
+                        a.association_id = None;
+                    }
+                }
+                let mut h = held;
+                h.head_for(Want::Completed);
+                self.terminating.push_back(h);
                 if self.terminating.len() > 100 {
                     self.terminating.pop_front();
                 }
@@ -173,6 +240,62 @@ impl User {
                 Err(f.into())
             }
         }
+    }
+
+    pub(super) async fn stop_instance(&mut self, ctx: &RunCtx) -> StepResult {
+        let i = self.ensure_instance(ctx, Want::Running).await?;
+        if !self.instances[i].ready {
+            self.wait_instance(ctx, Want::Running).await?;
+        }
+        let id = self.instances[i].id.clone();
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .stop_instances()
+            .instance_ids(&id)
+            .send()
+            .await;
+        ctx.measure(Op::StopInstances.name(), t0, res, Bytes::default())?;
+        if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
+            h.head_for(Want::Stopped);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn start_instance(&mut self, ctx: &RunCtx) -> StepResult {
+        let i = self.ensure_instance(ctx, Want::Stopped).await?;
+        if !self.instances[i].ready {
+            self.wait_instance(ctx, Want::Stopped).await?;
+        }
+        let id = self.instances[i].id.clone();
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .start_instances()
+            .instance_ids(&id)
+            .send()
+            .await;
+        ctx.measure(Op::StartInstances.name(), t0, res, Bytes::default())?;
+        if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
+            h.head_for(Want::Running);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn reboot_instance(&mut self, ctx: &RunCtx) -> StepResult {
+        let id = self.ensure_running_instance(ctx).await?;
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .reboot_instances()
+            .instance_ids(&id)
+            .send()
+            .await;
+        ctx.measure(Op::RebootInstances.name(), t0, res, Bytes::default())?;
+        Ok(())
     }
 
     async fn poll_instance(
@@ -188,7 +311,7 @@ impl User {
             .instance_ids(id)
             .send()
             .await
-            .map_err(|e| super::errors::classify(&e))?;
+            .map_err(|e| classify(&e))?;
         let state = res
             .reservations()
             .iter()
@@ -200,7 +323,7 @@ impl User {
         Ok(match state {
             Some(s) if s == want => Poll::Ready,
             Some(s)
-                if want == InstanceStateName::Running
+                if want != InstanceStateName::Terminated
                     && matches!(
                         s,
                         InstanceStateName::Terminated | InstanceStateName::ShuttingDown
@@ -215,7 +338,7 @@ impl User {
     }
 
     /// Polls until `check` says ready; records the wait under `name`.
-    async fn wait_for<F, Fut>(
+    pub(super) async fn wait_for<F, Fut>(
         &self,
         ctx: &RunCtx,
         name: &str,
@@ -244,7 +367,7 @@ impl User {
                     return Err(ctx.fail(name, since.elapsed(), f).into());
                 }
                 Ok(Poll::Pending(state)) => last = state,
-                // A throttled or failed poll is retried until the deadline.
+                // A throttled or timed-out poll is retried until the deadline.
                 Err(f) if f.throttled || f.code == "timeout" => last = f.code,
                 Err(f) => return Err(ctx.fail(name, since.elapsed(), f).into()),
             }
@@ -262,20 +385,37 @@ impl User {
         }
     }
 
-    pub(super) async fn wait_instance_running(&mut self, ctx: &RunCtx) -> StepResult {
-        if !self.instances.iter().any(|h| !h.waited) {
-            self.run_instances(ctx).await?;
-        }
-        let Some(idx) = self.instances.iter().rposition(|h| !h.waited) else {
-            return Err(Failure::new("no-instance", "RunInstances returned no instance").into());
+    /// Measures the newest not-yet-measured move of one of `list` to `want`;
+    /// `make` creates a subject when there is none.
+    fn pick_unwaited(list: &std::collections::VecDeque<Held>, want: Want) -> Option<usize> {
+        list.iter().rposition(|h| h.want == want && !h.waited)
+    }
+
+    pub(super) async fn wait_instance(&mut self, ctx: &RunCtx, want: Want) -> StepResult {
+        let (name, state) = match want {
+            Want::Stopped => (Op::InstanceStopped.name(), InstanceStateName::Stopped),
+            _ => (Op::InstanceRunning.name(), InstanceStateName::Running),
         };
+        if Self::pick_unwaited(&self.instances, want).is_none() {
+            match want {
+                Want::Stopped => Box::pin(self.stop_instance(ctx)).await?,
+                _ => self.run_instances(ctx).await?,
+            }
+        }
+        let idx = Self::pick_unwaited(&self.instances, want)
+            .ok_or_else(|| none("instance", "RunInstances"))?;
         self.instances[idx].waited = true;
         let held = self.instances[idx].clone();
-        let what = format!("instance {}", held.id);
-        self.wait_for(ctx, Op::InstanceRunning.name(), &what, held.since, || {
-            self.poll_instance(ctx, &held.id, InstanceStateName::Running)
-        })
-        .await?;
+        if !held.ready {
+            let what = format!("instance {}", held.id);
+            self.wait_for(ctx, name, &what, held.since, || {
+                self.poll_instance(ctx, &held.id, state.clone())
+            })
+            .await?;
+        } else {
+            ctx.stats
+                .record(name, held.since.elapsed(), Bytes::default(), None);
+        }
         if let Some(h) = self.instances.iter_mut().find(|h| h.id == held.id) {
             h.ready = true;
         }
@@ -286,9 +426,11 @@ impl User {
         if !self.terminating.iter().any(|h| !h.waited) {
             self.terminate_instance(ctx).await?;
         }
-        let Some(idx) = self.terminating.iter().rposition(|h| !h.waited) else {
-            return Ok(());
-        };
+        let idx = self
+            .terminating
+            .iter()
+            .rposition(|h| !h.waited)
+            .ok_or_else(|| none("instance", "TerminateInstances"))?;
         self.terminating[idx].waited = true;
         let held = self.terminating[idx].clone();
         let what = format!("instance {}", held.id);
@@ -319,7 +461,7 @@ impl User {
             .clients
             .ec2
             .create_volume()
-            .availability_zone(zone)
+            .availability_zone(&zone)
             .size(self.params.volume_size_gib)
             .tag_specifications(run_tags(ctx, ResourceType::Volume, &label));
         if let Some(t) = &self.params.volume_type {
@@ -331,15 +473,13 @@ impl User {
             Ok(out) => {
                 let Some(id) = out.volume_id() else {
                     ctx.tracker.failed(seq, Kind::Volume, 1).await;
-                    return Err(Failure::new("no-volume", "CreateVolume returned no id").into());
+                    return Err(none("volume", "CreateVolume"));
                 };
                 ctx.tracker.created(seq, Kind::Volume, id).await;
-                self.volumes.push_back(Held {
-                    id: id.to_string(),
-                    since: Instant::now(),
-                    ready: out.state() == Some(&VolumeState::Available),
-                    waited: false,
-                });
+                let mut h = Held::new(id, Want::Available);
+                h.ready = out.state() == Some(&VolumeState::Available);
+                h.zone = out.availability_zone().map(str::to_string).or(Some(zone));
+                self.volumes.push_back(h);
                 Ok(())
             }
             Err(f) => {
@@ -364,66 +504,172 @@ impl User {
         Ok(())
     }
 
-    pub(super) async fn wait_volume_available(&mut self, ctx: &RunCtx) -> StepResult {
-        if !self.volumes.iter().any(|h| !h.waited) {
-            self.create_volume(ctx).await?;
-        }
-        let Some(idx) = self.volumes.iter().rposition(|h| !h.waited) else {
-            return Err(Failure::new("no-volume", "CreateVolume returned no volume").into());
+    async fn poll_volume(&self, ctx: &RunCtx, id: &str, want: Want) -> Result<Poll, Failure> {
+        let res = ctx
+            .clients
+            .ec2
+            .describe_volumes()
+            .volume_ids(id)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let state = res
+            .volumes()
+            .iter()
+            .find(|v| v.volume_id() == Some(id))
+            .and_then(|v| v.state())
+            .cloned();
+        let target = if want == Want::InUse {
+            VolumeState::InUse
+        } else {
+            VolumeState::Available
         };
+        Ok(match state {
+            Some(s) if s == target => Poll::Ready,
+            Some(s @ (VolumeState::Error | VolumeState::Deleted | VolumeState::Deleting)) => {
+                Poll::Broken(s.as_str().to_string())
+            }
+            Some(s) => Poll::Pending(s.as_str().to_string()),
+            None => Poll::Pending("not listed".into()),
+        })
+    }
+
+    pub(super) async fn wait_volume(&mut self, ctx: &RunCtx, want: Want) -> StepResult {
+        let name = if want == Want::InUse {
+            Op::VolumeInUse.name()
+        } else {
+            Op::VolumeAvailable.name()
+        };
+        if Self::pick_unwaited(&self.volumes, want).is_none() {
+            if want == Want::InUse {
+                Box::pin(self.attach_volume(ctx)).await?;
+            } else {
+                self.create_volume(ctx).await?;
+            }
+        }
+        let idx = Self::pick_unwaited(&self.volumes, want)
+            .ok_or_else(|| none("volume", "CreateVolume"))?;
         self.volumes[idx].waited = true;
-        if self.volumes[idx].ready {
-            // CreateVolume answered `available` at once: the wait took no time.
-            ctx.stats.record(
-                Op::VolumeAvailable.name(),
-                Default::default(),
-                Bytes::default(),
-                None,
-            );
-            return Ok(());
-        }
         let held = self.volumes[idx].clone();
-        let what = format!("volume {}", held.id);
-        let id = held.id.clone();
-        let poll = || async {
-            let res = ctx
-                .clients
-                .ec2
-                .describe_volumes()
-                .volume_ids(&id)
-                .send()
-                .await
-                .map_err(|e| super::errors::classify(&e))?;
-            let state = res
-                .volumes()
-                .iter()
-                .find(|v| v.volume_id() == Some(id.as_str()))
-                .and_then(|v| v.state())
-                .cloned();
-            Ok(match state {
-                Some(VolumeState::Available) => Poll::Ready,
-                Some(s @ (VolumeState::Error | VolumeState::Deleted | VolumeState::Deleting)) => {
-                    Poll::Broken(s.as_str().to_string())
-                }
-                Some(s) => Poll::Pending(s.as_str().to_string()),
-                None => Poll::Pending("not listed".into()),
+        if held.ready {
+            // The call's answer already showed the state: the wait took no time.
+            ctx.stats
+                .record(name, Default::default(), Bytes::default(), None);
+        } else {
+            let what = format!("volume {}", held.id);
+            self.wait_for(ctx, name, &what, held.since, || {
+                self.poll_volume(ctx, &held.id, want)
             })
-        };
-        self.wait_for(ctx, Op::VolumeAvailable.name(), &what, held.since, poll)
             .await?;
+        }
         if let Some(h) = self.volumes.iter_mut().find(|h| h.id == held.id) {
             h.ready = true;
         }
         Ok(())
     }
 
-    pub(super) async fn delete_volume(&mut self, ctx: &RunCtx) -> StepResult {
-        if self.volumes.is_empty() {
+    /// An unattached volume ready to attach, created and awaited if needed.
+    async fn ensure_free_volume(&mut self, ctx: &RunCtx) -> Result<usize, StepError> {
+        if !self.volumes.iter().any(|h| h.attached_to.is_none()) {
             self.create_volume(ctx).await?;
         }
-        let Some(held) = self.volumes.pop_front() else {
-            return Err(Failure::new("no-volume", "CreateVolume returned no volume").into());
-        };
+        let i = self
+            .volumes
+            .iter()
+            .rposition(|h| h.attached_to.is_none())
+            .ok_or_else(|| none("volume", "CreateVolume"))?;
+        if !self.volumes[i].ready {
+            if !self.volumes[i].waited {
+                self.wait_volume(ctx, Want::Available).await?;
+            } else {
+                let id = self.volumes[i].id.clone();
+                let since = self.volumes[i].since;
+                self.wait_for(
+                    ctx,
+                    Op::VolumeAvailable.name(),
+                    &format!("volume {id}"),
+                    since,
+                    || self.poll_volume(ctx, &id, Want::Available),
+                )
+                .await?;
+            }
+        }
+        Ok(i)
+    }
+
+    pub(super) async fn attach_volume(&mut self, ctx: &RunCtx) -> StepResult {
+        let instance = self.ensure_running_instance(ctx).await?;
+        let vi = self.ensure_free_volume(ctx).await?;
+        let volume = self.volumes[vi].id.clone();
+        let ii = self
+            .instances
+            .iter()
+            .position(|h| h.id == instance)
+            .ok_or_else(|| none("instance", "RunInstances"))?;
+        let dev_no = self.instances[ii].devices;
+        self.instances[ii].devices = dev_no.wrapping_add(1);
+        let device = format!("/dev/sd{}", (b'f' + dev_no % 11) as char);
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .attach_volume()
+            .volume_id(&volume)
+            .instance_id(&instance)
+            .device(&device)
+            .send()
+            .await;
+        ctx.measure(Op::AttachVolume.name(), t0, res, Bytes::default())?;
+        if let Some(h) = self.volumes.iter_mut().find(|h| h.id == volume) {
+            h.attached_to = Some(instance);
+            h.device = Some(device);
+            h.head_for(Want::InUse);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn detach_volume(&mut self, ctx: &RunCtx) -> StepResult {
+        if !self.volumes.iter().any(|h| h.attached_to.is_some()) {
+            self.attach_volume(ctx).await?;
+        }
+        let i = self
+            .volumes
+            .iter()
+            .rposition(|h| h.attached_to.is_some())
+            .ok_or_else(|| none("volume", "AttachVolume"))?;
+        if self.volumes[i].want == Want::InUse && !self.volumes[i].ready {
+            self.wait_volume(ctx, Want::InUse).await?;
+        }
+        let id = self.volumes[i].id.clone();
+        let mut req = ctx.clients.ec2.detach_volume().volume_id(&id);
+        // Naming the instance and device too, as older EC2 implementations expect.
+        if let Some(inst) = &self.volumes[i].attached_to {
+            req = req.instance_id(inst);
+        }
+        if let Some(dev) = &self.volumes[i].device {
+            req = req.device(dev);
+        }
+        let t0 = Instant::now();
+        let res = req.send().await;
+        ctx.measure(Op::DetachVolume.name(), t0, res, Bytes::default())?;
+        if let Some(h) = self.volumes.iter_mut().find(|h| h.id == id) {
+            h.attached_to = None;
+            h.device = None;
+            h.head_for(Want::Available);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn delete_volume(&mut self, ctx: &RunCtx) -> StepResult {
+        if !self.volumes.iter().any(|h| h.attached_to.is_none()) {
+            self.create_volume(ctx).await?;
+        }
+        let i = self
+            .volumes
+            .iter()
+            .position(|h| h.attached_to.is_none())
+            .ok_or_else(|| none("volume", "CreateVolume"))?;
+        let held = self.volumes.remove(i).expect("index is valid");
         let t0 = Instant::now();
         let res = ctx
             .clients
@@ -438,7 +684,123 @@ impl User {
                 Ok(())
             }
             Err(f) => {
-                self.volumes.push_front(held);
+                self.volumes.insert(i, held);
+                Err(f.into())
+            }
+        }
+    }
+
+    pub(super) async fn create_snapshot(&mut self, ctx: &RunCtx) -> StepResult {
+        if self.volumes.is_empty() {
+            self.create_volume(ctx).await?;
+        }
+        let volume = self
+            .volumes
+            .back()
+            .map(|h| h.id.clone())
+            .ok_or_else(|| none("volume", "CreateVolume"))?;
+        if !ctx.tracker.reserve(Kind::Snapshot, 1, ctx.caps.max_volumes) {
+            return Err(StepError::Capped);
+        }
+        let label = ctx.new_name();
+        let seq = ctx.tracker.intent(Kind::Snapshot, Some(&label)).await;
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .create_snapshot()
+            .volume_id(volume)
+            .description(&label)
+            .tag_specifications(run_tags(ctx, ResourceType::Snapshot, &label))
+            .send()
+            .await;
+        match ctx.measure(Op::CreateSnapshot.name(), t0, res, Bytes::default()) {
+            Ok(out) => {
+                let Some(id) = out.snapshot_id() else {
+                    ctx.tracker.failed(seq, Kind::Snapshot, 1).await;
+                    return Err(none("snapshot", "CreateSnapshot"));
+                };
+                ctx.tracker.created(seq, Kind::Snapshot, id).await;
+                let mut h = Held::new(id, Want::Completed);
+                h.ready = out.state() == Some(&SnapshotState::Completed);
+                self.snapshots.push_back(h);
+                Ok(())
+            }
+            Err(f) => {
+                ctx.tracker.failed(seq, Kind::Snapshot, 1).await;
+                Err(f.into())
+            }
+        }
+    }
+
+    pub(super) async fn wait_snapshot(&mut self, ctx: &RunCtx) -> StepResult {
+        let name = Op::SnapshotCompleted.name();
+        if Self::pick_unwaited(&self.snapshots, Want::Completed).is_none() {
+            self.create_snapshot(ctx).await?;
+        }
+        let idx = Self::pick_unwaited(&self.snapshots, Want::Completed)
+            .ok_or_else(|| none("snapshot", "CreateSnapshot"))?;
+        self.snapshots[idx].waited = true;
+        let held = self.snapshots[idx].clone();
+        if held.ready {
+            ctx.stats
+                .record(name, Default::default(), Bytes::default(), None);
+            return Ok(());
+        }
+        let id = held.id.clone();
+        let poll = || async {
+            let res = ctx
+                .clients
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(&id)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            let state = res
+                .snapshots()
+                .iter()
+                .find(|s| s.snapshot_id() == Some(id.as_str()))
+                .and_then(|s| s.state())
+                .cloned();
+            Ok(match state {
+                Some(SnapshotState::Completed) => Poll::Ready,
+                Some(SnapshotState::Error) => Poll::Broken("error".into()),
+                Some(s) => Poll::Pending(s.as_str().to_string()),
+                None => Poll::Pending("not listed".into()),
+            })
+        };
+        self.wait_for(ctx, name, &format!("snapshot {id}"), held.since, poll)
+            .await?;
+        if let Some(h) = self.snapshots.iter_mut().find(|h| h.id == held.id) {
+            h.ready = true;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn delete_snapshot(&mut self, ctx: &RunCtx) -> StepResult {
+        if self.snapshots.is_empty() {
+            self.create_snapshot(ctx).await?;
+        }
+        let held = self
+            .snapshots
+            .pop_front()
+            .ok_or_else(|| none("snapshot", "CreateSnapshot"))?;
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .ec2
+            .delete_snapshot()
+            .snapshot_id(&held.id)
+            .send()
+            .await;
+        match ctx.measure(Op::DeleteSnapshot.name(), t0, res, Bytes::default()) {
+            Ok(_) => {
+                ctx.tracker.deleted(Kind::Snapshot, &held.id).await;
+                Ok(())
+            }
+            Err(f) => {
+                self.snapshots.push_front(held);
                 Err(f.into())
             }
         }

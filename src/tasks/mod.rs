@@ -6,12 +6,13 @@
 
 pub mod cleanup;
 mod ec2;
+mod ec2_net;
 pub mod errors;
 mod s3;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::http::HttpResponse;
@@ -53,17 +54,58 @@ ops! {
     RunInstances => "ec2:RunInstances", Ec2;
     DescribeInstances => "ec2:DescribeInstances", Ec2;
     TerminateInstances => "ec2:TerminateInstances", Ec2;
+    StopInstances => "ec2:StopInstances", Ec2;
+    StartInstances => "ec2:StartInstances", Ec2;
+    RebootInstances => "ec2:RebootInstances", Ec2;
     InstanceRunning => "ec2:instance-running", Ec2;
+    InstanceStopped => "ec2:instance-stopped", Ec2;
     InstanceTerminated => "ec2:instance-terminated", Ec2;
     CreateVolume => "ec2:CreateVolume", Ec2;
+    AttachVolume => "ec2:AttachVolume", Ec2;
+    DetachVolume => "ec2:DetachVolume", Ec2;
     DescribeVolumes => "ec2:DescribeVolumes", Ec2;
     DeleteVolume => "ec2:DeleteVolume", Ec2;
     VolumeAvailable => "ec2:volume-available", Ec2;
+    VolumeInUse => "ec2:volume-in-use", Ec2;
+    CreateSnapshot => "ec2:CreateSnapshot", Ec2;
+    DeleteSnapshot => "ec2:DeleteSnapshot", Ec2;
+    SnapshotCompleted => "ec2:snapshot-completed", Ec2;
+    AllocateAddress => "ec2:AllocateAddress", Ec2;
+    AssociateAddress => "ec2:AssociateAddress", Ec2;
+    DisassociateAddress => "ec2:DisassociateAddress", Ec2;
+    ReleaseAddress => "ec2:ReleaseAddress", Ec2;
+    CreateKeyPair => "ec2:CreateKeyPair", Ec2;
+    DeleteKeyPair => "ec2:DeleteKeyPair", Ec2;
+    CreateSecurityGroup => "ec2:CreateSecurityGroup", Ec2;
+    AuthorizeSecurityGroupIngress => "ec2:AuthorizeSecurityGroupIngress", Ec2;
+    DeleteSecurityGroup => "ec2:DeleteSecurityGroup", Ec2;
+    DescribeImages => "ec2:DescribeImages", Ec2;
+    DescribeAvailabilityZones => "ec2:DescribeAvailabilityZones", Ec2;
     CreateBucket => "s3:CreateBucket", S3;
+    DeleteBucket => "s3:DeleteBucket", S3;
+    ListBuckets => "s3:ListBuckets", S3;
+    HeadBucket => "s3:HeadBucket", S3;
     PutObject => "s3:PutObject", S3;
     GetObject => "s3:GetObject", S3;
+    HeadObject => "s3:HeadObject", S3;
+    ListObjects => "s3:ListObjects", S3;
     DeleteObject => "s3:DeleteObject", S3;
-    DeleteBucket => "s3:DeleteBucket", S3;
+    DeleteObjects => "s3:DeleteObjects", S3;
+    MultipartUpload => "s3:MultipartUpload", S3;
+}
+
+/// Entries recorded that are not ops of their own: parts of an op.
+pub const SUB_ENTRIES: [&str; 5] = [
+    "s3:GetObject:ttfb",
+    "s3:CreateMultipartUpload",
+    "s3:UploadPart",
+    "s3:CompleteMultipartUpload",
+    "s3:AbortMultipartUpload",
+];
+
+/// True for a name reports can carry (an op or a sub-entry).
+pub fn is_known_entry(name: &str) -> bool {
+    Op::from_name(name).is_some() || SUB_ENTRIES.contains(&name)
 }
 
 /// Budget caps: the most resources of a kind a run keeps alive at once.
@@ -72,6 +114,8 @@ pub struct Caps {
     pub max_instances: u64,
     pub max_volumes: u64,
     pub max_buckets: u64,
+    /// Bytes of objects held at once.
+    pub max_bytes: u64,
 }
 
 /// What every user of a run shares.
@@ -86,8 +130,10 @@ pub struct RunCtx {
     /// The image `image_id = "auto"` stands for.
     pub auto_image: Option<String>,
     shared_bucket: tokio::sync::Mutex<Option<String>>,
-    payloads: std::sync::Mutex<HashMap<u64, bytes::Bytes>>,
+    payload: std::sync::Mutex<bytes::Bytes>,
     names: AtomicU64,
+    /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
+    list_v1: AtomicBool,
 }
 
 impl RunCtx {
@@ -107,8 +153,9 @@ impl RunCtx {
             default_az: None,
             auto_image: None,
             shared_bucket: tokio::sync::Mutex::new(None),
-            payloads: Default::default(),
+            payload: Default::default(),
             names: AtomicU64::new(0),
+            list_v1: AtomicBool::new(false),
         }
     }
 
@@ -118,16 +165,16 @@ impl RunCtx {
         format!("cs-{}-{n}", self.run_id)
     }
 
-    /// A payload of `size` random bytes, shared between requests.
+    /// A payload of `size` random bytes: a slice of one shared buffer.
     fn payload(&self, size: u64) -> bytes::Bytes {
-        let mut g = self.payloads.lock().unwrap_or_else(|p| p.into_inner());
-        g.entry(size)
-            .or_insert_with(|| {
-                let mut v = vec![0u8; size as usize];
-                rand::Rng::fill(&mut rand::rng(), &mut v[..]);
-                bytes::Bytes::from(v)
-            })
-            .clone()
+        let size = size as usize;
+        let mut g = self.payload.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() < size {
+            let mut v = vec![0u8; size.max(g.len() * 2).max(4096)];
+            rand::Rng::fill(&mut rand::rng(), &mut v[..]);
+            *g = bytes::Bytes::from(v);
+        }
+        g.slice(..size)
     }
 
     /// Records a finished SDK call; returns the value on success.
@@ -170,15 +217,77 @@ impl RunCtx {
     }
 }
 
-/// A resource the user holds, with when its create call answered.
+/// The state a held resource is heading for, which the matching wait op measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Running,
+    Stopped,
+    Available,
+    InUse,
+    Completed,
+}
+
+/// A resource the user holds.
 #[derive(Debug, Clone)]
 struct Held {
     id: String,
+    /// When the call that set `want` answered: waits are timed from here.
     since: Instant,
-    /// In the state the next wait looks for (running, available).
+    want: Want,
+    /// Already seen in the wanted state (the call's own answer said so).
     ready: bool,
-    /// A wait op has measured this one already.
+    /// A wait op has measured the move to `want` already.
     waited: bool,
+    /// Availability zone, where known.
+    zone: Option<String>,
+    /// Volumes: the instance it is attached to. Instances: devices used so far.
+    attached_to: Option<String>,
+    /// Volumes: the device it is attached as.
+    device: Option<String>,
+    devices: u8,
+}
+
+impl Held {
+    fn new(id: impl Into<String>, want: Want) -> Held {
+        Held {
+            id: id.into(),
+            since: Instant::now(),
+            want,
+            ready: false,
+            waited: false,
+            zone: None,
+            attached_to: None,
+            device: None,
+            devices: 0,
+        }
+    }
+
+    /// Heads for a new state: the next wait measures from now.
+    fn head_for(&mut self, want: Want) {
+        self.want = want;
+        self.since = Instant::now();
+        self.ready = false;
+        self.waited = false;
+    }
+}
+
+/// An Elastic IP: by allocation id in a VPC, by public IP on classic clouds.
+#[derive(Debug, Clone)]
+struct Address {
+    allocation_id: Option<String>,
+    public_ip: Option<String>,
+    association_id: Option<String>,
+    instance: Option<String>,
+}
+
+impl Address {
+    /// The id the tracker and the journal use.
+    fn key(&self) -> String {
+        self.allocation_id
+            .clone()
+            .or_else(|| self.public_ip.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Most objects a user remembers for get/delete; older ones stay in their
@@ -193,6 +302,11 @@ pub struct User {
     instances: VecDeque<Held>,
     terminating: VecDeque<Held>,
     volumes: VecDeque<Held>,
+    snapshots: VecDeque<Held>,
+    addresses: VecDeque<Address>,
+    key_pairs: VecDeque<String>,
+    /// Security group ids, with how many rules each got.
+    security_groups: VecDeque<(String, u16)>,
     buckets: Vec<String>,
     objects: VecDeque<(String, String, u64)>,
     object_seq: u64,
@@ -223,6 +337,10 @@ impl User {
             instances: VecDeque::new(),
             terminating: VecDeque::new(),
             volumes: VecDeque::new(),
+            snapshots: VecDeque::new(),
+            addresses: VecDeque::new(),
+            key_pairs: VecDeque::new(),
+            security_groups: VecDeque::new(),
             buckets: Vec::new(),
             objects: VecDeque::new(),
             object_seq: 0,
@@ -239,17 +357,44 @@ impl User {
             Op::RunInstances => self.run_instances(ctx).await,
             Op::DescribeInstances => self.describe_instances(ctx).await,
             Op::TerminateInstances => self.terminate_instance(ctx).await,
-            Op::InstanceRunning => self.wait_instance_running(ctx).await,
+            Op::StopInstances => self.stop_instance(ctx).await,
+            Op::StartInstances => self.start_instance(ctx).await,
+            Op::RebootInstances => self.reboot_instance(ctx).await,
+            Op::InstanceRunning => self.wait_instance(ctx, Want::Running).await,
+            Op::InstanceStopped => self.wait_instance(ctx, Want::Stopped).await,
             Op::InstanceTerminated => self.wait_instance_terminated(ctx).await,
             Op::CreateVolume => self.create_volume(ctx).await,
+            Op::AttachVolume => self.attach_volume(ctx).await,
+            Op::DetachVolume => self.detach_volume(ctx).await,
             Op::DescribeVolumes => self.describe_volumes(ctx).await,
             Op::DeleteVolume => self.delete_volume(ctx).await,
-            Op::VolumeAvailable => self.wait_volume_available(ctx).await,
+            Op::VolumeAvailable => self.wait_volume(ctx, Want::Available).await,
+            Op::VolumeInUse => self.wait_volume(ctx, Want::InUse).await,
+            Op::CreateSnapshot => self.create_snapshot(ctx).await,
+            Op::DeleteSnapshot => self.delete_snapshot(ctx).await,
+            Op::SnapshotCompleted => self.wait_snapshot(ctx).await,
+            Op::AllocateAddress => self.allocate_address(ctx).await,
+            Op::AssociateAddress => self.associate_address(ctx).await,
+            Op::DisassociateAddress => self.disassociate_address(ctx).await,
+            Op::ReleaseAddress => self.release_address(ctx).await,
+            Op::CreateKeyPair => self.create_key_pair(ctx).await,
+            Op::DeleteKeyPair => self.delete_key_pair(ctx).await,
+            Op::CreateSecurityGroup => self.create_security_group(ctx).await,
+            Op::AuthorizeSecurityGroupIngress => self.authorize_ingress(ctx).await,
+            Op::DeleteSecurityGroup => self.delete_security_group(ctx).await,
+            Op::DescribeImages => self.describe_images(ctx).await,
+            Op::DescribeAvailabilityZones => self.describe_zones(ctx).await,
             Op::CreateBucket => self.create_bucket(ctx).await.map(|_| ()),
+            Op::DeleteBucket => self.delete_bucket(ctx).await,
+            Op::ListBuckets => self.list_buckets(ctx).await,
+            Op::HeadBucket => self.head_bucket(ctx).await,
             Op::PutObject => self.put_object(ctx).await,
             Op::GetObject => self.get_object(ctx).await,
+            Op::HeadObject => self.head_object(ctx).await,
+            Op::ListObjects => self.list_objects(ctx).await,
             Op::DeleteObject => self.delete_object(ctx).await,
-            Op::DeleteBucket => self.delete_bucket(ctx).await,
+            Op::DeleteObjects => self.delete_objects(ctx).await,
+            Op::MultipartUpload => self.multipart_upload(ctx).await,
         };
         if let Err(StepError::Capped) = &r {
             ctx.stats.lock().count_capped(op.name());

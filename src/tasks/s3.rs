@@ -1,10 +1,17 @@
 //! S3 ops: buckets named `cs-<runid>-<n>` (per user, or one shared by the
-//! run), objects put from a shared random payload, read back whole, deleted.
+//! run), objects put from a shared random payload in fixed, ranged or
+//! weighted sizes, read back whole or by range (with time to first byte),
+//! listed (V2, falling back to V1 where the server lacks it), deleted one by
+//! one or in batches, and multipart uploads that abort when a step fails.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+    Delete, ObjectIdentifier,
+};
 
 use super::{MAX_REMEMBERED_OBJECTS, Op, RunCtx, StepError, StepResult, User};
 use crate::profile::BucketMode;
@@ -41,6 +48,14 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
     }
 }
 
+/// Codes with which a server says it does not know ListObjectsV2.
+fn v2_unsupported(f: &Failure) -> bool {
+    matches!(
+        f.code.as_str(),
+        "NotImplemented" | "HTTP 501" | "InvalidArgument" | "UnsupportedArgument"
+    )
+}
+
 impl User {
     pub(super) async fn create_bucket(&mut self, ctx: &RunCtx) -> Result<String, StepError> {
         let b = create_bucket_named(ctx).await?;
@@ -65,11 +80,26 @@ impl User {
         }
     }
 
+    fn next_key(&mut self) -> String {
+        self.object_seq += 1;
+        format!("u{}/o{}", self.id, self.object_seq)
+    }
+
+    fn remember(&mut self, bucket: String, key: String, size: u64) {
+        self.objects.push_back((bucket, key, size));
+        if self.objects.len() > MAX_REMEMBERED_OBJECTS {
+            self.objects.pop_front();
+        }
+    }
+
     pub(super) async fn put_object(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
-        self.object_seq += 1;
-        let key = format!("u{}/o{}", self.id, self.object_seq);
-        let size = self.params.object_size;
+        let params = self.params.clone();
+        let size = params.object_size.sample(self.rng());
+        if !ctx.tracker.reserve_bytes(size, ctx.caps.max_bytes) {
+            return Err(StepError::Capped);
+        }
+        let key = self.next_key();
         let body = ctx.payload(size);
         let t0 = Instant::now();
         let res = ctx
@@ -86,51 +116,56 @@ impl User {
             sent: size,
             received: 0,
         };
-        ctx.measure(Op::PutObject.name(), t0, res, sent)?;
-        ctx.tracker.count_objects(1);
-        self.objects.push_back((bucket, key, size));
-        if self.objects.len() > MAX_REMEMBERED_OBJECTS {
-            self.objects.pop_front();
+        if let Err(f) = ctx.measure(Op::PutObject.name(), t0, res, sent) {
+            ctx.tracker.release_bytes(size);
+            return Err(f.into());
         }
+        ctx.tracker.count_objects(1);
+        self.remember(bucket, key, size);
         Ok(())
     }
 
-    pub(super) async fn get_object(&mut self, ctx: &RunCtx) -> StepResult {
+    /// One of the user's objects (a random one), put first if it has none.
+    async fn some_object(&mut self, ctx: &RunCtx) -> Result<(String, String, u64), StepError> {
         if self.objects.is_empty() {
             self.put_object(ctx).await?;
         }
         let n = self.objects.len();
+        if n == 0 {
+            return Err(Failure::new("no-object", "PutObject stored nothing").into());
+        }
         let i = rand::Rng::random_range(self.rng(), 0..n);
-        let (bucket, key, _) = self.objects[i].clone();
-        let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .get_object()
-            .bucket(&bucket)
-            .key(&key)
-            .send()
-            .await;
+        Ok(self.objects[i].clone())
+    }
+
+    pub(super) async fn get_object(&mut self, ctx: &RunCtx) -> StepResult {
+        let (bucket, key, _) = self.some_object(ctx).await?;
+        let mut req = ctx.clients.s3.get_object().bucket(&bucket).key(&key);
+        if let Some(r) = &self.params.get_range {
+            req = req.range(format!("bytes={r}"));
+        }
         let name = Op::GetObject.name();
+        let t0 = Instant::now();
+        let res = req.send().await;
+        // The answer's headers are in: that is the time to first byte.
+        let ttfb = t0.elapsed();
         let out = match res {
             Ok(o) => o,
             Err(e) => {
-                ctx.measure::<(), _>(name, t0, Err(e), Bytes::default())?;
-                unreachable!("measure returns the error")
+                let f = super::errors::classify(&e);
+                return Err(ctx.fail(name, ttfb, f).into());
             }
         };
+        ctx.stats
+            .record("s3:GetObject:ttfb", ttfb, Bytes::default(), None);
         match out.body.collect().await {
             Ok(data) => {
                 let n = bytes::Buf::remaining(&data) as u64;
-                ctx.stats.record(
-                    name,
-                    t0.elapsed(),
-                    Bytes {
-                        sent: 0,
-                        received: n,
-                    },
-                    None,
-                );
+                let got = Bytes {
+                    sent: 0,
+                    received: n,
+                };
+                ctx.stats.record(name, t0.elapsed(), got, None);
                 Ok(())
             }
             Err(e) => {
@@ -140,11 +175,91 @@ impl User {
         }
     }
 
+    pub(super) async fn head_object(&mut self, ctx: &RunCtx) -> StepResult {
+        let (bucket, key, _) = self.some_object(ctx).await?;
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .s3
+            .head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await;
+        ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default())?;
+        Ok(())
+    }
+
+    pub(super) async fn list_buckets(&mut self, ctx: &RunCtx) -> StepResult {
+        let t0 = Instant::now();
+        let res = ctx.clients.s3.list_buckets().send().await;
+        ctx.measure(Op::ListBuckets.name(), t0, res, Bytes::default())?;
+        Ok(())
+    }
+
+    pub(super) async fn head_bucket(&mut self, ctx: &RunCtx) -> StepResult {
+        let bucket = self.object_bucket(ctx).await?;
+        let t0 = Instant::now();
+        let res = ctx.clients.s3.head_bucket().bucket(&bucket).send().await;
+        ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default())?;
+        Ok(())
+    }
+
+    pub(super) async fn list_objects(&mut self, ctx: &RunCtx) -> StepResult {
+        let bucket = self.object_bucket(ctx).await?;
+        let prefix = format!("u{}/", self.id);
+        let name = Op::ListObjects.name();
+        if !ctx.list_v1.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            let res = ctx
+                .clients
+                .s3
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix(&prefix)
+                .max_keys(1000)
+                .send()
+                .await;
+            match res {
+                Ok(_) => {
+                    ctx.stats.record(name, t0.elapsed(), Bytes::default(), None);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let f = super::errors::classify(&e);
+                    if !v2_unsupported(&f) {
+                        return Err(ctx.fail(name, t0.elapsed(), f).into());
+                    }
+                    if !ctx.list_v1.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the S3 endpoint does not support ListObjectsV2 ({}): using ListObjects (V1)",
+                            f.code
+                        );
+                    }
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .s3
+            .list_objects()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .max_keys(1000)
+            .send()
+            .await;
+        ctx.measure(name, t0, res, Bytes::default())?;
+        Ok(())
+    }
+
     pub(super) async fn delete_object(&mut self, ctx: &RunCtx) -> StepResult {
         if self.objects.is_empty() {
             self.put_object(ctx).await?;
         }
-        let (bucket, key, size) = self.objects.pop_front().expect("ensured");
+        let Some((bucket, key, size)) = self.objects.pop_front() else {
+            return Err(Failure::new("no-object", "PutObject stored nothing").into());
+        };
         let t0 = Instant::now();
         let res = ctx
             .clients
@@ -157,6 +272,7 @@ impl User {
         match ctx.measure(Op::DeleteObject.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.count_objects(-1);
+                ctx.tracker.release_bytes(size);
                 Ok(())
             }
             Err(f) => {
@@ -164,6 +280,165 @@ impl User {
                 Err(f.into())
             }
         }
+    }
+
+    pub(super) async fn delete_objects(&mut self, ctx: &RunCtx) -> StepResult {
+        if self.objects.is_empty() {
+            self.put_object(ctx).await?;
+        }
+        let Some(bucket) = self.objects.front().map(|o| o.0.clone()) else {
+            return Err(Failure::new("no-object", "PutObject stored nothing").into());
+        };
+        let mut batch = Vec::new();
+        while batch.len() < self.params.delete_batch {
+            match self.objects.iter().position(|o| o.0 == bucket) {
+                Some(i) => batch.push(self.objects.remove(i).expect("index is valid")),
+                None => break,
+            }
+        }
+        let ids: Vec<ObjectIdentifier> = batch
+            .iter()
+            .filter_map(|o| ObjectIdentifier::builder().key(&o.1).build().ok())
+            .collect();
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| Failure::new("request-error", e.to_string()))?;
+        let t0 = Instant::now();
+        let res = ctx
+            .clients
+            .s3
+            .delete_objects()
+            .bucket(&bucket)
+            .delete(delete)
+            .send()
+            .await;
+        match ctx.measure(Op::DeleteObjects.name(), t0, res, Bytes::default()) {
+            Ok(out) => {
+                let failed: Vec<&str> = out.errors().iter().filter_map(|e| e.key()).collect();
+                for o in batch {
+                    if failed.contains(&o.1.as_str()) {
+                        self.objects.push_front(o);
+                    } else {
+                        ctx.tracker.count_objects(-1);
+                        ctx.tracker.release_bytes(o.2);
+                    }
+                }
+                Ok(())
+            }
+            Err(f) => {
+                for o in batch.into_iter().rev() {
+                    self.objects.push_front(o);
+                }
+                Err(f.into())
+            }
+        }
+    }
+
+    pub(super) async fn multipart_upload(&mut self, ctx: &RunCtx) -> StepResult {
+        let bucket = self.object_bucket(ctx).await?;
+        let total = self.params.multipart_size;
+        let part = self.params.part_size.max(1);
+        if !ctx.tracker.reserve_bytes(total, ctx.caps.max_bytes) {
+            return Err(StepError::Capped);
+        }
+        let key = self.next_key();
+        let s3 = &ctx.clients.s3;
+        let t0 = Instant::now();
+        let res = s3
+            .create_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await;
+        let created = match ctx.measure("s3:CreateMultipartUpload", t0, res, Bytes::default()) {
+            Ok(c) => c,
+            Err(f) => {
+                ctx.tracker.release_bytes(total);
+                return Err(f.into());
+            }
+        };
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            ctx.tracker.release_bytes(total);
+            return Err(
+                Failure::new("no-upload-id", "CreateMultipartUpload returned no id").into(),
+            );
+        };
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        let mut number = 1;
+        let mut failure = None;
+        while offset < total || number == 1 {
+            let len = part.min(total - offset);
+            let t0 = Instant::now();
+            let res = s3
+                .upload_part()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .body(ByteStream::from(ctx.payload(len)))
+                .send()
+                .await;
+            let sent = Bytes {
+                sent: len,
+                received: 0,
+            };
+            match ctx.measure("s3:UploadPart", t0, res, sent) {
+                Ok(out) => parts.push(
+                    CompletedPart::builder()
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .part_number(number)
+                        .build(),
+                ),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+            offset += len;
+            number += 1;
+            if len == 0 {
+                break;
+            }
+        }
+        if failure.is_none() {
+            let t0 = Instant::now();
+            let res = s3
+                .complete_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
+            match ctx.measure("s3:CompleteMultipartUpload", t0, res, Bytes::default()) {
+                Ok(_) => {
+                    ctx.tracker.count_objects(1);
+                    self.remember(bucket, key, total);
+                    return Ok(());
+                }
+                Err(f) => failure = Some(f),
+            }
+        }
+        // A step failed: abort, so no parts are left behind.
+        ctx.tracker.release_bytes(total);
+        let t0 = Instant::now();
+        let res = s3
+            .abort_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        let _ = ctx.measure("s3:AbortMultipartUpload", t0, res, Bytes::default());
+        Err(failure.expect("a step failed").into())
     }
 
     pub(super) async fn delete_bucket(&mut self, ctx: &RunCtx) -> StepResult {

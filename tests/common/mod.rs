@@ -133,3 +133,126 @@ pub async fn clients(moto: &Moto) -> (aws_sdk_ec2::Client, aws_sdk_s3::Client) {
         aws_sdk_s3::Client::from_conf(s3),
     )
 }
+
+/// An nginx on a free loopback port, configured by the caller's `server {}` body.
+pub struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Nginx {
+    /// `server_body` is placed inside `server { listen ...; }`.
+    pub fn start(server_body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d};\n  \
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+             client_max_body_size 100m;\n  proxy_request_buffering off;\n  proxy_http_version 1.1;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n{server_body}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is missing: run scripts/setup.sh (the test command does)");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            _dir: dir,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a JSON report.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).expect("json report")).expect("valid json")
+}
+
+/// One entry of a JSON report, if recorded.
+pub fn find_entry<'a>(report: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// What of a run moto still holds: (live instances, volumes not being deleted, buckets).
+pub async fn run_leftovers(moto: &Moto, run_id: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    use aws_sdk_ec2::types::{Filter, InstanceStateName, VolumeState};
+    let (ec2, s3) = clients(moto).await;
+    let tag = Filter::builder()
+        .name("tag:cloudswarm:run-id")
+        .values(run_id)
+        .build();
+    let inst = ec2
+        .describe_instances()
+        .filters(tag.clone())
+        .send()
+        .await
+        .unwrap();
+    let live: Vec<String> = inst
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            )
+        })
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    let vols = ec2.describe_volumes().filters(tag).send().await.unwrap();
+    let vols: Vec<String> = vols
+        .volumes()
+        .iter()
+        .filter(|v| {
+            !matches!(
+                v.state(),
+                Some(VolumeState::Deleting | VolumeState::Deleted)
+            )
+        })
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    let b = s3.list_buckets().send().await.unwrap();
+    let buckets: Vec<String> = b
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name())
+        .filter(|n| n.starts_with(&format!("cs-{run_id}-")))
+        .map(str::to_string)
+        .collect();
+    (live, vols, buckets)
+}

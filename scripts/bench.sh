@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): s3:PutObject 1 KiB, wait 0, against a canned S3
+# endpoint (nginx on loopback answering every request at once), for
+#   cloudswarm (profiles/bench-s3-put.toml), a bare aws-sdk-s3 loop
+#   (examples/sdk_put_loop.rs) and Locust + boto3 (bench/locustfile.py),
+# each pinned to one core (nginx on the other), in one run; prints the ratios.
+# Then hatches many mostly idle users (profiles/bench-many-users.toml) and
+# prints the peak RSS.
+#   BENCH_SECONDS=20 BENCH_USERS=32 MANY_USERS=100000 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${BENCH_SECONDS:-20}
+CONC=${BENCH_USERS:-32}
+MANY=${MANY_USERS:-100000}
+scripts/setup.sh bench
+cargo build --release --quiet --bin cloudswarm --example sdk_put_loop
+BIN=${CARGO_TARGET_DIR:-target}/release
+VENV=${CLOUDSWARM_VENV:-$PWD/.venv}
+
+W=$(mktemp -d /tmp/cloudswarm-bench.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT
+mkdir -p "$W/tmp"
+cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/error.log warn;
+worker_rlimit_nofile 200000;
+events { worker_connections 150000; }
+http {
+  access_log off;
+  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
+  client_max_body_size 10m;
+  client_body_buffer_size 64k;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  server {
+    listen 127.0.0.1:$PORT backlog=65535;
+    location = / {
+      default_type application/xml;
+      return 200 '<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Owner><ID>bench</ID></Owner><Buckets></Buckets></ListAllMyBucketsResult>';
+    }
+    location / {
+      add_header ETag '"0f343b0931126a20f133d67c2b018a3b"' always;
+      return 200 '';
+    }
+  }
+}
+CONF
+taskset -c 1 /usr/sbin/nginx -c "$W/nginx.conf" -p "$W" -e "$W/error.log" &
+NGINX=$!
+trap 'kill $NGINX 2>/dev/null; wait $NGINX 2>/dev/null; rm -rf "$W"' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
+  AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+
+echo "== cloudswarm: $CONC users, ${SECS}s, one core"
+taskset -c 0 "$BIN/cloudswarm" run -f profiles/bench-s3-put.toml -u "$CONC" -r 100000 -t "${SECS}s" \
+  --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/cs.json" --keep-resources >/dev/null 2>"$W/cs.err" \
+  || { cat "$W/cs.err"; exit 1; }
+CS=$(python3 -c "import json; t=json.load(open('$W/cs.json'))['total']; print(round(t['num_requests']/float(json.load(open('$W/cs.json'))['duration_s']),1), t['num_failures'])")
+read -r CS_RPS CS_FAIL <<<"$CS"
+echo "cloudswarm rps=$CS_RPS failures=$CS_FAIL"
+
+echo "== bare aws-sdk-s3 loop: $CONC tasks, ${SECS}s, one core"
+SDK=$(taskset -c 0 "$BIN/examples/sdk_put_loop" "$URL" "$CONC" "$SECS")
+echo "$SDK"
+SDK_RPS=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' <<<"$SDK")
+
+echo "== locust + boto3: $CONC users, ${SECS}s, one core"
+(cd "$W" && taskset -c 0 "$VENV/bin/locust" -f "$OLDPWD/bench/locustfile.py" --headless -u "$CONC" -r "$CONC" \
+  -t "${SECS}s" --host "$URL" --csv "$W/locust" --only-summary >/dev/null 2>"$W/locust.err") || { tail -20 "$W/locust.err"; exit 1; }
+LOCUST_RPS=$(python3 -c "
+import csv
+for r in csv.DictReader(open('$W/locust_stats.csv')):
+    if r['Name'] == 'Aggregated': print(round(float(r['Requests/s']), 1))")
+LOCUST_FAIL=$(python3 -c "
+import csv
+for r in csv.DictReader(open('$W/locust_stats.csv')):
+    if r['Name'] == 'Aggregated': print(r['Failure Count'])")
+echo "locust rps=$LOCUST_RPS failures=$LOCUST_FAIL"
+
+echo "== $MANY users, wait 5-10 s, both cores"
+"$BIN/cloudswarm" run -f profiles/bench-many-users.toml -u "$MANY" -r 20000 -t 30s \
+  --s3-endpoint "$URL" --state-dir "$W/state" --status-every 5 --json "$W/many.json" --keep-resources \
+  >/dev/null 2>"$W/many.err" &
+CSPID=$!
+PEAK=0
+while kill -0 $CSPID 2>/dev/null; do
+  HWM=$(awk '/VmHWM/ {print $2}' /proc/$CSPID/status 2>/dev/null || echo 0)
+  [ -n "$HWM" ] && [ "$HWM" -gt "$PEAK" ] && PEAK=$HWM
+  sleep 0.5
+done
+wait $CSPID || { cat "$W/many.err"; exit 1; }
+MANY_USERS_REACHED=$(python3 -c "import json; print(json.load(open('$W/many.json'))['users'])")
+MANY_RPS=$(python3 -c "import json; d=json.load(open('$W/many.json')); print(round(d['total']['num_requests']/d['duration_s'],1), d['total']['num_failures'])")
+grep -E '^\[' "$W/many.err" | tail -3
+
+echo
+echo "== results (s3:PutObject 1 KiB, wait 0, $CONC users, ${SECS}s, one core each; nginx canned endpoint)"
+printf "%-28s %10s\n" "peer" "req/s"
+printf "%-28s %10s\n" "cloudswarm" "$CS_RPS"
+printf "%-28s %10s\n" "bare aws-sdk-s3 loop" "$SDK_RPS"
+printf "%-28s %10s\n" "locust + boto3" "$LOCUST_RPS"
+python3 -c "
+cs, sdk, lo = float('$CS_RPS'), float('$SDK_RPS'), float('$LOCUST_RPS')
+print(f'cloudswarm / locust+boto3 = {cs/lo:.1f}x (target >= 15x)')
+print(f'cloudswarm / bare SDK     = {cs/sdk:.2f}x (target >= 0.95x)')"
+echo "many users: $MANY_USERS_REACHED users alive, peak RSS $((PEAK / 1024)) MiB (target <= 1024 MiB); rps, failures: $MANY_RPS"

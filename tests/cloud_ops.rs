@@ -1,0 +1,499 @@
+//! The cloud op library, Eucalyptus-style targets, leak-proof clean-up and
+//! budget caps, against a real moto server (behind nginx where a test needs
+//! Eucalyptus paths or a broken proxy).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The profile's ops that must appear in a report with zero failures.
+const EVERY_OP: &[&str] = &[
+    "ec2:RunInstances",
+    "ec2:instance-running",
+    "ec2:CreateVolume",
+    "ec2:volume-available",
+    "ec2:AttachVolume",
+    "ec2:volume-in-use",
+    "ec2:DetachVolume",
+    "ec2:DeleteVolume",
+    "ec2:TerminateInstances",
+    "ec2:instance-terminated",
+    "ec2:StopInstances",
+    "ec2:instance-stopped",
+    "ec2:StartInstances",
+    "ec2:RebootInstances",
+    "ec2:AllocateAddress",
+    "ec2:AssociateAddress",
+    "ec2:DisassociateAddress",
+    "ec2:ReleaseAddress",
+    "ec2:CreateSnapshot",
+    "ec2:snapshot-completed",
+    "ec2:DeleteSnapshot",
+    "ec2:CreateKeyPair",
+    "ec2:CreateSecurityGroup",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:DeleteSecurityGroup",
+    "ec2:DeleteKeyPair",
+    "ec2:DescribeImages",
+    "ec2:DescribeAvailabilityZones",
+    "ec2:DescribeInstances",
+    "ec2:DescribeVolumes",
+    "s3:CreateBucket",
+    "s3:HeadBucket",
+    "s3:PutObject",
+    "s3:HeadObject",
+    "s3:GetObject",
+    "s3:GetObject:ttfb",
+    "s3:ListObjects",
+    "s3:ListBuckets",
+    "s3:CreateMultipartUpload",
+    "s3:UploadPart",
+    "s3:CompleteMultipartUpload",
+    "s3:DeleteObject",
+    "s3:DeleteObjects",
+    "s3:DeleteBucket",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_op_runs_against_moto_with_zero_failures() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            "profiles/lifecycle.toml",
+            "-u",
+            "6",
+            "-r",
+            "6",
+            "-t",
+            "25s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_json(&json);
+    let mut missing = vec![];
+    for op in EVERY_OP {
+        match find_entry(&r, op) {
+            Some(e) => assert_eq!(e["num_failures"], 0, "{op}: {e}\n{}", text(&out)),
+            None => missing.push(*op),
+        }
+    }
+    assert!(missing.is_empty(), "not run: {missing:?}\n{}", text(&out));
+    assert_eq!(r["total"]["num_failures"], 0, "{:#}", r["errors"]);
+    // Ranged gets read 1 KiB; puts are 4-64 KiB.
+    let get = find_entry(&r, "s3:GetObject").unwrap();
+    assert_eq!(
+        get["bytes_received"].as_u64().unwrap(),
+        1024 * get["num_requests"].as_u64().unwrap()
+    );
+    assert_eq!(r["resources"]["leaked"], 0, "{:#}", r["resources"]);
+    let run_id = r["run_id"].as_str().unwrap();
+    let (i, v, b) = run_leftovers(&moto, run_id).await;
+    assert!(
+        i.is_empty() && v.is_empty() && b.is_empty(),
+        "{i:?} {v:?} {b:?}"
+    );
+}
+
+fn services_proxy(moto: &Moto) -> Nginx {
+    let m = &moto.url;
+    Nginx::start(&format!(
+        r#"
+    location /services/compute {{ proxy_pass {m}/; }}
+    location /services/compute/ {{ proxy_pass {m}/; }}
+    location /services/objectstorage/ {{
+      # This S3 does not know ListObjectsV2: clients must fall back to V1.
+      if ($args ~ "list-type=2") {{
+        return 501 '<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>ListObjectsV2 is not implemented</Message></Error>';
+      }}
+      proxy_pass {m}/;
+    }}
+    location /services/objectstorage {{ proxy_pass {m}/; }}
+    location /broken/ {{
+      default_type text/html;
+      return 502 '<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>';
+    }}
+"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eucarc_run_through_services_paths_succeeds_and_falls_back_to_list_v1() {
+    let moto = Moto::start();
+    let proxy = services_proxy(&moto);
+    let dir = tempfile::tempdir().unwrap();
+    let eucarc = dir.path().join("eucarc");
+    // No trailing slashes: the S3 SDK would drop the separator (aws-sdk-rust #1387).
+    std::fs::write(
+        &eucarc,
+        format!(
+            "EUCA_KEY_DIR=$(cd $(dirname ${{BASH_SOURCE:-$0}}); pwd -P)\n\
+             export EC2_URL={u}/services/compute\n\
+             export S3_URL=\"{u}/services/objectstorage\"\n\
+             export EC2_ACCESS_KEY='AKIDEUCA'\nexport EC2_SECRET_KEY='euca/secret+key'\n\
+             export AWS_ACCESS_KEY=$EC2_ACCESS_KEY\nexport AWS_SECRET_KEY=$EC2_SECRET_KEY\n",
+            u = proxy.url
+        ),
+    )
+    .unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        r#"
+[params]
+poll_interval = "200ms"
+[[user]]
+name = "euca"
+wait = { constant = 0.2 }
+# moto has no subnets in a made-up region, so no instances there: the EC2 calls
+# here still go through /services/compute with the `eucalyptus` label.
+[[user.task]]
+sequence = ["ec2:DescribeAvailabilityZones", "ec2:CreateKeyPair", "ec2:CreateSecurityGroup",
+            "ec2:AuthorizeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:DeleteKeyPair",
+            "s3:CreateBucket", "s3:PutObject", "s3:ListObjects", "s3:GetObject", "s3:DeleteObject",
+            "s3:MultipartUpload", "s3:DeleteObjects"]
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let out = cloudswarm()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args([
+            "run",
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "6s",
+        ])
+        .args([
+            "--eucarc",
+            eucarc.to_str().unwrap(),
+            "--region",
+            "eucalyptus",
+        ])
+        .args([
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/services/compute") && err.contains("/services/objectstorage"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("euca/secret+key") && !err.contains("AKIDEUCA"),
+        "credentials leaked: {err}"
+    );
+    let r = read_json(&json);
+    assert_eq!(r["total"]["num_failures"], 0, "{:#}", r["errors"]);
+    for op in [
+        "ec2:CreateSecurityGroup",
+        "s3:PutObject",
+        "s3:ListObjects",
+        "s3:GetObject",
+        "s3:UploadPart",
+    ] {
+        let e = find_entry(&r, op).unwrap_or_else(|| panic!("{op} missing: {r:#}"));
+        assert!(e["num_requests"].as_u64().unwrap() > 0);
+    }
+    assert!(
+        err.contains("ListObjectsV2"),
+        "the fallback to V1 is logged once: {err}"
+    );
+    assert!(
+        !std::fs::read_to_string(dir.path().join("r.json"))
+            .unwrap()
+            .contains("euca/secret")
+    );
+}
+
+#[test]
+fn a_proxy_error_page_is_reported_by_status_with_an_excerpt() {
+    let moto = Moto::start();
+    let proxy = services_proxy(&moto);
+    let dir = tempfile::tempdir().unwrap();
+    let out = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            "profiles/smoke.toml",
+            "-t",
+            "3s",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .args([
+            "--ec2-endpoint",
+            &format!("{}/broken/", proxy.url),
+            "--s3-endpoint",
+            &moto.url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 502") && err.contains("502 Bad Gateway"),
+        "{err}"
+    );
+    assert!(!err.contains("<html>"), "the excerpt has no markup: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ec2, s3) = clients(&moto).await;
+    // Resources made beforehand, outside cloudswarm.
+    let img = ec2.describe_images().send().await.unwrap().images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    let theirs = ec2
+        .run_instances()
+        .image_id(&img)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let their_instance = theirs.instances()[0].instance_id().unwrap().to_string();
+    let their_volume = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(1)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    s3.create_bucket().bucket("cs-keepme").send().await.unwrap();
+    s3.put_object()
+        .bucket("cs-keepme")
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    ec2.create_key_pair()
+        .key_name("operator-key")
+        .send()
+        .await
+        .unwrap();
+
+    let mut child = cloudswarm()
+        .args(["run", "-f", "profiles/lifecycle.toml", "-u", "8", "-r", "8"])
+        .args([
+            "--ec2-endpoint",
+            &moto.url,
+            "--s3-endpoint",
+            &moto.url,
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it create things, then kill it without warning.
+    let runs = dir.path().join("runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let run_id = loop {
+        if let Some(e) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) {
+            let id = e.unwrap().file_name().to_string_lossy().into_owned();
+            let j =
+                std::fs::read_to_string(runs.join(&id).join("journal.jsonl")).unwrap_or_default();
+            if j.matches("\"created\"").count() >= 12 {
+                break id;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run created nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (i, v, b) = run_leftovers(&moto, &run_id).await;
+    assert!(
+        !i.is_empty() || !v.is_empty() || !b.is_empty(),
+        "the kill left nothing to clean up"
+    );
+
+    let cleanup = |extra: &[&str]| {
+        cloudswarm()
+            .args(["cleanup", "--run-id", &run_id, "--state-dir"])
+            .arg(dir.path())
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = cleanup(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing left in the cloud"),
+        "{}",
+        text(&out)
+    );
+    let (i, v, b) = run_leftovers(&moto, &run_id).await;
+    assert!(
+        i.is_empty() && v.is_empty() && b.is_empty(),
+        "{i:?} {v:?} {b:?}"
+    );
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:cloudswarm:run-id")
+                .values(&run_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(snaps.snapshots().is_empty(), "{:?}", snaps.snapshots());
+    let keys = ec2.describe_key_pairs().send().await.unwrap();
+    let names: Vec<&str> = keys
+        .key_pairs()
+        .iter()
+        .filter_map(|k| k.key_name())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(&format!("cs-{run_id}-"))),
+        "{names:?}"
+    );
+    assert!(names.contains(&"operator-key"), "{names:?}");
+
+    // Idempotent: a second clean-up finds nothing and succeeds.
+    let again = cleanup(&[]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // What was made outside cloudswarm is untouched.
+    let st = ec2
+        .describe_instances()
+        .instance_ids(&their_instance)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        st.reservations()[0].instances()[0]
+            .state()
+            .unwrap()
+            .name()
+            .unwrap()
+            .as_str(),
+        "running"
+    );
+    let vol = ec2
+        .describe_volumes()
+        .volume_ids(&their_volume)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vol.volumes()[0].state().unwrap().as_str(), "available");
+    let objs = s3
+        .list_objects_v2()
+        .bucket("cs-keepme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(objs.key_count(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_caps_hold_under_a_greedy_profile() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("greedy.toml");
+    std::fs::write(
+        &profile,
+        r#"
+[params]
+object_size = "1MiB"
+[[user]]
+name = "greedy"
+wait = { constant = 0.05 }
+[[user.task]]
+op = "ec2:RunInstances"
+[[user.task]]
+op = "ec2:CreateVolume"
+[[user.task]]
+op = "s3:CreateBucket"
+[[user.task]]
+op = "s3:PutObject"
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "6",
+            "-r",
+            "6",
+            "-t",
+            "6s",
+            "--max-instances",
+            "3",
+            "--max-volumes",
+            "2",
+            "--max-buckets",
+            "3",
+            "--max-bytes",
+            "5MiB",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_json(&json);
+    let kinds = &r["resources"]["by_kind"];
+    assert_eq!(kinds["instances"]["created"], 3, "{kinds:#}");
+    assert_eq!(kinds["volumes"]["created"], 2, "{kinds:#}");
+    assert_eq!(kinds["buckets"]["created"], 3, "{kinds:#}");
+    assert_eq!(kinds["objects"]["created"], 5, "{kinds:#}");
+    for op in [
+        "ec2:RunInstances",
+        "ec2:CreateVolume",
+        "s3:CreateBucket",
+        "s3:PutObject",
+    ] {
+        assert!(
+            r["capped"][op].as_u64().unwrap() > 0,
+            "{op} capped: {:#}",
+            r["capped"]
+        );
+    }
+    assert_eq!(r["resources"]["leaked"], 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("budget caps"), "{stdout}");
+}
