@@ -8,8 +8,22 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The same runtime choice cloudswarm makes: one thread on one core.
+    let one_core = std::thread::available_parallelism().map_or(1, |n| n.get()) == 1;
+    let rt = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    rt.expect("runtime").block_on(run());
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
         eprintln!("usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS");

@@ -6,10 +6,11 @@
 # each pinned to one core (nginx on the other), in one run; prints the ratios.
 # Then hatches many mostly idle users (profiles/bench-many-users.toml) and
 # prints the peak RSS.
-#   BENCH_SECONDS=20 BENCH_USERS=32 MANY_USERS=100000 scripts/bench.sh
+#   BENCH_SECONDS=15 BENCH_ROUNDS=3 BENCH_USERS=32 MANY_USERS=100000 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${BENCH_SECONDS:-20}
+SECS=${BENCH_SECONDS:-15}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONC=${BENCH_USERS:-32}
 MANY=${MANY_USERS:-100000}
 scripts/setup.sh bench
@@ -57,18 +58,26 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && brea
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
   AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
 
-echo "== cloudswarm: $CONC users, ${SECS}s, one core"
-taskset -c 0 "$BIN/cloudswarm" run -f profiles/bench-s3-put.toml -u "$CONC" -r 100000 -t "${SECS}s" \
-  --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/cs.json" --keep-resources >/dev/null 2>"$W/cs.err" \
-  || { cat "$W/cs.err"; exit 1; }
-CS=$(python3 -c "import json; t=json.load(open('$W/cs.json'))['total']; print(round(t['num_requests']/float(json.load(open('$W/cs.json'))['duration_s']),1), t['num_failures'])")
-read -r CS_RPS CS_FAIL <<<"$CS"
-echo "cloudswarm rps=$CS_RPS failures=$CS_FAIL"
-
-echo "== bare aws-sdk-s3 loop: $CONC tasks, ${SECS}s, one core"
-SDK=$(taskset -c 0 "$BIN/examples/sdk_put_loop" "$URL" "$CONC" "$SECS")
-echo "$SDK"
-SDK_RPS=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' <<<"$SDK")
+# cloudswarm and the bare SDK loop take turns, ROUNDS times each, so the
+# machine's noise hits both alike; the medians are compared.
+cs_round() {
+  taskset -c 0 "$BIN/cloudswarm" run -f profiles/bench-s3-put.toml -u "$CONC" -r 100000 -t "${SECS}s" \
+    --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/cs.json" --keep-resources >/dev/null 2>"$W/cs.err" \
+    || { cat "$W/cs.err"; exit 1; }
+  python3 -c "import json; d=json.load(open('$W/cs.json')); t=d['total']; assert t['num_failures']==0, t; print(round(t['num_requests']/d['duration_s'],1))"
+}
+sdk_round() {
+  taskset -c 0 "$BIN/examples/sdk_put_loop" "$URL" "$CONC" "$SECS" | sed -n 's/.*failures=0 .*rps=\([0-9.]*\).*/\1/p'
+}
+CS_ALL=(); SDK_ALL=()
+for r in $(seq "$ROUNDS"); do
+  CS_ALL+=("$(cs_round)"); SDK_ALL+=("$(sdk_round)")
+  echo "round $r: cloudswarm ${CS_ALL[-1]} req/s, bare SDK ${SDK_ALL[-1]} req/s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+CS_RPS=$(median "${CS_ALL[@]}")
+SDK_RPS=$(median "${SDK_ALL[@]}")
+[ -n "$CS_RPS" ] && [ -n "$SDK_RPS" ] || { echo "a round failed"; exit 1; }
 
 echo "== locust + boto3: $CONC users, ${SECS}s, one core"
 (cd "$W" && taskset -c 0 "$VENV/bin/locust" -f "$OLDPWD/bench/locustfile.py" --headless -u "$CONC" -r "$CONC" \
@@ -100,7 +109,7 @@ MANY_RPS=$(python3 -c "import json; d=json.load(open('$W/many.json')); print(rou
 grep -E '^\[' "$W/many.err" | tail -3
 
 echo
-echo "== results (s3:PutObject 1 KiB, wait 0, $CONC users, ${SECS}s, one core each; nginx canned endpoint)"
+echo "== results (s3:PutObject 1 KiB, wait 0, $CONC users, ${SECS}s, one core each, median of $ROUNDS; nginx canned endpoint)"
 printf "%-28s %10s\n" "peer" "req/s"
 printf "%-28s %10s\n" "cloudswarm" "$CS_RPS"
 printf "%-28s %10s\n" "bare aws-sdk-s3 loop" "$SDK_RPS"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cloudswarm's local cloud and tests need, skipping what is there:
-#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx (Debian)
+#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx and
+#                               openssl (Debian), s3s-fs (crates.io) into .tools
 #   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,14 @@ apt_need() { # apt_need COMMAND PACKAGE...
 
 # The tests put nginx in front of moto (Eucalyptus-style /services/* paths).
 apt_need nginx nginx
+apt_need openssl openssl
+
+# An S3 server that checks SigV4 signatures, for the wrong-credentials tests.
+TOOLS=${CLOUDSWARM_TOOLS:-$PWD/.tools}
+if [ ! -x "$TOOLS/bin/s3s-fs" ]; then
+  echo "setup: cargo install s3s-fs (S3 server with signature checks) into $TOOLS"
+  cargo install --quiet --locked --root "$TOOLS" s3s-fs@0.14.1 --features binary
+fi
 
 for extra in "$@"; do
   case "$extra" in

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export MOTO_SERVER=${CLOUDSWARM_VENV:-$PWD/.venv}/bin/moto_server
+export S3S_FS=${CLOUDSWARM_TOOLS:-$PWD/.tools}/bin/s3s-fs
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

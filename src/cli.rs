@@ -61,10 +61,24 @@ fn check(files: &[PathBuf]) -> i32 {
 
 /// Runs an async command on a fresh runtime; maps errors to exit codes.
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core a single-threaded runtime does the same work with less
+    // cross-thread waking; CLOUDSWARM_WORKERS overrides the core count.
+    let workers = std::env::var("CLOUDSWARM_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let built = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

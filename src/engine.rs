@@ -370,14 +370,27 @@ async fn user_loop(
         let task = &class.tasks[class.pick.sample(user.rng())];
         let t0 = Instant::now();
         for &op in &task.steps {
+            let permit = match ctx.inflight.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    ctx.saturated.fetch_add(1, Ordering::Relaxed);
+                    match ctx.inflight.acquire().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    }
+                }
+            };
             // Boxed so an idle user holds only a pointer, not the largest op's state.
-            if Box::pin(user.run(&ctx, op)).await.is_err() {
+            let failed = Box::pin(user.run(&ctx, op)).await.is_err();
+            drop(permit);
+            if failed {
                 break;
             }
         }
         let wait = class.wait.next_wait(t0.elapsed(), user.rng());
         if wait.is_zero() {
-            tokio::task::yield_now().await;
+            // Yields only once the task has used its share of the scheduler.
+            tokio::task::consume_budget().await;
         } else {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

@@ -17,3 +17,4 @@ pub mod run;
 pub mod stats;
 pub mod target;
 pub mod tasks;
+pub mod tls;

@@ -138,6 +138,9 @@ pub struct RunArgs {
     /// Most bytes of objects stored at once (e.g. 5GiB)
     #[arg(long, default_value = "5GiB", value_parser = crate::profile::parse_size)]
     pub max_bytes: u64,
+    /// Most ops in flight at once; users beyond it wait for a slot (the status line says so)
+    #[arg(long, default_value_t = crate::tasks::DEFAULT_MAX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_inflight: u64,
     /// Seconds between status lines (0: none)
     #[arg(long, default_value_t = 5)]
     pub status_every: u64,
@@ -294,6 +297,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         max_bytes: args.max_bytes,
     };
     let mut ctx = RunCtx::new(run_id.clone(), clients, Stats::new(), tracker.clone(), caps);
+    ctx.inflight = tokio::sync::Semaphore::new(args.max_inflight as usize);
     ctx.default_az = az;
     ctx.auto_image = image;
     let ctx = Arc::new(ctx);
@@ -463,8 +467,9 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
     let (target, _) = engine.target();
     let counts = engine.ctx.tracker.counts();
     let live = |k: Kind| counts.get(&k).map_or(0, |c| c.alive);
+    let saturated = engine.ctx.inflight.available_permits() == 0;
     format!(
-        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt",
+        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
         engine.state().as_str(),
         engine.user_count(),
@@ -479,6 +484,11 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
         live(Kind::Instance),
         live(Kind::Volume),
         live(Kind::Bucket),
+        if saturated {
+            "  SATURATED: every in-flight slot is busy (--max-inflight), users are waiting"
+        } else {
+            ""
+        },
     )
 }
 

@@ -33,6 +33,12 @@ pub struct TargetArgs {
     /// Eucalyptus eucarc file: EC2_URL, S3_URL and EC2_ACCESS_KEY/EC2_SECRET_KEY (or AWS_ACCESS_KEY/AWS_SECRET_KEY)
     #[arg(long, value_name = "FILE")]
     pub eucarc: Option<std::path::PathBuf>,
+    /// Extra CA certificates (PEM) to trust, for clouds with their own TLS
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Do not verify TLS certificates (never on a network you do not control)
+    #[arg(long, conflicts_with = "ca_bundle")]
+    pub insecure: bool,
     /// Retries per request (0: every attempt is measured on its own)
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
@@ -62,6 +68,8 @@ pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
     pub s3: aws_sdk_s3::Client,
     pub info: TargetInfo,
+    /// What the clients sign with (for naming the key in messages).
+    creds: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
 }
 
 /// What a eucarc file says (values may be quoted, lines may start with
@@ -231,6 +239,14 @@ impl TargetArgs {
             bail!("region `{r}` is not a region label (letters, digits and -)");
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if self.insecure {
+            eprintln!(
+                "WARNING: --insecure: TLS certificates are NOT verified; anyone on the path can read and change the traffic"
+            );
+            loader = loader.http_client(crate::tls::insecure(self.connect_timeout));
+        } else if let Some(ca) = &self.ca_bundle {
+            loader = loader.http_client(crate::tls::with_ca_bundle(ca)?);
+        }
         let region_flag = self.region.clone().or(euca.region.clone()).or_else(|| {
             // Eucalyptus clouds take any label; use theirs unless told otherwise.
             (self.eucarc.is_some() && std::env::var("AWS_REGION").is_err())
@@ -285,6 +301,7 @@ impl TargetArgs {
         Ok(Clients {
             ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            creds: shared.credentials_provider(),
             info: TargetInfo {
                 ec2_endpoint: ec2_ep.unwrap_or_else(|| format!("aws ec2 ({region})")),
                 s3_endpoint: s3_ep.unwrap_or_else(|| format!("aws s3 ({region})")),
@@ -305,15 +322,49 @@ fn is_credential_code(code: &str) -> bool {
             | "UnrecognizedClientException"
             | "InvalidSecurity"
             | "ExpiredToken"
+            | "NotSignedUp"
+            | "OptInRequired"
+            | "InvalidToken"
             | "AccessDenied"
             | "HTTP 403"
     )
 }
 
-fn explain(service: &str, endpoint: &str, f: &Failure) -> String {
+/// Which credentials a client signs with, for messages: the access key id
+/// shortened (`AKIA…WXYZ`) and where it came from; never the secret.
+async fn credentials_hint(config: Option<aws_sdk_s3::config::SharedCredentialsProvider>) -> String {
+    use aws_sdk_s3::config::ProvideCredentials;
+    let Some(p) = config else {
+        return "no credentials".into();
+    };
+    match p.provide_credentials().await {
+        Ok(c) => {
+            let id = c.access_key_id();
+            let short = if id.len() > 8 {
+                format!("{}…{}", &id[..4], &id[id.len() - 4..])
+            } else {
+                "…".to_string()
+            };
+            format!("access key {short} from {}", provider_name(&c))
+        }
+        Err(e) => format!("no usable credentials ({e})"),
+    }
+}
+
+fn provider_name(c: &aws_sdk_s3::config::Credentials) -> String {
+    // Debug of Credentials redacts the secret and shows the provider's name.
+    let d = format!("{c:?}");
+    d.split("provider_name: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("the AWS credential chain")
+        .to_string()
+}
+
+fn explain(service: &str, endpoint: &str, f: &Failure, creds: &str) -> String {
     if is_credential_code(&f.code) {
         format!(
-            "{service} at {endpoint} rejected the credentials ({}: {}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the AWS profile",
+            "{service} at {endpoint} rejected the credentials ({creds}): {}: {}; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the AWS profile or the eucarc",
             f.code, f.message
         )
     } else if matches!(
@@ -347,7 +398,10 @@ pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String
                 "cannot reach EC2 at {}: no answer in 30s",
                 c.info.ec2_endpoint
             ),
-            Ok(Err(e)) => bail!(explain("EC2", &c.info.ec2_endpoint, &classify(&e))),
+            Ok(Err(e)) => {
+                let creds = credentials_hint(c.creds.clone()).await;
+                bail!(explain("EC2", &c.info.ec2_endpoint, &classify(&e), &creds))
+            }
             Ok(Ok(out)) => {
                 az = out
                     .availability_zones()
@@ -364,7 +418,10 @@ pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String
                 "cannot reach S3 at {}: no answer in 30s",
                 c.info.s3_endpoint
             ),
-            Ok(Err(e)) => bail!(explain("S3", &c.info.s3_endpoint, &classify(&e))),
+            Ok(Err(e)) => {
+                let creds = credentials_hint(c.creds.clone()).await;
+                bail!(explain("S3", &c.info.s3_endpoint, &classify(&e), &creds))
+            }
             Ok(Ok(_)) => {}
         }
     }

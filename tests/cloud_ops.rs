@@ -497,3 +497,261 @@ op = "s3:PutObject"
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("budget caps"), "{stdout}");
 }
+
+/// A private CA and a server certificate for 127.0.0.1, made with openssl.
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cloudswarm test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
+}
+
+#[test]
+fn private_tls_needs_the_ca_bundle_or_insecure() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let tls = Nginx::start_tls(
+        &cert,
+        &key,
+        &format!("    location / {{ proxy_pass {}; }}", moto.url),
+    );
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "[[user]]\nname=\"t\"\nwait = { constant = 0.1 }\n[[user.task]]\nsequence = [\"ec2:DescribeAvailabilityZones\", \"s3:PutObject\", \"s3:GetObject\"]\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        cloudswarm()
+            .args([
+                "run",
+                "-f",
+                profile.to_str().unwrap(),
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "-t",
+                "3s",
+            ])
+            .args([
+                "--ec2-endpoint",
+                &tls.url,
+                "--s3-endpoint",
+                &tls.url,
+                "--state-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown CA is refused: {}",
+        text(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach EC2") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let out = run(&[
+        "--ca-bundle",
+        ca.to_str().unwrap(),
+        "--sla",
+        "failures<1",
+        "--sla",
+        "requests>=6",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = run(&["--insecure", "--sla", "failures<1", "--sla", "requests>=6"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING: --insecure"),
+        "{}",
+        text(&out)
+    );
+
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let out = run(&["--ca-bundle", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.pem"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn s3s_fs_bin() -> std::path::PathBuf {
+    let p = std::env::var("S3S_FS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/s3s-fs")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (the test command does)",
+        p.display()
+    );
+    p
+}
+
+/// An S3 server that really checks SigV4 signatures (s3s-fs), on a free port.
+struct SigV4S3 {
+    child: std::process::Child,
+    url: String,
+    _root: tempfile::TempDir,
+}
+
+impl SigV4S3 {
+    fn start(access_key: &str, secret: &str) -> SigV4S3 {
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(s3s_fs_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", access_key, "--secret-key", secret])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SigV4S3 {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _root: root,
+        }
+    }
+}
+
+impl Drop for SigV4S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn wrong_credentials_fail_preflight_naming_them_without_the_secret() {
+    let s3 = SigV4S3::start("AKIDCLOUDSWARMTEST", "the-right-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        "[[user]]\nname=\"s\"\nwait = { constant = 0.1 }\n[[user.task]]\nsequence = [\"s3:CreateBucket\", \"s3:PutObject\", \"s3:GetObject\", \"s3:DeleteObject\", \"s3:DeleteBucket\"]\n",
+    )
+    .unwrap();
+    let run = |key: &str, secret: &str| {
+        cloudswarm()
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args([
+                "run",
+                "-f",
+                profile.to_str().unwrap(),
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "-t",
+                "3s",
+            ])
+            .args(["--s3-endpoint", &s3.url, "--state-dir"])
+            .arg(dir.path())
+            .args(["--sla", "failures<1", "--sla", "requests>=5"])
+            .output()
+            .unwrap()
+    };
+    let out = run("AKIDCLOUDSWARMTEST", "a-wrong-secret");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rejected the credentials"), "{err}");
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    assert!(
+        err.contains("AKID…TEST") && err.contains("Environment"),
+        "names the key: {err}"
+    );
+    assert!(
+        !err.contains("a-wrong-secret") && !err.contains("AKIDCLOUDSWARMTEST"),
+        "{err}"
+    );
+
+    let out = run("AKIDSOMEBODYELSE", "the-right-secret");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rejected the credentials"),
+        "{}",
+        text(&out)
+    );
+
+    // The right ones pass preflight and the run itself.
+    let out = run("AKIDCLOUDSWARMTEST", "the-right-secret");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -118,6 +118,9 @@ pub struct Caps {
     pub max_bytes: u64,
 }
 
+/// Ops in flight at once per engine, unless told otherwise.
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
+
 /// What every user of a run shares.
 pub struct RunCtx {
     pub run_id: String,
@@ -134,6 +137,11 @@ pub struct RunCtx {
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
     list_v1: AtomicBool,
+    /// Slots for ops in flight: bounds the engine's memory and connections
+    /// when users outrun what the machine can send.
+    pub inflight: tokio::sync::Semaphore,
+    /// Times a user had to wait for a slot (the engine is saturated).
+    pub saturated: AtomicU64,
 }
 
 impl RunCtx {
@@ -156,6 +164,8 @@ impl RunCtx {
             payload: Default::default(),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),
+            inflight: tokio::sync::Semaphore::new(DEFAULT_MAX_INFLIGHT),
+            saturated: AtomicU64::new(0),
         }
     }
 

@@ -144,6 +144,22 @@ pub struct Nginx {
 impl Nginx {
     /// `server_body` is placed inside `server { listen ...; }`.
     pub fn start(server_body: &str) -> Nginx {
+        Self::start_with("", server_body)
+    }
+
+    /// Serves HTTPS with the given certificate and key files.
+    pub fn start_tls(cert: &Path, key: &Path, server_body: &str) -> Nginx {
+        let body = format!(
+            "    ssl_certificate {};\n    ssl_certificate_key {};\n{server_body}",
+            cert.display(),
+            key.display()
+        );
+        let mut n = Self::start_with(" ssl", &body);
+        n.url = n.url.replace("http://", "https://");
+        n
+    }
+
+    fn start_with(listen_opts: &str, server_body: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
@@ -153,7 +169,7 @@ impl Nginx {
              http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d};\n  \
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
              client_max_body_size 100m;\n  proxy_request_buffering off;\n  proxy_http_version 1.1;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n{server_body}\n  }}\n}}\n"
+             server {{\n    listen 127.0.0.1:{port}{listen_opts};\n{server_body}\n  }}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
