@@ -58,39 +58,37 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && brea
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
   AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
 
-# cloudswarm and the bare SDK loop take turns, ROUNDS times each, so the
-# machine's noise hits both alike; the medians are compared.
+# The three peers take turns, ROUNDS times each, so the machine's noise hits
+# them alike; the medians are compared.
 cs_round() {
   taskset -c 0 "$BIN/cloudswarm" run -f profiles/bench-s3-put.toml -u "$CONC" -r 100000 -t "${SECS}s" \
     --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/cs.json" --keep-resources >/dev/null 2>"$W/cs.err" \
     || { cat "$W/cs.err"; exit 1; }
   python3 -c "import json; d=json.load(open('$W/cs.json')); t=d['total']; assert t['num_failures']==0, t; print(round(t['num_requests']/d['duration_s'],1))"
 }
+locust_round() {
+  (cd "$W" && taskset -c 0 "$VENV/bin/locust" -f "$OLDPWD/bench/locustfile.py" --headless -u "$CONC" -r "$CONC" \
+    -t "${SECS}s" --host "$URL" --csv "$W/locust" --only-summary >/dev/null 2>"$W/locust.err") || { tail -20 "$W/locust.err"; exit 1; }
+  python3 -c "
+import csv
+for r in csv.DictReader(open('$W/locust_stats.csv')):
+    if r['Name'] == 'Aggregated':
+        assert r['Failure Count'] == '0', r
+        print(round(float(r['Requests/s']), 1))"
+}
 sdk_round() {
   taskset -c 0 "$BIN/examples/sdk_put_loop" "$URL" "$CONC" "$SECS" | sed -n 's/.*failures=0 .*rps=\([0-9.]*\).*/\1/p'
 }
-CS_ALL=(); SDK_ALL=()
+CS_ALL=(); SDK_ALL=(); LOCUST_ALL=()
 for r in $(seq "$ROUNDS"); do
-  CS_ALL+=("$(cs_round)"); SDK_ALL+=("$(sdk_round)")
-  echo "round $r: cloudswarm ${CS_ALL[-1]} req/s, bare SDK ${SDK_ALL[-1]} req/s"
+  CS_ALL+=("$(cs_round)"); SDK_ALL+=("$(sdk_round)"); LOCUST_ALL+=("$(locust_round)")
+  echo "round $r: cloudswarm ${CS_ALL[-1]} req/s, bare SDK ${SDK_ALL[-1]} req/s, locust ${LOCUST_ALL[-1]} req/s"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 CS_RPS=$(median "${CS_ALL[@]}")
 SDK_RPS=$(median "${SDK_ALL[@]}")
-[ -n "$CS_RPS" ] && [ -n "$SDK_RPS" ] || { echo "a round failed"; exit 1; }
-
-echo "== locust + boto3: $CONC users, ${SECS}s, one core"
-(cd "$W" && taskset -c 0 "$VENV/bin/locust" -f "$OLDPWD/bench/locustfile.py" --headless -u "$CONC" -r "$CONC" \
-  -t "${SECS}s" --host "$URL" --csv "$W/locust" --only-summary >/dev/null 2>"$W/locust.err") || { tail -20 "$W/locust.err"; exit 1; }
-LOCUST_RPS=$(python3 -c "
-import csv
-for r in csv.DictReader(open('$W/locust_stats.csv')):
-    if r['Name'] == 'Aggregated': print(round(float(r['Requests/s']), 1))")
-LOCUST_FAIL=$(python3 -c "
-import csv
-for r in csv.DictReader(open('$W/locust_stats.csv')):
-    if r['Name'] == 'Aggregated': print(r['Failure Count'])")
-echo "locust rps=$LOCUST_RPS failures=$LOCUST_FAIL"
+LOCUST_RPS=$(median "${LOCUST_ALL[@]}")
+[ -n "$CS_RPS" ] && [ -n "$SDK_RPS" ] && [ -n "$LOCUST_RPS" ] || { echo "a round failed"; exit 1; }
 
 echo "== $MANY users, wait 5-10 s, both cores"
 "$BIN/cloudswarm" run -f profiles/bench-many-users.toml -u "$MANY" -r 20000 -t 30s \

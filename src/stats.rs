@@ -464,6 +464,11 @@ impl StatsData {
             },
             bytes_sent: e.bytes_sent,
             bytes_received: e.bytes_received,
+            throughput_bps: if e.total_us > 0 {
+                (e.bytes_sent + e.bytes_received) as f64 * 1e6 / e.total_us as f64
+            } else {
+                0.0
+            },
             rps: n as f64 / elapsed,
             fail_per_sec: e.num_failures as f64 / elapsed,
             current_rps: cur_rps,
@@ -527,6 +532,8 @@ pub struct EntrySummary {
     pub avg_content_size: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Bytes moved per second of request time (sent + received), e.g. a GetObject's throughput.
+    pub throughput_bps: f64,
     pub rps: f64,
     pub fail_per_sec: f64,
     pub current_rps: f64,
@@ -626,6 +633,12 @@ mod tests {
         assert_eq!(e.min_ms, 1.0);
         assert!((e.avg_ms - 500.5).abs() < 1e-9);
         assert_eq!(e.bytes_sent, 10_000);
+        // 10 kB moved in 500.5 s of request time.
+        assert!(
+            (e.throughput_bps - 10_000.0 / 500.5).abs() < 1e-6,
+            "{}",
+            e.throughput_bps
+        );
         let p = &e.percentiles_ms;
         assert!(p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
         assert_eq!(*p.last().unwrap(), 1000.0);

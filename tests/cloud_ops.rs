@@ -94,6 +94,7 @@ async fn every_op_runs_against_moto_with_zero_failures() {
         get["bytes_received"].as_u64().unwrap(),
         1024 * get["num_requests"].as_u64().unwrap()
     );
+    assert!(get["throughput_bps"].as_f64().unwrap() > 0.0, "{get}");
     assert_eq!(r["resources"]["leaked"], 0, "{:#}", r["resources"]);
     let run_id = r["run_id"].as_str().unwrap();
     let (i, v, b) = run_leftovers(&moto, run_id).await;
@@ -754,4 +755,47 @@ fn wrong_credentials_fail_preflight_naming_them_without_the_secret() {
     // The right ones pass preflight and the run itself.
     let out = run("AKIDCLOUDSWARMTEST", "the-right-secret");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_run_and_deletes_what_it_made() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let child = cloudswarm()
+        .args(["run", "-f", "profiles/burn-in.toml", "-u", "7", "-r", "7"])
+        .args([
+            "--ec2-endpoint",
+            &moto.url,
+            "--s3-endpoint",
+            &moto.url,
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .args(["--json", json.to_str().unwrap(), "--stop-timeout", "5s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stopping (interrupted)"),
+        "{}",
+        text(&out)
+    );
+    let r = read_json(&json);
+    assert!(r["resources"]["created"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(r["resources"]["leaked"], 0, "{r:#}");
+    let (i, v, b) = run_leftovers(&moto, r["run_id"].as_str().unwrap()).await;
+    assert!(
+        i.is_empty() && v.is_empty() && b.is_empty(),
+        "{i:?} {v:?} {b:?}"
+    );
 }

@@ -247,6 +247,7 @@ struct JsonEntry<'a> {
     rps: f64,
     bytes_sent: u64,
     bytes_received: u64,
+    throughput_bps: f64,
 }
 
 impl<'a> From<&'a EntrySummary> for JsonEntry<'a> {
@@ -265,6 +266,7 @@ impl<'a> From<&'a EntrySummary> for JsonEntry<'a> {
             rps: e.rps,
             bytes_sent: e.bytes_sent,
             bytes_received: e.bytes_received,
+            throughput_bps: e.throughput_bps,
         }
     }
 }
