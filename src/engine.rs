@@ -112,6 +112,8 @@ pub struct Engine {
     root: CancellationToken,
     next_user: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Users being stopped, so a second Ctrl-C can abort them.
+    stopping: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Engine {
@@ -145,6 +147,7 @@ impl Engine {
             root: CancellationToken::new(),
             next_user: AtomicU64::new(0),
             background: Mutex::new(Vec::new()),
+            stopping: Mutex::new(Vec::new()),
         })
     }
 
@@ -321,6 +324,30 @@ impl Engine {
         UserHandle { token, join }
     }
 
+    /// Abandons every user at once (a second Ctrl-C): their tasks are
+    /// aborted where they are; what they created stays tracked or tagged.
+    pub fn abort_all(&self) {
+        self.root.cancel();
+        let mut c = self.ctl();
+        for h in c.retiring.drain(..) {
+            h.abort();
+        }
+        for class in c.users.iter_mut() {
+            for h in class.drain(..) {
+                h.join.abort();
+            }
+        }
+        drop(c);
+        for h in self
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            h.abort();
+        }
+    }
+
     /// Stops the run: no more hatching, users finish their current task
     /// within `stop_timeout` (then are abandoned). Resources stay tracked.
     pub async fn stop(&self, stop_timeout: Duration) {
@@ -342,6 +369,8 @@ impl Engine {
             }
             all
         };
+        *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) =
+            joins.iter().map(|j| j.abort_handle()).collect();
         self.root.cancel();
         let waited = tokio::time::timeout(stop_timeout, async {
             for j in joins.iter_mut() {

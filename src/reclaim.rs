@@ -16,7 +16,7 @@ use clap::Args;
 use crate::resources::{self, Kind, RUN_TAG, Tracker};
 use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
-use crate::tasks::cleanup::{delete_tracked, list_run};
+use crate::tasks::cleanup::sweep;
 
 /// Flags of `cloudswarm cleanup`.
 #[derive(Args, Debug, Clone)]
@@ -144,17 +144,8 @@ async fn cleanup_run(c: &Clients, state: &Path, run_id: &str, timeout: Duration)
             );
         }
     }
-    let (ec2, s3) = services(state, run_id);
-    let found = list_run(c, run_id, ec2, s3)
-        .await
-        .map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud: {e}"))?;
-    for (kind, ids) in &found {
-        for id in ids {
-            tracker.adopt(*kind, id);
-        }
-    }
     let progress = |m: &str| println!("run {run_id}: {m}");
-    let report = delete_tracked(c, &tracker, timeout, &progress).await;
+    let (report, left) = sweep(c, &tracker, services(state, run_id), timeout, &progress).await;
     println!("run {run_id}: deleted {}", summary(&report.deleted));
     for (kind, id, why) in &report.failed {
         println!(
@@ -162,9 +153,7 @@ async fn cleanup_run(c: &Clients, state: &Path, run_id: &str, timeout: Duration)
             kind.as_str()
         );
     }
-    let left = list_run(c, run_id, ec2, s3)
-        .await
-        .map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud again: {e}"))?;
+    let left = left.map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud: {e}"))?;
     let n: usize = left.values().map(Vec::len).sum();
     if n > 0 {
         for (kind, ids) in &left {

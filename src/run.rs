@@ -213,6 +213,12 @@ async fn auto_image(ec2: &aws_sdk_ec2::Client) -> Result<String> {
 
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
+    // Take over SIGTERM and Ctrl-C now (tokio keeps a handler once installed),
+    // so a stop during preflight is a clean stop too.
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
     let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
     let slas: Vec<Sla> = args
         .sla
@@ -374,12 +380,15 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     tokio::select! {
         _ = stop => {}
         _ = shutdown_signal() => {
-            eprintln!("interrupted again: abandoning users; resources stay in {}", tracker.dir().display());
+            eprintln!("interrupted again: abandoning the users' current tasks");
+            engine.abort_all();
         }
     }
     let duration_s = t0.elapsed().as_secs_f64();
 
     let mut cleanup_failed = Vec::new();
+    // What the cloud still holds of the run after clean-up, by listing it.
+    let mut leaked: Option<u64> = None;
     if args.keep_resources {
         eprintln!(
             "--keep-resources: created resources stay (journal {})",
@@ -389,11 +398,25 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         engine.set_state(RunState::CleaningUp);
         let progress = |m: &str| eprintln!("clean-up: {m}");
         let report = tokio::select! {
-            r = cleanup::delete_tracked(&ctx.clients, &ctx.tracker, args.cleanup_timeout, &progress) => Some(r),
+            r = cleanup::sweep(&ctx.clients, &ctx.tracker, (need_ec2, need_s3), args.cleanup_timeout, &progress) => Some(r),
             _ = shutdown_signal() => None,
         };
         match report {
-            Some(r) => {
+            Some((r, left)) => {
+                match left {
+                    Ok(left) => {
+                        let n: usize = left.values().map(Vec::len).sum();
+                        leaked = Some(n as u64);
+                        for (k, ids) in &left {
+                            eprintln!(
+                                "clean-up: still in the cloud: {} {}",
+                                k.as_str(),
+                                ids.join(" ")
+                            );
+                        }
+                    }
+                    Err(e) => eprintln!("clean-up: cannot list the cloud to check: {e}"),
+                }
                 let done: Vec<String> = r
                     .deleted
                     .iter()
@@ -441,6 +464,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             duration_s,
             users: peak_users,
             resources: &counts,
+            leaked,
         };
         output::write_json(path, &output::json_report(&facts, &snap)).context("--json")?;
     }

@@ -275,10 +275,14 @@ impl TargetArgs {
         } else {
             RetryConfig::standard().with_max_attempts(self.retries + 1)
         };
-        let timeouts = TimeoutConfig::builder()
+        let mut timeouts = TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
-            .build();
+            .read_timeout(self.read_timeout);
+        if self.insecure {
+            // That client does not apply the read timeout itself: bound each attempt.
+            timeouts = timeouts.operation_attempt_timeout(self.connect_timeout + self.read_timeout);
+        }
+        let timeouts = timeouts.build();
 
         let mut ec2 = aws_sdk_ec2::config::Builder::from(&shared)
             .region(region_obj.clone())
@@ -340,8 +344,11 @@ async fn credentials_hint(config: Option<aws_sdk_s3::config::SharedCredentialsPr
     match p.provide_credentials().await {
         Ok(c) => {
             let id = c.access_key_id();
-            let short = if id.len() > 8 {
-                format!("{}…{}", &id[..4], &id[id.len() - 4..])
+            let chars: Vec<char> = id.chars().collect();
+            let short = if chars.len() > 8 {
+                let head: String = chars[..4].iter().collect();
+                let tail: String = chars[chars.len() - 4..].iter().collect();
+                format!("{head}…{tail}")
             } else {
                 "…".to_string()
             };

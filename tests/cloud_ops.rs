@@ -224,6 +224,58 @@ sequence = ["ec2:DescribeAvailabilityZones", "ec2:CreateKeyPair", "ec2:CreateSec
             .unwrap()
             .contains("euca/secret")
     );
+    let (_, s3c) = clients(&moto).await;
+    let listed = s3c.list_buckets().send().await.unwrap();
+    let prefix = format!("cs-{}-", r["run_id"].as_str().unwrap());
+    assert!(
+        !listed
+            .buckets()
+            .iter()
+            .filter_map(|b| b.name())
+            .any(|n| n.starts_with(&prefix)),
+        "the V1-only S3 still got its buckets emptied and deleted"
+    );
+
+    // Instances and volumes through the same paths, in a region moto has subnets in.
+    let json2 = dir.path().join("r2.json");
+    let out = cloudswarm()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args([
+            "run",
+            "-f",
+            "profiles/smoke.toml",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "5s",
+        ])
+        .args([
+            "--eucarc",
+            eucarc.to_str().unwrap(),
+            "--region",
+            "us-east-1",
+        ])
+        .args([
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+            json2.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r2 = read_json(&json2);
+    assert_eq!(r2["total"]["num_failures"], 0, "{:#}", r2["errors"]);
+    assert!(find_entry(&r2, "ec2:RunInstances").is_some(), "{r2:#}");
+    assert_eq!(r2["resources"]["leaked"], 0);
+    let (i, v, b) = run_leftovers(&moto, r2["run_id"].as_str().unwrap()).await;
+    assert!(
+        i.is_empty() && v.is_empty() && b.is_empty(),
+        "{i:?} {v:?} {b:?}"
+    );
 }
 
 #[test]
@@ -341,6 +393,43 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
         !i.is_empty() || !v.is_empty() || !b.is_empty(),
         "the kill left nothing to clean up"
     );
+    // Resources whose ids never reached the journal (a crash between the answer
+    // and the write): only the run's tag or name prefix can find them.
+    let tag = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("cloudswarm:run-id")
+                .value(&run_id)
+                .build(),
+        )
+        .build();
+    let orphan = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(1)
+        .tag_specifications(tag)
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    let orphan_bucket = format!("cs-{run_id}-999999");
+    s3.create_bucket()
+        .bucket(&orphan_bucket)
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket(&orphan_bucket)
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let journal = std::fs::read_to_string(runs.join(&run_id).join("journal.jsonl")).unwrap();
+    assert!(!journal.contains(&orphan) && !journal.contains(&orphan_bucket));
 
     let cleanup = |extra: &[&str]| {
         cloudswarm()
@@ -363,6 +452,32 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
         i.is_empty() && v.is_empty() && b.is_empty(),
         "{i:?} {v:?} {b:?}"
     );
+    let run_tag = || {
+        aws_sdk_ec2::types::Filter::builder()
+            .name("tag:cloudswarm:run-id")
+            .values(&run_id)
+            .build()
+    };
+    let addrs = ec2
+        .describe_addresses()
+        .filters(run_tag())
+        .send()
+        .await
+        .unwrap();
+    assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let gnames: Vec<&str> = groups
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_name())
+        .collect();
+    assert!(
+        !gnames
+            .iter()
+            .any(|n| n.starts_with(&format!("cs-{run_id}-"))),
+        "{gnames:?}"
+    );
+    assert!(!v.contains(&orphan) && !b.contains(&orphan_bucket));
     let snaps = ec2
         .describe_snapshots()
         .owner_ids("self")
@@ -777,7 +892,25 @@ async fn sigterm_stops_the_run_and_deletes_what_it_made() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(8));
+    // Once it has created something, stop it the way a service manager would.
+    let runs = dir.path().join("runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("journal.jsonl")).ok())
+            .is_some_and(|j| j.matches("\"created\"").count() >= 3);
+        if made {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run created nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -128,10 +128,12 @@ async fn burn_in_run_measures_and_leaves_nothing_behind() {
         );
     }
     assert!(tagged > 0, "the run's instances carry its tag");
-    let vols = ec2.describe_volumes().filters(tag).send().await.unwrap();
-    for v in vols.volumes() {
-        assert_ne!(v.state(), Some(&VolumeState::Available), "{v:?}");
-    }
+    let (live, vols, run_buckets) = run_leftovers(&moto, &run_id).await;
+    assert!(
+        live.is_empty() && vols.is_empty() && run_buckets.is_empty(),
+        "{live:?} {vols:?} {run_buckets:?}"
+    );
+    let _ = (tag, VolumeState::Available);
     let buckets = s3.list_buckets().send().await.unwrap();
     let names: Vec<&str> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
     assert!(

@@ -279,13 +279,21 @@ pub struct RunFacts<'a> {
     pub duration_s: f64,
     pub users: u64,
     pub resources: &'a BTreeMap<Kind, KindCounts>,
+    /// What a listing of the cloud found left after clean-up, when it could list.
+    pub leaked: Option<u64>,
 }
 
 /// The JSON report of a run.
 pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
     let created: u64 = f.resources.values().map(|c| c.created).sum();
     let deleted: u64 = f.resources.values().map(|c| c.deleted).sum();
-    let leaked: u64 = f.resources.values().map(|c| c.alive).sum();
+    let tracked: u64 = f
+        .resources
+        .iter()
+        .filter(|(k, _)| **k != Kind::Object)
+        .map(|(_, c)| c.alive)
+        .sum();
+    let leaked = f.leaked.unwrap_or(tracked).max(tracked);
     let by_kind: BTreeMap<&str, &KindCounts> =
         f.resources.iter().map(|(k, v)| (k.as_str(), v)).collect();
     serde_json::json!({

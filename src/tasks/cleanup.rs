@@ -394,6 +394,47 @@ pub async fn delete_tracked(
     report
 }
 
+/// What is left of a run after a sweep, by listing the cloud; the error
+/// names the listing that failed.
+pub type Leftovers = Result<BTreeMap<Kind, Vec<String>>, String>;
+
+/// The whole clean-up of a run: deletes what the tracker holds, lists the
+/// cloud for the run's tag and name prefix (resources whose id never reached
+/// the tracker: a create cut short by the stop timeout or answered by a
+/// timeout), deletes those too, and lists once more.
+pub async fn sweep(
+    c: &Clients,
+    tracker: &crate::resources::Tracker,
+    services: (bool, bool),
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> (CleanupReport, Leftovers) {
+    let run_id = tracker.run_id().to_string();
+    let deadline = Instant::now() + timeout;
+    let mut report = delete_tracked(c, tracker, timeout, progress).await;
+    let found = match list_run(c, &run_id, services.0, services.1).await {
+        Ok(f) => f,
+        Err(e) => return (report, Err(e)),
+    };
+    let extra: usize = found.values().map(Vec::len).sum();
+    if extra > 0 {
+        progress(&format!("{extra} more found in the cloud by tag and name"));
+        for (kind, ids) in &found {
+            for id in ids {
+                tracker.adopt(*kind, id);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let again = delete_tracked(c, tracker, left.max(Duration::from_secs(30)), progress).await;
+        for (k, n) in again.deleted {
+            *report.deleted.entry(k).or_default() += n;
+        }
+        report.failed = again.failed;
+    }
+    let left = list_run(c, &run_id, services.0, services.1).await;
+    (report, left)
+}
+
 /// Codes worth another try during clean-up (the resource is busy, or we are throttled).
 fn transient(code: &str) -> bool {
     crate::stats::is_throttle_code(code)
@@ -471,28 +512,60 @@ async fn delete_bucket(c: &Clients, bucket: &str, deadline: Instant) -> Result<(
         Err(why) if why.starts_with("NoSuchBucket") => return Ok((0, 0)),
         Err(why) => tracing::debug!("list uploads of {bucket}: {why}"),
     }
+    let mut v1 = false;
     loop {
-        let page = retry(deadline, || s3.list_objects_v2().bucket(bucket).send()).await;
-        let page = match page {
+        // (key, size) of the first page; ListObjects V1 where V2 is not known.
+        let listed: Result<Vec<(String, u64)>, String> = if v1 {
+            retry(deadline, || s3.list_objects().bucket(bucket).send())
+                .await
+                .map(|p| {
+                    p.contents()
+                        .iter()
+                        .filter_map(|o| {
+                            Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64))
+                        })
+                        .collect()
+                })
+        } else {
+            retry(deadline, || s3.list_objects_v2().bucket(bucket).send())
+                .await
+                .map(|p| {
+                    p.contents()
+                        .iter()
+                        .filter_map(|o| {
+                            Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64))
+                        })
+                        .collect()
+                })
+        };
+        let listed = match listed {
             Ok(p) => p,
             Err(why) if why.starts_with("NoSuchBucket") => return Ok((deleted, bytes)),
+            Err(why)
+                if !v1
+                    && [
+                        "NotImplemented",
+                        "HTTP 501",
+                        "InvalidArgument",
+                        "UnsupportedArgument",
+                    ]
+                    .iter()
+                    .any(|c| why.starts_with(c)) =>
+            {
+                v1 = true;
+                continue;
+            }
             Err(why) => return Err(why),
         };
-        let keys: Vec<ObjectIdentifier> = page
-            .contents()
+        let keys: Vec<ObjectIdentifier> = listed
             .iter()
-            .filter_map(|o| o.key())
-            .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+            .filter_map(|(k, _)| ObjectIdentifier::builder().key(k).build().ok())
             .collect();
         if keys.is_empty() {
             break;
         }
         let n = keys.len() as u64;
-        let size: u64 = page
-            .contents()
-            .iter()
-            .map(|o| o.size().unwrap_or(0).max(0) as u64)
-            .sum();
+        let size: u64 = listed.iter().map(|(_, s)| s).sum();
         let delete = Delete::builder()
             .set_objects(Some(keys))
             .quiet(true)

@@ -310,8 +310,19 @@ impl User {
             .describe_instances()
             .instance_ids(id)
             .send()
-            .await
-            .map_err(|e| classify(&e))?;
+            .await;
+        let res = match res {
+            Ok(r) => r,
+            // Eventual consistency: a new id may not be known yet; a gone one is terminated.
+            Err(e) if classify(&e).code.ends_with(".NotFound") => {
+                return Ok(if want == InstanceStateName::Terminated {
+                    Poll::Ready
+                } else {
+                    Poll::Pending("not found yet".into())
+                });
+            }
+            Err(e) => return Err(classify(&e)),
+        };
         let state = res
             .reservations()
             .iter()
@@ -511,8 +522,14 @@ impl User {
             .describe_volumes()
             .volume_ids(id)
             .send()
-            .await
-            .map_err(|e| classify(&e))?;
+            .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) if classify(&e).code.ends_with(".NotFound") => {
+                return Ok(Poll::Pending("not found yet".into()));
+            }
+            Err(e) => return Err(classify(&e)),
+        };
         let state = res
             .volumes()
             .iter()
