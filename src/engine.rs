@@ -112,6 +112,8 @@ pub struct Engine {
     root: CancellationToken,
     next_user: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Most users alive at once so far.
+    peak: AtomicU64,
     /// Users being stopped, so a second Ctrl-C can abort them.
     stopping: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -148,6 +150,7 @@ impl Engine {
             next_user: AtomicU64::new(0),
             background: Mutex::new(Vec::new()),
             stopping: Mutex::new(Vec::new()),
+            peak: AtomicU64::new(0),
         })
     }
 
@@ -212,6 +215,11 @@ impl Engine {
             .zip(&c.users)
             .map(|(k, u)| (k.name.clone(), u.len() as u64))
             .collect()
+    }
+
+    /// Most users alive at once during the run.
+    pub fn peak_users(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
     }
 
     pub fn user_count(&self) -> u64 {
@@ -303,6 +311,8 @@ impl Engine {
         if let Some((_, i)) = grow {
             let h = self.spawn_user(i);
             c.users[i].push(h);
+            let now: u64 = c.users.iter().map(|u| u.len() as u64).sum();
+            self.peak.fetch_max(now, Ordering::Relaxed);
             true
         } else if let Some((_, i)) = shrink {
             let h = c.users[i].pop().expect("class has users");

@@ -166,7 +166,7 @@ impl Tracker {
         &self.dir
     }
 
-    async fn write(&self, ev: JournalEvent, sync: bool) {
+    async fn write(&self, ev: JournalEvent, sync: bool) -> Result<(), String> {
         let journal = self.journal.clone();
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut line = serde_json::to_vec(&ev).expect("journal event serialises");
@@ -179,8 +179,16 @@ impl Tracker {
             Ok(())
         })
         .await;
-        if let Ok(Err(e)) | Err(e) = res.map_err(std::io::Error::other) {
-            tracing::error!("cannot write the resource journal: {e}");
+        match res.map_err(std::io::Error::other) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => {
+                let msg = format!(
+                    "cannot write the resource journal in {}: {e}",
+                    self.dir.display()
+                );
+                tracing::error!("{msg}");
+                Err(msg)
+            }
         }
     }
 
@@ -197,8 +205,9 @@ impl Tracker {
         true
     }
 
-    /// Records (durably) that a create call is about to be sent.
-    pub async fn intent(&self, kind: Kind, name: Option<&str>) -> u64 {
+    /// Records (durably) that a create call is about to be sent. An error
+    /// means the intent is not on disk: the create must not be sent.
+    pub async fn intent(&self, kind: Kind, name: Option<&str>) -> Result<u64, String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.write(
             JournalEvent::Intent {
@@ -208,8 +217,15 @@ impl Tracker {
             },
             true,
         )
-        .await;
-        seq
+        .await?;
+        Ok(seq)
+    }
+
+    /// Gives back a reservation whose create was never sent.
+    pub fn release(&self, kind: Kind, n: u64) {
+        if let Some(p) = self.lock().pending.get_mut(&kind) {
+            *p = p.saturating_sub(n);
+        }
     }
 
     /// Records (durably) that a create call answered with `id`.
@@ -232,7 +248,8 @@ impl Tracker {
             },
             true,
         )
-        .await;
+        .await
+        .ok();
     }
 
     /// Records that a create call failed (it had reserved `n`).
@@ -240,7 +257,7 @@ impl Tracker {
         if let Some(p) = self.lock().pending.get_mut(&kind) {
             *p = p.saturating_sub(n);
         }
-        self.write(JournalEvent::Failed { seq }, false).await;
+        self.write(JournalEvent::Failed { seq }, false).await.ok();
     }
 
     /// Records that a resource was deleted.
@@ -263,7 +280,8 @@ impl Tracker {
                 },
                 false,
             )
-            .await;
+            .await
+            .ok();
         }
     }
 
@@ -372,20 +390,42 @@ pub fn replay(path: &Path) -> Result<(BTreeMap<Kind, Vec<String>>, usize)> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_intent_that_cannot_reach_disk_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("runs").join("full");
+        std::fs::create_dir_all(&run).unwrap();
+        // Every write to /dev/full fails with "no space left on device".
+        std::os::unix::fs::symlink("/dev/full", run.join("journal.jsonl")).unwrap();
+        let t = Tracker::open(dir.path(), "full").unwrap();
+        let e = t
+            .intent(Kind::Instance, Some("cs-full-1"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("journal"), "{e}");
+        assert!(t.reserve(Kind::Instance, 1, 1));
+        t.release(Kind::Instance, 1);
+        assert!(
+            t.reserve(Kind::Instance, 1, 1),
+            "released room can be reserved again"
+        );
+    }
+
     #[tokio::test]
     async fn journal_records_intent_before_id_and_replays() {
         let dir = tempfile::tempdir().unwrap();
         let t = Tracker::create(dir.path(), "abc", &serde_json::json!({})).unwrap();
-        let s1 = t.intent(Kind::Instance, None).await;
+        let s1 = t.intent(Kind::Instance, None).await.unwrap();
         // The intent is on disk before the create call would be sent.
         let (_, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
         assert_eq!(open, 1);
         t.created(s1, Kind::Instance, "i-1").await;
-        let s2 = t.intent(Kind::Bucket, Some("cs-abc-1")).await;
+        let s2 = t.intent(Kind::Bucket, Some("cs-abc-1")).await.unwrap();
         t.created(s2, Kind::Bucket, "cs-abc-1").await;
-        let s3 = t.intent(Kind::Volume, None).await;
+        let s3 = t.intent(Kind::Volume, None).await.unwrap();
         t.failed(s3, Kind::Volume, 1).await;
-        let _s4 = t.intent(Kind::Volume, None).await; // crash before the answer
+        let _s4 = t.intent(Kind::Volume, None).await.unwrap(); // crash before the answer
         t.deleted(Kind::Instance, "i-1").await;
         let (alive, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
         assert_eq!(alive.get(&Kind::Instance).map(Vec::len), Some(0));

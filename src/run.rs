@@ -375,7 +375,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     };
     status.abort();
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
-    let peak_users = engine.user_count();
+    let peak_users = engine.peak_users();
     let stop = engine.stop(args.stop_timeout);
     tokio::select! {
         _ = stop => {}

@@ -83,7 +83,7 @@ impl User {
             return Err(StepError::Capped);
         }
         let label = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::Instance, Some(&label)).await;
+        let seq = ctx.intent(Kind::Instance, &label, name, n as u64).await?;
         let p = &self.params;
         let mut req = ctx
             .clients
@@ -467,7 +467,7 @@ impl User {
             return Err(StepError::Capped);
         }
         let label = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::Volume, Some(&label)).await;
+        let seq = ctx.intent(Kind::Volume, &label, name, 1).await?;
         let mut req = ctx
             .clients
             .ec2
@@ -720,7 +720,9 @@ impl User {
             return Err(StepError::Capped);
         }
         let label = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::Snapshot, Some(&label)).await;
+        let seq = ctx
+            .intent(Kind::Snapshot, &label, Op::CreateSnapshot.name(), 1)
+            .await?;
         let t0 = Instant::now();
         let res = ctx
             .clients

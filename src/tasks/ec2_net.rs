@@ -18,7 +18,9 @@ fn none(what: &str, op: &str) -> StepError {
 impl User {
     pub(super) async fn allocate_address(&mut self, ctx: &RunCtx) -> StepResult {
         let label = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::Address, Some(&label)).await;
+        let seq = ctx
+            .intent(Kind::Address, &label, Op::AllocateAddress.name(), 0)
+            .await?;
         let t0 = Instant::now();
         let res = ctx
             .clients
@@ -138,7 +140,9 @@ impl User {
 
     pub(super) async fn create_key_pair(&mut self, ctx: &RunCtx) -> StepResult {
         let name = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::KeyPair, Some(&name)).await;
+        let seq = ctx
+            .intent(Kind::KeyPair, &name, Op::CreateKeyPair.name(), 0)
+            .await?;
         let t0 = Instant::now();
         let res = ctx
             .clients
@@ -192,7 +196,14 @@ impl User {
 
     pub(super) async fn create_security_group(&mut self, ctx: &RunCtx) -> StepResult {
         let name = ctx.new_name();
-        let seq = ctx.tracker.intent(Kind::SecurityGroup, Some(&name)).await;
+        let seq = ctx
+            .intent(
+                Kind::SecurityGroup,
+                &name,
+                Op::CreateSecurityGroup.name(),
+                0,
+            )
+            .await?;
         let t0 = Instant::now();
         let res = ctx
             .clients

@@ -220,6 +220,27 @@ impl RunCtx {
         }
     }
 
+    /// Journals the intent to create (durably, before the call is sent). If
+    /// the journal cannot be written the create is not sent: the op fails as
+    /// `journal` and gives back the `reserved` room under the caps.
+    async fn intent(
+        &self,
+        kind: crate::resources::Kind,
+        name: &str,
+        op: &str,
+        reserved: u64,
+    ) -> Result<u64, StepError> {
+        match self.tracker.intent(kind, Some(name)).await {
+            Ok(seq) => Ok(seq),
+            Err(msg) => {
+                self.tracker.release(kind, reserved);
+                Err(self
+                    .fail(op, Duration::ZERO, Failure::new("journal", msg))
+                    .into())
+            }
+        }
+    }
+
     /// Records a failure that is not an SDK error (a wait that timed out).
     fn fail(&self, name: &str, took: Duration, f: Failure) -> Failure {
         self.stats.record(name, took, Bytes::default(), Some(&f));

@@ -24,7 +24,9 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
         return Err(StepError::Capped);
     }
     let bucket = ctx.new_name();
-    let seq = ctx.tracker.intent(Kind::Bucket, Some(&bucket)).await;
+    let seq = ctx
+        .intent(Kind::Bucket, &bucket, Op::CreateBucket.name(), 1)
+        .await?;
     let mut req = ctx.clients.s3.create_bucket().bucket(&bucket);
     let region = ctx.clients.info.region.as_str();
     if region != "us-east-1" {
