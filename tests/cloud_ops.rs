@@ -375,7 +375,14 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
             let id = e.unwrap().file_name().to_string_lossy().into_owned();
             let j =
                 std::fs::read_to_string(runs.join(&id).join("journal.jsonl")).unwrap_or_default();
-            if j.matches("\"created\"").count() >= 12 {
+            // Kill while instances, volumes and buckets are alive at once (a
+            // count of creates alone can land between two lifecycles).
+            let alive = alive_kinds(&j);
+            if j.matches("\"created\"").count() >= 12
+                && ["instance", "volume", "bucket"]
+                    .iter()
+                    .all(|k| alive.contains(*k))
+            {
                 break id;
             }
         }
@@ -385,7 +392,6 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    std::thread::sleep(Duration::from_secs(2));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let (i, v, b) = run_leftovers(&moto, &run_id).await;
@@ -931,4 +937,29 @@ async fn sigterm_stops_the_run_and_deletes_what_it_made() {
         i.is_empty() && v.is_empty() && b.is_empty(),
         "{i:?} {v:?} {b:?}"
     );
+}
+
+/// Kinds with at least one resource created and not deleted, from a journal.
+fn alive_kinds(journal: &str) -> std::collections::BTreeSet<String> {
+    let mut alive = std::collections::BTreeMap::<String, String>::new();
+    for line in journal.lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue; // a line cut by the writer
+        };
+        let (Some(ev), Some(kind), Some(id)) =
+            (e["ev"].as_str(), e["kind"].as_str(), e["id"].as_str())
+        else {
+            continue;
+        };
+        match ev {
+            "created" => {
+                alive.insert(id.to_string(), kind.to_string());
+            }
+            "deleted" => {
+                alive.remove(id);
+            }
+            _ => {}
+        }
+    }
+    alive.into_values().collect()
 }

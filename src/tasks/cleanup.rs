@@ -488,7 +488,11 @@ where
 
 /// Aborts the uploads, deletes every object of one of the run's buckets, then
 /// the bucket; returns how many objects and bytes went.
-async fn delete_bucket(c: &Clients, bucket: &str, deadline: Instant) -> Result<(u64, u64), String> {
+pub(super) async fn delete_bucket(
+    c: &Clients,
+    bucket: &str,
+    deadline: Instant,
+) -> Result<(u64, u64), String> {
     let s3 = &c.s3;
     let (mut deleted, mut bytes) = (0u64, 0u64);
     match retry(deadline, || {

@@ -464,6 +464,22 @@ impl User {
                 ctx.tracker.deleted(Kind::Bucket, &bucket).await;
                 Ok(())
             }
+            Err(f) if f.code == "BucketNotEmpty" => {
+                // Objects the user no longer remembers: empty it the clean-up way
+                // (not measured) so the bucket does not stay behind for ever.
+                let deadline = Instant::now() + std::time::Duration::from_secs(120);
+                if let Ok((n, bytes)) =
+                    super::cleanup::delete_bucket(&ctx.clients, &bucket, deadline).await
+                {
+                    ctx.tracker.deleted(Kind::Bucket, &bucket).await;
+                    ctx.tracker.objects_gone(n);
+                    ctx.tracker.release_bytes(bytes);
+                    self.objects.retain(|o| o.0 != bucket);
+                } else {
+                    self.buckets.insert(0, bucket);
+                }
+                Err(f.into())
+            }
             Err(f) => {
                 self.buckets.insert(0, bucket);
                 Err(f.into())
