@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cloudswarm's local cloud and tests need, skipping what is there:
-#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx and
-#                               openssl (Debian), s3s-fs (crates.io) into .tools
+#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx,
+#                               openssl, chromium and chromium-driver (Debian), s3s-fs
+#                               (crates.io) into .tools
 #   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ apt_need() { # apt_need COMMAND PACKAGE...
 # The tests put nginx in front of moto (Eucalyptus-style /services/* paths).
 apt_need nginx nginx
 apt_need openssl openssl
+# The dashboard's browser tests drive headless Chromium through chromedriver.
+apt_need chromium chromium
+apt_need chromedriver chromium-driver
 
 # An S3 server that checks SigV4 signatures, for the wrong-credentials tests.
 TOOLS=${CLOUDSWARM_TOOLS:-$PWD/.tools}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what the tests need (moto into the
-# project venv), then cargo fmt, clippy and the unit and integration tests
-# (which start their own moto servers on free loopback ports).
+# project venv, Chromium, nginx), then cargo fmt, clippy, the unit and
+# integration tests (which start their own moto servers, dashboards and
+# browsers on free loopback ports), and the CloudFormation checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,3 +14,5 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --no-fail-fast
+echo "== CloudFormation: cfn-lint, Eucalyptus resource types, bootstrap render test"
+scripts/check-cloudformation.sh

@@ -1,5 +1,5 @@
-//! Command line: `cloudswarm run` (headless swarm) and `cloudswarm check`
-//! (validate profiles). Maps errors to exit codes: 2 for usage and
+//! Command line: `cloudswarm serve` (the dashboard, the default), `run`
+//! (headless swarm), `check` (validate profiles), `cleanup`, `ops`. Maps errors to exit codes: 2 for usage and
 //! configuration problems, the run's own code otherwise.
 
 use std::path::PathBuf;
@@ -17,12 +17,15 @@ use crate::tasks::Op;
     about = "Load-test EC2- and S3-compatible clouds, Locust-style"
 )]
 pub struct Cli {
+    /// What to do (default: serve the dashboard on 127.0.0.1:8089)
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the web dashboard (the default command)
+    Serve(Box<crate::web::ServeArgs>),
     /// Run a swarm headless and print a summary (exit 0 ok, 1 SLA failed, 2 bad input)
     Run(Box<RunArgs>),
     /// Validate profile files
@@ -115,7 +118,17 @@ pub fn main() -> i32 {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::try_parse_from(["cloudswarm", "serve"]) {
+            Ok(Cli {
+                command: Some(c), ..
+            }) => c,
+            _ => return 2,
+        },
+    };
+    match command {
+        Command::Serve(args) => block_on(crate::web::serve(*args)),
         Command::Check { files } => check(&files),
         Command::Ops => {
             for op in Op::all() {

@@ -4,7 +4,8 @@
 //! users) → [`tasks`] (cloud ops through the AWS SDK, against the [`target`],
 //! creating resources tracked by [`resources`]) → [`stats`] (exact
 //! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs).
-//! [`run`] ties them together for a headless run, [`reclaim`] cleans up
+//! [`session`] is one run's life; [`run`] drives it headless and [`web`]
+//! from the browser dashboard; [`reclaim`] cleans up
 //! after runs; [`cli`] is the command line.
 
 pub mod cli;
@@ -14,7 +15,9 @@ pub mod profile;
 pub mod reclaim;
 pub mod resources;
 pub mod run;
+pub mod session;
 pub mod stats;
 pub mod target;
 pub mod tasks;
 pub mod tls;
+pub mod web;

@@ -4,21 +4,19 @@
 //! configuration error.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_ec2::types::Filter;
 use clap::Args;
 use rand::Rng;
 
 use crate::engine::{Engine, RunState};
 use crate::output::{self, RunFacts, sla::Sla};
-use crate::profile::{self, Profile};
-use crate::resources::{Kind, Tracker};
-use crate::stats::Stats;
-use crate::target::{self, TargetArgs};
-use crate::tasks::{Caps, Op, RunCtx, Service, cleanup};
+use crate::profile;
+use crate::resources::Kind;
+use crate::session::{Session, Spec};
+use crate::target::TargetArgs;
+use crate::tasks::{Caps, Op};
 
 /// An error that exits with code 2 (usage or configuration).
 #[derive(Debug)]
@@ -114,15 +112,28 @@ pub struct RunArgs {
     /// SLA to check at the end, e.g. "p95(ec2:RunInstances)<2s", "failure_rate<1%"; repeatable
     #[arg(long = "sla", value_name = "EXPR")]
     pub sla: Vec<String>,
+    /// Leave created resources in place (they stay in the run's journal)
+    #[arg(long)]
+    pub keep_resources: bool,
+    #[command(flatten)]
+    pub limits: Limits,
+    /// Seconds between status lines (0: none)
+    #[arg(long, default_value_t = 5)]
+    pub status_every: u64,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Limits and places shared by `run` and `serve`: stop and clean-up
+/// timeouts, the state directory, budget caps, ops in flight.
+#[derive(Args, Debug, Clone)]
+pub struct Limits {
     /// How long users may take to finish their current task when the run stops
     #[arg(long, default_value = "60s", value_parser = crate::profile::parse_duration)]
     pub stop_timeout: Duration,
     /// How long clean-up may take before giving up on what is left
     #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
     pub cleanup_timeout: Duration,
-    /// Leave created resources in place (they stay in the run's journal)
-    #[arg(long)]
-    pub keep_resources: bool,
     /// Where run journals live (default: the user's state directory)
     #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -141,11 +152,20 @@ pub struct RunArgs {
     /// Most ops in flight at once; users beyond it wait for a slot (the status line says so)
     #[arg(long, default_value_t = crate::tasks::DEFAULT_MAX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_inflight: u64,
-    /// Seconds between status lines (0: none)
-    #[arg(long, default_value_t = 5)]
-    pub status_every: u64,
-    #[command(flatten)]
-    pub target: TargetArgs,
+}
+
+impl Limits {
+    pub fn caps(&self) -> Caps {
+        Caps {
+            max_instances: self.max_instances,
+            max_volumes: self.max_volumes,
+            max_buckets: self.max_buckets,
+            max_bytes: self.max_bytes,
+        }
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
 }
 
 /// The default state directory.
@@ -167,48 +187,6 @@ pub fn new_run_id() -> String {
         s.push(chars[rng.random_range(0..chars.len())] as char);
     }
     s
-}
-
-fn uses(p: &Profile, f: impl Fn(Op) -> bool) -> bool {
-    p.users
-        .iter()
-        .flat_map(|u| u.tasks.iter())
-        .flat_map(|t| t.steps.iter())
-        .any(|&o| f(o))
-}
-
-/// Picks the image `image_id = "auto"` stands for: one of ours, else any available machine image.
-async fn auto_image(ec2: &aws_sdk_ec2::Client) -> Result<String> {
-    let filters = || {
-        vec![
-            Filter::builder().name("state").values("available").build(),
-            Filter::builder()
-                .name("image-type")
-                .values("machine")
-                .build(),
-        ]
-    };
-    for owners in [Some("self"), None] {
-        let mut req = ec2.describe_images().set_filters(Some(filters()));
-        if let Some(o) = owners {
-            req = req.owners(o);
-        }
-        let out = req.send().await.map_err(|e| {
-            let f = crate::tasks::errors::classify(&e);
-            config_err(format!(
-                "image_id = \"auto\": DescribeImages failed ({}: {})",
-                f.code, f.message
-            ))
-        })?;
-        let mut ids: Vec<&str> = out.images().iter().filter_map(|i| i.image_id()).collect();
-        ids.sort();
-        if let Some(id) = ids.first() {
-            return Ok(id.to_string());
-        }
-    }
-    bail!(config_err(
-        "image_id = \"auto\" found no available machine image: set image_id in the profile"
-    ))
 }
 
 /// Runs a headless swarm; returns the process exit code.
@@ -257,58 +235,25 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .clients()
         .await
         .map_err(|e| config_err(e.to_string()))?;
-    let need_ec2 = uses(&profile, |o| o.service() == Service::Ec2);
-    let need_s3 = uses(&profile, |o| o.service() == Service::S3);
-    let az = target::preflight(&clients, need_ec2, need_s3)
-        .await
-        .map_err(|e| config_err(e.to_string()))?;
-    let needs_image = uses(&profile, |o| {
-        matches!(
-            o,
-            Op::RunInstances
-                | Op::InstanceRunning
-                | Op::TerminateInstances
-                | Op::InstanceTerminated
-        )
-    }) && profile.users.iter().any(|u| u.params.image_id == "auto");
-    let image = if needs_image {
-        Some(auto_image(&clients.ec2).await?)
-    } else {
-        None
-    };
-
-    let run_id = new_run_id();
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let started_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let services: Vec<&str> = [need_ec2.then_some("ec2"), need_s3.then_some("s3")]
-        .into_iter()
-        .flatten()
-        .collect();
-    let meta = serde_json::json!({
-        "run_id": run_id,
-        "profile": args.profile.display().to_string(),
-        "started_at": started_at,
-        "target": clients.info,
-        "services": services,
-    });
-    let tracker =
-        Tracker::create(&state_dir, &run_id, &meta).map_err(|e| config_err(format!("{e:#}")))?;
-    let caps = Caps {
-        max_instances: args.max_instances,
-        max_volumes: args.max_volumes,
-        max_buckets: args.max_buckets,
-        max_bytes: args.max_bytes,
-    };
-    let mut ctx = RunCtx::new(run_id.clone(), clients, Stats::new(), tracker.clone(), caps);
-    ctx.inflight = tokio::sync::Semaphore::new(args.max_inflight as usize);
-    ctx.default_az = az;
-    ctx.auto_image = image;
-    let ctx = Arc::new(ctx);
-    let profile = Arc::new(profile);
-    let engine = Engine::new(ctx.clone(), profile.clone());
+    let session = Session::prepare(
+        profile,
+        Spec {
+            profile_path: &args.profile,
+            clients,
+            state_dir: args.limits.state_dir(),
+            caps: args.limits.caps(),
+            max_inflight: args.limits.max_inflight as usize,
+        },
+    )
+    .await?;
+    let (run_id, engine, ctx, tracker) = (
+        session.run_id.clone(),
+        session.engine.clone(),
+        session.ctx.clone(),
+        session.tracker.clone(),
+    );
+    let started_at = session.started_at;
+    let profile = engine.profile.clone();
 
     eprintln!(
         "cloudswarm run {run_id}: profile {} against EC2 {} / S3 {} (region {}); journal {}",
@@ -376,7 +321,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     status.abort();
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
     let peak_users = engine.peak_users();
-    let stop = engine.stop(args.stop_timeout);
+    let stop = engine.stop(args.limits.stop_timeout);
     tokio::select! {
         _ = stop => {}
         _ = shutdown_signal() => {
@@ -397,35 +342,24 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     } else {
         engine.set_state(RunState::CleaningUp);
         let progress = |m: &str| eprintln!("clean-up: {m}");
-        let report = tokio::select! {
-            r = cleanup::sweep(&ctx.clients, &ctx.tracker, (need_ec2, need_s3), args.cleanup_timeout, &progress) => Some(r),
+        let outcome = tokio::select! {
+            r = session.clean_up(args.limits.cleanup_timeout, &progress) => Some(r),
             _ = shutdown_signal() => None,
         };
-        match report {
-            Some((r, left)) => {
-                match left {
-                    Ok(left) => {
-                        let n: usize = left.values().map(Vec::len).sum();
-                        leaked = Some(n as u64);
-                        for (k, ids) in &left {
-                            eprintln!(
-                                "clean-up: still in the cloud: {} {}",
-                                k.as_str(),
-                                ids.join(" ")
-                            );
-                        }
-                    }
-                    Err(e) => eprintln!("clean-up: cannot list the cloud to check: {e}"),
+        match outcome {
+            Some(o) => {
+                leaked = o.leaked;
+                for (k, ids) in &o.left {
+                    eprintln!("clean-up: still in the cloud: {k} {}", ids.join(" "));
                 }
-                let done: Vec<String> = r
-                    .deleted
-                    .iter()
-                    .map(|(k, n)| format!("{n} {}", k.as_str()))
-                    .collect();
+                if let Some(e) = &o.list_error {
+                    eprintln!("clean-up: cannot list the cloud to check: {e}");
+                }
+                let done: Vec<String> = o.deleted.iter().map(|(k, n)| format!("{n} {k}")).collect();
                 if !done.is_empty() {
                     eprintln!("clean-up: deleted {}", done.join(", "));
                 }
-                cleanup_failed = r.failed;
+                cleanup_failed = o.failed;
             }
             None => eprintln!(
                 "clean-up interrupted: what is left stays in the journal; run `cloudswarm cleanup --run-id {run_id}`"
@@ -449,7 +383,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             tracker.dir().join("journal.jsonl").display()
         );
         for (k, id, why) in &cleanup_failed {
-            eprintln!("  {} {id}: {why}", k.as_str());
+            eprintln!("  {k} {id}: {why}");
         }
     }
     if let Some(prefix) = &args.csv {

@@ -109,16 +109,36 @@ pub fn summary_table(s: &Snapshot) -> String {
     out
 }
 
-fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> anyhow::Error + '_ {
-    move |e| anyhow::anyhow!("cannot write {}: {e}", path.display())
-}
-
 /// Writes PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv.
 pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<()> {
-    let path = format!("{prefix}_stats.csv");
-    let p = Path::new(&path);
-    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
-    let mut header = vec![
+    for (suffix, text) in [
+        ("stats", stats_csv(s)),
+        ("failures", failures_csv(s)),
+        ("stats_history", history_csv(history)),
+    ] {
+        let path = format!("{prefix}_{suffix}.csv");
+        std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
+    }
+    Ok(())
+}
+
+/// Rows to CSV text (writing to memory cannot fail).
+fn to_csv<I, R>(rows: I) -> String
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.write_record(r).expect("CSV into memory");
+    }
+    String::from_utf8(w.into_inner().expect("CSV into memory")).expect("CSV of UTF-8 fields")
+}
+
+/// The statistics table (Locust's `_stats.csv`): one row per entry, then Aggregated.
+pub fn stats_csv(s: &Snapshot) -> String {
+    let mut header: Vec<String> = [
         "Type",
         "Name",
         "Request Count",
@@ -130,11 +150,12 @@ pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<(
         "Average Content Size",
         "Requests/s",
         "Failures/s",
-    ];
-    header.extend(PERCENTILE_LABELS);
-    header.push("Throttled Count");
-    w.write_record(&header).map_err(csv_err(p))?;
-    for e in s.entries.iter().chain(std::iter::once(&s.total)) {
+    ]
+    .map(String::from)
+    .to_vec();
+    header.extend(PERCENTILE_LABELS.iter().map(|l| l.to_string()));
+    header.push("Throttled Count".into());
+    let rows = s.entries.iter().chain(std::iter::once(&s.total)).map(|e| {
         let mut rec = vec![
             e.kind.clone(),
             e.name.clone(),
@@ -150,14 +171,14 @@ pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<(
         ];
         rec.extend(e.percentiles_ms.iter().map(|v| format!("{v:.3}")));
         rec.push(e.num_throttled.to_string());
-        w.write_record(&rec).map_err(csv_err(p))?;
-    }
-    w.flush().with_context(|| format!("cannot write {path}"))?;
+        rec
+    });
+    to_csv(std::iter::once(header).chain(rows))
+}
 
-    let path = format!("{prefix}_failures.csv");
-    let p = Path::new(&path);
-    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
-    w.write_record([
+/// Errors by entry and code (Locust's `_failures.csv`, plus code, throttled, first and last seen).
+pub fn failures_csv(s: &Snapshot) -> String {
+    let header = [
         "Method",
         "Name",
         "Error",
@@ -166,47 +187,51 @@ pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<(
         "Throttled",
         "First Seen",
         "Last Seen",
-    ])
-    .map_err(csv_err(p))?;
-    for e in &s.errors {
-        w.write_record([
-            e.name.split(':').next().unwrap_or(""),
-            &e.name,
-            &format!("{}: {}", e.code, e.message),
-            &e.count.to_string(),
-            &e.code,
-            if e.throttled { "true" } else { "false" },
-            &format!("{:.3}", e.first_seen),
-            &format!("{:.3}", e.last_seen),
-        ])
-        .map_err(csv_err(p))?;
-    }
-    w.flush().with_context(|| format!("cannot write {path}"))?;
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = s.errors.iter().map(|e| {
+        vec![
+            e.name.split(':').next().unwrap_or("").to_string(),
+            e.name.clone(),
+            format!("{}: {}", e.code, e.message),
+            e.count.to_string(),
+            e.code.clone(),
+            e.throttled.to_string(),
+            format!("{:.3}", e.first_seen),
+            format!("{:.3}", e.last_seen),
+        ]
+    });
+    to_csv(std::iter::once(header).chain(rows))
+}
 
-    let path = format!("{prefix}_stats_history.csv");
-    let p = Path::new(&path);
-    let mut w = csv::Writer::from_path(p).map_err(csv_err(p))?;
-    let mut header = vec![
+/// The per-second history (Locust's `_stats_history.csv`, Aggregated rows).
+pub fn history_csv(history: &[HistoryRow]) -> String {
+    let mut header: Vec<String> = [
         "Timestamp",
         "User Count",
         "Type",
         "Name",
         "Requests/s",
         "Failures/s",
-    ];
-    header.extend(PERCENTILE_LABELS);
-    header.extend([
-        "Total Request Count",
-        "Total Failure Count",
-        "Total Median Response Time",
-        "Total Average Response Time",
-        "Total Min Response Time",
-        "Total Max Response Time",
-        "Total Average Content Size",
-        "Total Throttled Count",
-    ]);
-    w.write_record(&header).map_err(csv_err(p))?;
-    for r in history {
+    ]
+    .map(String::from)
+    .to_vec();
+    header.extend(PERCENTILE_LABELS.iter().map(|l| l.to_string()));
+    header.extend(
+        [
+            "Total Request Count",
+            "Total Failure Count",
+            "Total Median Response Time",
+            "Total Average Response Time",
+            "Total Min Response Time",
+            "Total Max Response Time",
+            "Total Average Content Size",
+            "Total Throttled Count",
+        ]
+        .map(String::from),
+    );
+    let rows = history.iter().map(|r| {
         let mut rec = vec![
             format!("{}", r.timestamp as u64),
             r.user_count.to_string(),
@@ -226,10 +251,9 @@ pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<(
             format!("{:.1}", r.total_avg_content_size),
             r.total_throttled.to_string(),
         ]);
-        w.write_record(&rec).map_err(csv_err(p))?;
-    }
-    w.flush().with_context(|| format!("cannot write {path}"))?;
-    Ok(())
+        rec
+    });
+    to_csv(std::iter::once(header).chain(rows))
 }
 
 #[derive(Serialize)]

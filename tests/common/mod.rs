@@ -272,3 +272,182 @@ pub async fn run_leftovers(moto: &Moto, run_id: &str) -> (Vec<String>, Vec<Strin
         .collect();
     (live, vols, buckets)
 }
+
+/// A `cloudswarm serve` process against moto, on a free loopback port.
+pub struct Dashboard {
+    child: Child,
+    pub port: u16,
+    pub url: String,
+    pub state: tempfile::TempDir,
+}
+
+impl Dashboard {
+    pub fn start(moto: &Moto, extra: &[&str]) -> Dashboard {
+        Dashboard::start_at(&moto.url, extra)
+    }
+
+    /// A dashboard whose EC2 and S3 endpoints are `cloud`.
+    pub fn start_at(cloud: &str, extra: &[&str]) -> Dashboard {
+        let port = free_port();
+        let state = tempfile::tempdir().unwrap();
+        let child = cloudswarm()
+            .arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--ec2-endpoint", cloud, "--s3-endpoint", cloud])
+            .args(["--state-dir", state.path().to_str().unwrap()])
+            .args(["--stop-timeout", "10s"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cloudswarm serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Dashboard {
+            child,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    /// GET or POST on the dashboard: (status, headers, body).
+    pub fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        http(self.port, method, path, headers, body)
+    }
+
+    /// `GET /stats/requests` as JSON.
+    pub fn requests(&self) -> serde_json::Value {
+        let r = self.http("GET", "/stats/requests", &[], "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    /// Waits until `/stats/requests` satisfies `ok`, returning that document.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.requests();
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last /stats/requests: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM, then wait for the process (it stops and cleans up).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1:`port` (form-encoded body when given).
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let rest = &raw[(split + 4).min(raw.len())..];
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        String::from_utf8_lossy(rest).into_owned()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &[u8]) -> String {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&s[..eol]).trim(), 16).unwrap_or(0);
+        let rest = &s[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

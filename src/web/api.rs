@@ -1,0 +1,795 @@
+//! The dashboard's state (the current run, its stop and clean-up) and the
+//! HTTP API the page and scripts use, named after Locust's where they fit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::engine::{MAX_RATE, MAX_USERS, RunState};
+use crate::output;
+use crate::resources::Kind;
+use crate::run::Limits;
+use crate::session::{CleanupOutcome, Session, Spec};
+use crate::stats::{PERCENTILES, Snapshot};
+use crate::target::Clients;
+
+/// Clean-up of the current run, as the page shows it.
+#[derive(Default, Clone, serde::Serialize)]
+pub struct CleanupView {
+    pub running: bool,
+    pub log: Vec<String>,
+    pub outcome: Option<CleanupOutcome>,
+}
+
+/// A run the dashboard started (the current one, or the last one).
+pub struct Live {
+    pub session: Session,
+    pub profile: String,
+    stopping: AtomicBool,
+    pub cleanup: Mutex<CleanupView>,
+    /// Unix seconds when the run stopped.
+    pub ended_at: Mutex<Option<f64>>,
+    run_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The dashboard's shared state.
+pub struct App {
+    pub clients: Clients,
+    pub limits: Limits,
+    pub token: Option<String>,
+    pub profiles_dir: PathBuf,
+    pub static_dir: PathBuf,
+    current: Mutex<Option<Arc<Live>>>,
+    /// Serialises starts (a start preflights the cloud, which takes a while).
+    starting: tokio::sync::Mutex<()>,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A JSON error answer with the field it is about.
+fn bad(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"success": false, "field": field, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// Parsed `POST /swarm` fields.
+#[derive(Debug, PartialEq)]
+pub struct SwarmForm {
+    pub user_count: u64,
+    pub spawn_rate: f64,
+    pub profile: Option<String>,
+    pub run_time: Option<Duration>,
+}
+
+/// Validates the form fields; errors name the field.
+pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'static str, String)> {
+    let get = |k: &str| f.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let users = get("user_count").ok_or(("user_count", "enter a number of users".to_string()))?;
+    let user_count: u64 = users.parse().map_err(|_| {
+        (
+            "user_count",
+            format!("`{users}` is not a whole number of users (1 to {MAX_USERS})"),
+        )
+    })?;
+    if user_count == 0 || user_count > MAX_USERS {
+        return Err((
+            "user_count",
+            format!("{user_count} users: use 1 to {MAX_USERS} (stop the swarm to go to zero)"),
+        ));
+    }
+    let rate = get("spawn_rate").or_else(|| get("hatch_rate")).ok_or((
+        "spawn_rate",
+        "enter a hatch rate (users per second)".to_string(),
+    ))?;
+    let spawn_rate: f64 = rate
+        .parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r <= MAX_RATE)
+        .ok_or((
+            "spawn_rate",
+            format!(
+                "`{rate}` is not a hatch rate: use a number above 0 and at most {MAX_RATE} users/s"
+            ),
+        ))?;
+    let run_time = match get("run_time") {
+        None => None,
+        Some(t) => {
+            let d = crate::profile::parse_duration(t).map_err(|e| ("run_time", e))?;
+            if d.is_zero() {
+                return Err(("run_time", "a run time must be longer than 0s".into()));
+            }
+            Some(d)
+        }
+    };
+    Ok(SwarmForm {
+        user_count,
+        spawn_rate,
+        profile: get("profile").map(str::to_string),
+        run_time,
+    })
+}
+
+impl App {
+    pub fn new(
+        clients: Clients,
+        limits: Limits,
+        token: Option<String>,
+        profiles_dir: PathBuf,
+        static_dir: PathBuf,
+    ) -> App {
+        App {
+            clients,
+            limits,
+            token,
+            profiles_dir,
+            static_dir,
+            current: Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<Live>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Profile names (file stems) in the profiles directory, sorted.
+    pub fn profiles(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.profiles_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The state the top bar shows.
+    pub fn state(&self) -> RunState {
+        match self.current() {
+            None => RunState::Ready,
+            Some(l) => l.session.engine.state(),
+        }
+    }
+
+    /// Starts a run, or retunes the running one.
+    async fn start_or_edit(self: &Arc<Self>, f: SwarmForm) -> Response {
+        let _one = self.starting.lock().await;
+        if let Some(live) = self.current() {
+            match live.session.engine.state() {
+                RunState::Hatching | RunState::Running => {
+                    if let Some(p) = &f.profile
+                        && p.trim_end_matches(".toml") != live.profile
+                    {
+                        return bad(
+                            StatusCode::CONFLICT,
+                            Some("profile"),
+                            format!(
+                                "a swarm of `{}` is running: stop it before starting `{p}`",
+                                live.profile
+                            ),
+                        );
+                    }
+                    if let Err(e) = live.session.engine.set_target(f.user_count, f.spawn_rate) {
+                        return bad(StatusCode::CONFLICT, None, e);
+                    }
+                    if let Some(d) = f.run_time {
+                        self.arm_timer(&live, d);
+                    }
+                    return Json(json!({
+                        "success": true,
+                        "message": format!("Swarm changed: {} users at {} users/s", f.user_count, f.spawn_rate),
+                        "run_id": live.session.run_id,
+                    }))
+                    .into_response();
+                }
+                RunState::Stopping | RunState::CleaningUp => {
+                    return bad(
+                        StatusCode::CONFLICT,
+                        None,
+                        "the last swarm is still stopping or cleaning up: start again when it has stopped",
+                    );
+                }
+                RunState::Ready | RunState::Stopped => {}
+            }
+            if live
+                .cleanup
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running
+            {
+                return bad(
+                    StatusCode::CONFLICT,
+                    None,
+                    "a clean-up is running: start again when it is done",
+                );
+            }
+        }
+        let Some(name) = f.profile.as_deref() else {
+            return bad(StatusCode::BAD_REQUEST, Some("profile"), "choose a profile");
+        };
+        let name = name.trim_end_matches(".toml");
+        if !self.profiles().iter().any(|p| p == name) {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                Some("profile"),
+                format!(
+                    "unknown profile `{name}` (known: {})",
+                    self.profiles().join(", ")
+                ),
+            );
+        }
+        let path = self.profiles_dir.join(format!("{name}.toml"));
+        let profile = match crate::profile::load(&path) {
+            Ok(p) => p,
+            Err(e) => return bad(StatusCode::BAD_REQUEST, Some("profile"), e.to_string()),
+        };
+        let spec = Spec {
+            profile_path: &path,
+            clients: self.clients.clone(),
+            state_dir: self.limits.state_dir(),
+            caps: self.limits.caps(),
+            max_inflight: self.limits.max_inflight as usize,
+        };
+        let session = match Session::prepare(profile, spec).await {
+            Ok(s) => s,
+            // The cloud did not answer or refused us: not the form's fault.
+            Err(e) => return bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}")),
+        };
+        session.engine.start();
+        if let Err(e) = session.engine.set_target(f.user_count, f.spawn_rate) {
+            session.engine.abort_all();
+            return bad(StatusCode::BAD_REQUEST, None, e);
+        }
+        let run_id = session.run_id.clone();
+        tracing::info!(
+            run_id,
+            profile = name,
+            users = f.user_count,
+            "swarm started"
+        );
+        let live = Arc::new(Live {
+            session,
+            profile: name.to_string(),
+            stopping: AtomicBool::new(false),
+            cleanup: Mutex::new(CleanupView::default()),
+            ended_at: Mutex::new(None),
+            run_timer: Mutex::new(None),
+        });
+        if let Some(d) = f.run_time {
+            self.arm_timer(&live, d);
+        }
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
+        Json(json!({
+            "success": true,
+            "message": format!("Swarming started: {} users at {} users/s", f.user_count, f.spawn_rate),
+            "run_id": run_id,
+        }))
+        .into_response()
+    }
+
+    /// Stops the run after `d` from now (replacing an earlier run time).
+    fn arm_timer(self: &Arc<Self>, live: &Arc<Live>, d: Duration) {
+        let (app, l) = (self.clone(), live.clone());
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            app.stop(&l);
+        });
+        if let Some(old) = live
+            .run_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(timer)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops a run (once): users finish or abandon their task, then clean-up.
+    fn stop(self: &Arc<Self>, live: &Arc<Live>) -> bool {
+        if live.stopping.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let (app, live) = (self.clone(), live.clone());
+        tokio::spawn(async move {
+            live.session.engine.stop(app.limits.stop_timeout).await;
+            *live.ended_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(unix_now());
+            app.clean_up(&live).await;
+        });
+        true
+    }
+
+    /// Runs the clean-up of a stopped run, recording progress for the page.
+    async fn clean_up(&self, live: &Arc<Live>) {
+        {
+            let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+            if c.running {
+                return;
+            }
+            c.running = true;
+            c.log.clear();
+        }
+        live.session.engine.set_state(RunState::CleaningUp);
+        let l = live.clone();
+        let progress = move |m: &str| {
+            let mut c = l.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+            if c.log.len() < 500 {
+                c.log.push(m.to_string());
+            }
+        };
+        let outcome = live
+            .session
+            .clean_up(self.limits.cleanup_timeout, &progress)
+            .await;
+        tracing::info!(run_id = live.session.run_id, ?outcome.leaked, "clean-up done");
+        let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+        c.running = false;
+        c.outcome = Some(outcome);
+        drop(c);
+        live.session.engine.set_state(RunState::Stopped);
+    }
+
+    /// On shutdown: stop the run and wait for its clean-up.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let Some(live) = self.current() else { return };
+        self.stop(&live);
+        while !matches!(live.session.engine.state(), RunState::Stopped)
+            || live
+                .cleanup
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .running
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The `/stats/requests` document.
+    pub fn requests_json(&self) -> Value {
+        let info = &self.clients.info;
+        let target = json!({"ec2_endpoint": info.ec2_endpoint, "s3_endpoint": info.s3_endpoint, "region": info.region});
+        let caps = self.limits.caps();
+        let cap_of = |k: Kind| match k {
+            Kind::Instance => Some(caps.max_instances),
+            Kind::Volume => Some(caps.max_volumes),
+            Kind::Bucket => Some(caps.max_buckets),
+            _ => None,
+        };
+        let Some(live) = self.current() else {
+            return json!({
+                "state": "ready", "run_id": null, "profile": null, "user_count": 0,
+                "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
+                "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
+                "fail_ratio": 0, "total_throttled": 0,
+                "current_response_time_percentiles": {},
+                "resources": Kind::ALL.iter().map(|k| json!({
+                    "kind": k.as_str(), "created": 0, "alive": 0, "deleted": 0, "cap": cap_of(*k),
+                })).collect::<Vec<_>>(),
+                "live_resources": 0, "cleanup": CleanupView::default(), "target": target,
+                "started_at": null, "ended_at": null,
+            });
+        };
+        let s = &live.session;
+        let snap = s.ctx.stats.snapshot();
+        let (target_users, rate) = s.engine.target();
+        let counts = s.tracker.counts();
+        let resources: Vec<Value> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let c = counts.get(k).copied().unwrap_or_default();
+                let mut v = json!({"kind": k.as_str(), "created": c.created, "alive": c.alive, "deleted": c.deleted, "cap": cap_of(*k)});
+                if *k == Kind::Object {
+                    v["bytes"] = json!(s.tracker.object_bytes());
+                    v["cap"] = json!(caps.max_bytes);
+                    v["cap_unit"] = json!("bytes");
+                }
+                v
+            })
+            .collect();
+        let live_resources: u64 = s.live_resources().iter().map(|(_, n)| n).sum();
+        let mut rows: Vec<Value> = snap.entries.iter().map(stat_row).collect();
+        rows.push(stat_row(&snap.total));
+        let errors: Vec<Value> = snap
+            .errors
+            .iter()
+            .map(|e| {
+                json!({
+                    "method": e.name.split(':').next().unwrap_or(""),
+                    "name": e.name, "code": e.code,
+                    "error": format!("{}: {}", e.code, e.message),
+                    "message": e.message, "occurrences": e.count, "throttled": e.throttled,
+                    "first_seen": e.first_seen, "last_seen": e.last_seen,
+                })
+            })
+            .collect();
+        let cur = |q: f64| {
+            PERCENTILES
+                .iter()
+                .position(|p| (p - q).abs() < 1e-9)
+                .map_or(0.0, |i| snap.current_percentiles_ms[i])
+        };
+        json!({
+            "state": s.engine.state().as_str(),
+            "run_id": s.run_id,
+            "profile": live.profile,
+            "user_count": s.engine.user_count(),
+            "target_user_count": target_users,
+            "spawn_rate": rate,
+            "user_classes": s.engine.user_counts().into_iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+            "stats": rows,
+            "errors": errors,
+            "total_rps": snap.total.current_rps,
+            "total_fail_per_sec": snap.total.current_fail_per_sec,
+            "fail_ratio": snap.total.failure_ratio(),
+            "total_throttled": snap.total.num_throttled,
+            "current_response_time_percentiles": {
+                "response_time_percentile_0.5": cur(0.5),
+                "response_time_percentile_0.95": cur(0.95),
+            },
+            "resources": resources,
+            "capped": snap.capped,
+            "live_resources": live_resources,
+            "cleanup": live.cleanup.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "target": target,
+            "started_at": s.started_at,
+            "ended_at": *live.ended_at.lock().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+
+    /// The run's snapshot and history (empty before the first run).
+    pub fn snapshot(&self) -> Option<(Arc<Live>, Snapshot, Vec<crate::stats::HistoryRow>)> {
+        let live = self.current()?;
+        let data = live.session.ctx.stats.lock();
+        let snap = data.snapshot();
+        let history = data.history.clone();
+        drop(data);
+        Some((live, snap, history))
+    }
+
+    /// The JSON report of the current run.
+    pub fn report_json(&self) -> Option<Value> {
+        let (live, snap, _) = self.snapshot()?;
+        let s = &live.session;
+        let ended = live
+            .ended_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(unix_now);
+        let counts = s.tracker.counts();
+        let leaked = live
+            .cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outcome
+            .as_ref()
+            .and_then(|o| o.leaked);
+        let facts = output::RunFacts {
+            run_id: &s.run_id,
+            profile: &live.profile,
+            started_at: s.started_at,
+            duration_s: ended - s.started_at,
+            users: s.engine.peak_users(),
+            resources: &counts,
+            leaked,
+        };
+        Some(output::json_report(&facts, &snap))
+    }
+}
+
+/// One row of the statistics table (Locust's field names, plus ours).
+fn stat_row(e: &crate::stats::EntrySummary) -> Value {
+    let mut v = json!({
+        "method": e.kind,
+        "name": e.name,
+        "safe_name": e.name,
+        "num_requests": e.num_requests,
+        "num_failures": e.num_failures,
+        "num_throttled": e.num_throttled,
+        "median_response_time": e.median_ms,
+        "avg_response_time": e.avg_ms,
+        "min_response_time": e.min_ms,
+        "max_response_time": e.max_ms,
+        "avg_content_length": e.avg_content_size,
+        "current_rps": e.current_rps,
+        "current_fail_per_sec": e.current_fail_per_sec,
+        "total_rps": e.rps,
+        "throughput_bps": e.throughput_bps,
+        "ninetieth_response_time": e.percentile(0.9).unwrap_or(0.0),
+        "ninety_ninth_response_time": e.percentile(0.99).unwrap_or(0.0),
+    });
+    for q in PERCENTILES {
+        v[format!("response_time_percentile_{q}")] = json!(e.percentile(q).unwrap_or(0.0));
+    }
+    v
+}
+
+/// Fields of a form or JSON body, as strings.
+fn fields(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, String> {
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if json_body {
+        let v: serde_json::Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| format!("the JSON body does not parse: {e}"))?;
+        Ok(v.into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Value::String(s) => s,
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                (k, s)
+            })
+            .collect())
+    } else {
+        serde_urlencoded_pairs(body)
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded`.
+fn serde_urlencoded_pairs(body: &[u8]) -> Result<HashMap<String, String>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_string())?;
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(
+        &format!("/?{text}")
+            .parse()
+            .map_err(|_| "the form does not parse".to_string())?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| format!("the form does not parse: {e}"))
+}
+
+/// `POST /swarm`: start a swarm, or change the running one.
+pub async fn swarm(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = match fields(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, None, e),
+    };
+    match parse_swarm_form(&f) {
+        Ok(form) => app.start_or_edit(form).await,
+        Err((field, msg)) => bad(StatusCode::BAD_REQUEST, Some(field), msg),
+    }
+}
+
+/// `GET /stop`
+pub async fn stop(State(app): State<Arc<App>>) -> Response {
+    match app.current() {
+        Some(live) if !matches!(live.session.engine.state(), RunState::Stopped) => {
+            app.stop(&live);
+            Json(json!({"success": true, "message": "Test stopped: users finish their tasks, then clean-up"}))
+                .into_response()
+        }
+        _ => bad(StatusCode::CONFLICT, None, "no swarm is running"),
+    }
+}
+
+/// `GET /stats/reset`
+pub async fn reset(State(app): State<Arc<App>>) -> Response {
+    if let Some(live) = app.current() {
+        live.session.ctx.stats.reset();
+    }
+    Json(json!({"success": true, "message": "Statistics reset"})).into_response()
+}
+
+/// `GET /stats/requests`
+pub async fn requests(State(app): State<Arc<App>>) -> Response {
+    Json(app.requests_json()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct Since {
+    since: Option<f64>,
+}
+
+/// `GET /stats/history[?since=T]`: the per-second history for the charts
+/// (points after unix time T).
+pub async fn history(State(app): State<Arc<App>>, Query(q): Query<Since>) -> Response {
+    let since = q.since.unwrap_or(0.0);
+    let rows: Vec<Value> = app
+        .current()
+        .map(|live| {
+            let data = live.session.ctx.stats.lock();
+            let from = data.history.partition_point(|r| r.timestamp <= since);
+            data.history[from..].iter().map(history_point).collect()
+        })
+        .unwrap_or_default();
+    Json(json!({ "history": rows })).into_response()
+}
+
+/// One chart point.
+pub fn history_point(r: &crate::stats::HistoryRow) -> Value {
+    let p = |q: f64| {
+        PERCENTILES
+            .iter()
+            .position(|x| (x - q).abs() < 1e-9)
+            .map_or(0.0, |i| r.percentiles_ms[i])
+    };
+    json!({
+        "t": r.timestamp, "users": r.user_count, "rps": r.current_rps,
+        "fails": r.current_fail_per_sec, "p50": p(0.5), "p95": p(0.95),
+    })
+}
+
+fn csv_download(name: &str, body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn run_name(app: &App) -> String {
+    app.current().map_or_else(
+        || "cloudswarm".into(),
+        |l| format!("cloudswarm_{}", l.session.run_id),
+    )
+}
+
+/// `GET /stats/requests/csv`
+pub async fn stats_csv(State(app): State<Arc<App>>) -> Response {
+    let snap = app
+        .snapshot()
+        .map(|(_, s, _)| s)
+        .unwrap_or_else(empty_snapshot);
+    csv_download(
+        &format!("{}_stats.csv", run_name(&app)),
+        output::stats_csv(&snap),
+    )
+}
+
+/// `GET /stats/failures/csv`
+pub async fn failures_csv(State(app): State<Arc<App>>) -> Response {
+    let snap = app
+        .snapshot()
+        .map(|(_, s, _)| s)
+        .unwrap_or_else(empty_snapshot);
+    csv_download(
+        &format!("{}_failures.csv", run_name(&app)),
+        output::failures_csv(&snap),
+    )
+}
+
+/// `GET /stats/history/csv`
+pub async fn history_csv(State(app): State<Arc<App>>) -> Response {
+    let history = app.snapshot().map(|(_, _, h)| h).unwrap_or_default();
+    csv_download(
+        &format!("{}_stats_history.csv", run_name(&app)),
+        output::history_csv(&history),
+    )
+}
+
+fn empty_snapshot() -> Snapshot {
+    crate::stats::StatsData::default().snapshot()
+}
+
+/// `GET /report.json`
+pub async fn report_json(State(app): State<Arc<App>>) -> Response {
+    match app.report_json() {
+        Some(v) => (
+            [(
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.json\"", run_name(&app)),
+            )],
+            Json(v),
+        )
+            .into_response(),
+        None => bad(StatusCode::NOT_FOUND, None, "no run yet"),
+    }
+}
+
+/// `POST /cleanup`: clean up the stopped run again (what its stop left).
+pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
+    let Some(live) = app.current() else {
+        return bad(StatusCode::CONFLICT, None, "no run to clean up");
+    };
+    if !matches!(live.session.engine.state(), RunState::Stopped) {
+        return bad(
+            StatusCode::CONFLICT,
+            None,
+            "stop the swarm first: clean-up runs when it stops",
+        );
+    }
+    if live
+        .cleanup
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running
+    {
+        return bad(StatusCode::CONFLICT, None, "a clean-up is already running");
+    }
+    let a = app.clone();
+    let l = live.clone();
+    tokio::spawn(async move { a.clean_up(&l).await });
+    Json(json!({"success": true, "message": format!("Cleaning up run {}", live.session.run_id)}))
+        .into_response()
+}
+
+/// `GET /profiles`: the profiles the form offers.
+pub async fn profiles(State(app): State<Arc<App>>) -> Response {
+    Json(json!({"profiles": app.profiles()})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn swarm_form_is_validated_field_by_field() {
+        let ok = parse_swarm_form(&form(&[
+            ("user_count", "10"),
+            ("spawn_rate", "2.5"),
+            ("profile", "smoke"),
+            ("run_time", "1m30s"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.user_count, 10);
+        assert_eq!(ok.run_time, Some(Duration::from_secs(90)));
+        for (pairs, field) in [
+            (
+                vec![("user_count", "-3"), ("spawn_rate", "1")],
+                "user_count",
+            ),
+            (
+                vec![("user_count", "abc"), ("spawn_rate", "1")],
+                "user_count",
+            ),
+            (vec![("user_count", "0"), ("spawn_rate", "1")], "user_count"),
+            (
+                vec![("user_count", "99999999999"), ("spawn_rate", "1")],
+                "user_count",
+            ),
+            (vec![("user_count", "5"), ("spawn_rate", "0")], "spawn_rate"),
+            (
+                vec![("user_count", "5"), ("spawn_rate", "NaN")],
+                "spawn_rate",
+            ),
+            (vec![("user_count", "5")], "spawn_rate"),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("run_time", "soon"),
+                ],
+                "run_time",
+            ),
+        ] {
+            let e = parse_swarm_form(&form(&pairs)).unwrap_err();
+            assert_eq!(e.0, field, "{pairs:?}: {}", e.1);
+        }
+    }
+}

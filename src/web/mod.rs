@@ -1,0 +1,163 @@
+//! The web dashboard (`cloudswarm serve`, the default command): axum serves
+//! the page (askama templates), the assets in `static/`, and the
+//! Locust-style HTTP API; an access token guards it when it is exposed.
+
+mod api;
+mod auth;
+mod pages;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::routing::{get, post};
+use clap::Args;
+
+use crate::run::{ConfigError, Limits};
+use crate::target::TargetArgs;
+
+pub use api::App;
+
+/// Flags of `cloudswarm serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to serve on; anything but loopback needs --token
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub bind: SocketAddr,
+    /// Access token for every page and API call (login form, or `Authorization: Bearer TOKEN`)
+    #[arg(long, env = "CLOUDSWARM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where the profiles offered in the form live (default: ./profiles, or next to the binary)
+    #[arg(long, env = "CLOUDSWARM_PROFILES")]
+    pub profiles_dir: Option<PathBuf>,
+    /// Where the page's assets live (default: ./static, or next to the binary)
+    #[arg(long, env = "CLOUDSWARM_STATIC")]
+    pub static_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+fn config_err(msg: impl Into<String>) -> anyhow::Error {
+    ConfigError(msg.into()).into()
+}
+
+/// `given`, else `name` in the working directory, else next to the binary
+/// (a release's `bin/../name`, or a build's `target/debug/../../name`).
+fn find_dir(given: Option<&Path>, name: &str) -> Result<PathBuf> {
+    if let Some(d) = given {
+        if d.is_dir() {
+            return Ok(d.to_path_buf());
+        }
+        return Err(config_err(format!(
+            "--{name}-dir {}: not a directory",
+            d.display()
+        )));
+    }
+    let mut tries = vec![PathBuf::from(name)];
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1).take(3) {
+            tries.push(up.join(name));
+        }
+    }
+    tries.into_iter().find(|d| d.is_dir()).ok_or_else(|| {
+        config_err(format!(
+            "cannot find the `{name}` directory: run from the cloudswarm folder or pass --{name}-dir"
+        ))
+    })
+}
+
+/// Checks the bind address against the token: exposing the dashboard
+/// beyond loopback needs a token of at least 16 characters.
+pub fn check_exposure(bind: &SocketAddr, token: Option<&str>) -> Result<()> {
+    match token {
+        Some(t) if t.trim().is_empty() => Err(config_err("--token is empty")),
+        Some(t) if !bind.ip().is_loopback() && t.chars().count() < 16 => Err(config_err(
+            "--token: use at least 16 characters when the dashboard is reachable from other machines",
+        )),
+        None if !bind.ip().is_loopback() => Err(config_err(format!(
+            "refusing to serve on {bind} without an access token: anyone who reaches it could start load and see the target. \
+             Pass --token TOKEN (or set CLOUDSWARM_TOKEN), or bind to 127.0.0.1"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The router: pages, API and assets, behind the token check.
+pub fn router(app: Arc<App>) -> Router {
+    let assets = tower_http::services::ServeDir::new(app.static_dir.clone());
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/report", get(pages::report))
+        .route("/swarm", post(api::swarm))
+        .route("/stop", get(api::stop).post(api::stop))
+        .route("/stats/reset", get(api::reset).post(api::reset))
+        .route("/stats/requests", get(api::requests))
+        .route("/stats/history", get(api::history))
+        .route("/stats/requests/csv", get(api::stats_csv))
+        .route("/stats/failures/csv", get(api::failures_csv))
+        .route("/stats/history/csv", get(api::history_csv))
+        .route("/report.json", get(api::report_json))
+        .route("/cleanup", post(api::cleanup))
+        .route("/profiles", get(api::profiles))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .nest_service("/static", assets)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::guard,
+        ))
+        .with_state(app)
+}
+
+/// Serves the dashboard until Ctrl-C or SIGTERM, then stops the swarm and
+/// cleans up what it made.
+pub async fn serve(args: ServeArgs) -> Result<i32> {
+    #[cfg(unix)]
+    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    check_exposure(&args.bind, args.token.as_deref())?;
+    let profiles_dir = find_dir(args.profiles_dir.as_deref(), "profiles")?;
+    let static_dir = find_dir(args.static_dir.as_deref(), "static")?;
+    let clients = args
+        .target
+        .clients()
+        .await
+        .map_err(|e| config_err(e.to_string()))?;
+    let app = Arc::new(App::new(
+        clients,
+        args.limits.clone(),
+        args.token.clone(),
+        profiles_dir,
+        static_dir,
+    ));
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .map_err(|e| config_err(format!("cannot listen on {}: {e}", args.bind)))?;
+    let addr = listener.local_addr().context("listener address")?;
+    let info = &app.clients.info;
+    eprintln!(
+        "cloudswarm dashboard on http://{addr}/ — target EC2 {} / S3 {} (region {}){}",
+        info.ec2_endpoint,
+        info.s3_endpoint,
+        info.region,
+        if app.token.is_some() {
+            "; access token required"
+        } else {
+            ""
+        }
+    );
+    let server = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(crate::run::shutdown_signal());
+    server.await.context("serving the dashboard")?;
+    eprintln!("shutting down: stopping the swarm and cleaning up");
+    let finish = app.shutdown();
+    tokio::select! {
+        _ = finish => {}
+        _ = crate::run::shutdown_signal() => {
+            eprintln!("interrupted again: leaving the rest to `cloudswarm cleanup`");
+        }
+    }
+    Ok(0)
+}

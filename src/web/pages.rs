@@ -1,0 +1,224 @@
+//! The HTML pages: the dashboard (filled in and kept live by `static/app.js`)
+//! and the self-contained report (styles, data and charts inline).
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+
+use super::App;
+use super::api::history_point;
+
+/// Renders a template, or a plain 500 naming the problem.
+pub fn render(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("template error: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct Index<'a> {
+    profiles: Vec<String>,
+    ec2_endpoint: &'a str,
+    s3_endpoint: &'a str,
+    region: &'a str,
+    version: &'a str,
+    max_users: u64,
+}
+
+/// `GET /`
+pub async fn index(State(app): State<Arc<App>>) -> Response {
+    let info = &app.clients.info;
+    render(&Index {
+        profiles: app.profiles(),
+        ec2_endpoint: &info.ec2_endpoint,
+        s3_endpoint: &info.s3_endpoint,
+        region: &info.region,
+        version: env!("CARGO_PKG_VERSION"),
+        max_users: crate::engine::MAX_USERS,
+    })
+}
+
+/// One statistics row of the report, formatted.
+struct Row {
+    name: String,
+    reqs: u64,
+    fails: u64,
+    throttled: u64,
+    median: String,
+    p95: String,
+    p99: String,
+    p999: String,
+    avg: String,
+    min: String,
+    max: String,
+    size: String,
+    rps: String,
+}
+
+struct ErrRow {
+    name: String,
+    code: String,
+    message: String,
+    count: u64,
+}
+
+struct ResRow {
+    kind: &'static str,
+    created: u64,
+    alive: u64,
+    deleted: u64,
+}
+
+#[derive(Template)]
+#[template(path = "report.html")]
+struct Report {
+    run_id: String,
+    profile: String,
+    started: String,
+    duration: String,
+    target: String,
+    peak_users: u64,
+    rows: Vec<Row>,
+    errors: Vec<ErrRow>,
+    resources: Vec<ResRow>,
+    leaked: String,
+    style: String,
+    charts_js: String,
+    data_json: String,
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    download: Option<String>,
+}
+
+/// `GET /report`: one HTML file that opens offline.
+pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -> Response {
+    let Some((live, snap, history)) = app.snapshot() else {
+        return (StatusCode::NOT_FOUND, "no run yet: start a swarm first").into_response();
+    };
+    let read = |f: &str| std::fs::read_to_string(app.static_dir.join(f));
+    let (Ok(style), Ok(charts_js)) = (read("style.css"), read("charts.js")) else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cannot read style.css and charts.js in {}",
+                app.static_dir.display()
+            ),
+        )
+            .into_response();
+    };
+    let s = &live.session;
+    let row = |e: &crate::stats::EntrySummary| Row {
+        name: e.name.clone(),
+        reqs: e.num_requests,
+        fails: e.num_failures,
+        throttled: e.num_throttled,
+        median: ms(e.median_ms),
+        p95: ms(e.percentile(0.95).unwrap_or(0.0)),
+        p99: ms(e.percentile(0.99).unwrap_or(0.0)),
+        p999: ms(e.percentile(0.999).unwrap_or(0.0)),
+        avg: ms(e.avg_ms),
+        min: ms(e.min_ms),
+        max: ms(e.max_ms),
+        size: format!("{:.0}", e.avg_content_size),
+        rps: format!("{:.2}", e.rps),
+    };
+    let mut rows: Vec<Row> = snap.entries.iter().map(row).collect();
+    rows.push(row(&snap.total));
+    let ended = live
+        .ended_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or(snap.now);
+    let info = &app.clients.info;
+    let leaked = match live
+        .cleanup
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .outcome
+        .as_ref()
+    {
+        Some(o) => match o.leaked {
+            Some(0) => "nothing left in the cloud".to_string(),
+            Some(n) => format!("{n} resources still in the cloud"),
+            None => "the cloud could not be listed".to_string(),
+        },
+        None => "clean-up has not run yet".to_string(),
+    };
+    let points: Vec<serde_json::Value> = history.iter().map(history_point).collect();
+    let data = serde_json::json!({ "history": points }).to_string();
+    let page = Report {
+        run_id: s.run_id.clone(),
+        profile: live.profile.clone(),
+        started: humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(s.started_at),
+        )
+        .to_string(),
+        duration: humantime::format_duration(std::time::Duration::from_secs(
+            (ended - s.started_at).max(0.0) as u64,
+        ))
+        .to_string(),
+        target: format!(
+            "EC2 {} · S3 {} · region {}",
+            info.ec2_endpoint, info.s3_endpoint, info.region
+        ),
+        peak_users: s.engine.peak_users(),
+        rows,
+        errors: snap
+            .errors
+            .iter()
+            .map(|e| ErrRow {
+                name: e.name.clone(),
+                code: e.code.clone(),
+                message: e.message.clone(),
+                count: e.count,
+            })
+            .collect(),
+        resources: s
+            .tracker
+            .counts()
+            .into_iter()
+            .map(|(k, c)| ResRow {
+                kind: k.as_str(),
+                created: c.created,
+                alive: c.alive,
+                deleted: c.deleted,
+            })
+            .collect(),
+        leaked,
+        // Inline text must not close its own element.
+        style: style.replace("</", "<\\/"),
+        charts_js: charts_js.replace("</", "<\\/"),
+        data_json: data.replace("</", "<\\/"),
+    };
+    let mut resp = render(&page);
+    if q.download.is_some() {
+        let v = format!(
+            "attachment; filename=\"cloudswarm_{}_report.html\"",
+            s.run_id
+        );
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    resp
+}

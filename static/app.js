@@ -1,0 +1,241 @@
+// The dashboard's behaviour: polls /stats/requests every second, fills the
+// top bar and tables, keeps the chart history (loaded from the server, so a
+// reload keeps it), and drives the start/edit form, stop, reset and clean-up.
+(function () {
+  "use strict";
+  var $ = function (id) { return document.getElementById(id); };
+  var history = [];
+  var last = null;
+  var sort = { stats: null, failures: { key: "occurrences", dir: -1 } };
+  var editing = false;
+
+  function num(v, digits) {
+    if (v === null || v === undefined || isNaN(v)) return "";
+    if (digits === undefined) digits = v >= 100 ? 0 : v >= 10 ? 1 : 2;
+    return Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  }
+  function bytes(v) {
+    var u = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0;
+    while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
+    return (i ? v.toFixed(1) : v) + " " + u[i];
+  }
+  function when(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
+  function cell(tr, text, cls) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  // ---- tabs
+  function showTab(name) {
+    document.querySelectorAll(".tab").forEach(function (a) { a.classList.toggle("active", a.dataset.tab === name); });
+    document.querySelectorAll(".tab-body").forEach(function (s) { s.hidden = s.id !== "tab-" + name; });
+    if (name === "charts") CloudswarmCharts.drawAll(history);
+  }
+  document.querySelectorAll(".tab").forEach(function (a) {
+    a.addEventListener("click", function (e) { e.preventDefault(); showTab(a.dataset.tab); history_replace(a.dataset.tab); });
+  });
+  function history_replace(tab) { try { window.history.replaceState(null, "", "#" + tab); } catch (e) { /* file:// */ } }
+  if (location.hash && $("tab-" + location.hash.slice(1))) showTab(location.hash.slice(1));
+
+  // ---- sorting
+  function sortable(tableId, which) {
+    document.querySelectorAll("#" + tableId + " th[data-key]").forEach(function (th) {
+      th.addEventListener("click", function () {
+        var s = sort[which];
+        sort[which] = { key: th.dataset.key, dir: s && s.key === th.dataset.key ? -s.dir : (th.classList.contains("num") ? -1 : 1) };
+        document.querySelectorAll("#" + tableId + " th").forEach(function (h) { h.classList.remove("asc", "desc"); });
+        th.classList.add(sort[which].dir > 0 ? "asc" : "desc");
+        render();
+      });
+    });
+  }
+  sortable("stats-table", "stats");
+  sortable("failures-table", "failures");
+  function sorted(rows, s) {
+    if (!s) return rows;
+    return rows.slice().sort(function (a, b) {
+      var x = a[s.key], y = b[s.key];
+      if (typeof x === "string") return s.dir * x.localeCompare(y);
+      return s.dir * ((x || 0) - (y || 0));
+    });
+  }
+
+  // ---- rendering
+  var STAT_COLS = [
+    ["method"], ["name"], ["num_requests", 0], ["num_failures", 0], ["median_response_time"],
+    ["response_time_percentile_0.95"], ["response_time_percentile_0.99"], ["response_time_percentile_0.999"],
+    ["avg_response_time"], ["min_response_time"], ["max_response_time"], ["avg_content_length", 0],
+    ["current_rps", 2], ["current_fail_per_sec", 2], ["num_throttled", 0]];
+  function statRow(r) {
+    var tr = document.createElement("tr");
+    tr.dataset.name = r.name;
+    STAT_COLS.forEach(function (c) {
+      var v = r[c[0]];
+      var td = cell(tr, typeof v === "number" ? num(v, c[1]) : v, typeof v === "number" ? "num" : "");
+      if (c[0] === "num_failures" && v > 0) td.classList.add("bad");
+      if (c[0] === "num_throttled" && v > 0) td.classList.add("warn");
+    });
+    return tr;
+  }
+
+  function render() {
+    var d = last;
+    if (!d) return;
+    var st = $("status");
+    st.textContent = d.state;
+    st.className = "state state-" + d.state.replace(/ /g, "-");
+    $("run-id").textContent = d.run_id || "—";
+    $("users").textContent = d.user_count + (d.target_user_count !== d.user_count && d.run_id ? " → " + d.target_user_count : "");
+    $("rps").textContent = num(d.total_rps, 1);
+    $("fail-ratio").textContent = num(d.fail_ratio * 100, 1) + "%";
+    $("fail-ratio").classList.toggle("bad", d.fail_ratio > 0);
+    $("live-resources").textContent = d.live_resources;
+    var running = d.state === "hatching" || d.state === "running";
+    $("stop-button").hidden = !running;
+    $("edit-button").hidden = !running || editing;
+    $("new-button").hidden = running || !$("swarm-panel").hidden || d.state === "stopping" || d.state === "cleaning up";
+    if (!running && editing) closeForm();
+
+    // statistics
+    var rows = d.stats.filter(function (r) { return r.name !== "Aggregated"; });
+    var total = d.stats.filter(function (r) { return r.name === "Aggregated"; })[0];
+    var tb = document.querySelector("#stats-table tbody");
+    tb.replaceChildren.apply(tb, sorted(rows, sort.stats).map(statRow));
+    var tf = document.querySelector("#stats-table tfoot");
+    tf.replaceChildren.apply(tf, total && rows.length ? [statRow(total)] : []);
+    $("stats-empty").hidden = rows.length > 0;
+    $("classes").textContent = d.user_classes.length
+      ? "Users per class: " + d.user_classes.map(function (c) { return c.name + " " + c.count; }).join(" · ")
+      : "";
+
+    // failures
+    var fb = document.querySelector("#failures-table tbody");
+    fb.replaceChildren.apply(fb, sorted(d.errors, sort.failures).map(function (e) {
+      var tr = document.createElement("tr");
+      cell(tr, num(e.occurrences, 0), "num");
+      cell(tr, e.name);
+      cell(tr, e.code + (e.throttled ? " (throttled)" : ""), e.throttled ? "warn" : "bad");
+      cell(tr, e.message, "message");
+      cell(tr, when(e.first_seen));
+      cell(tr, when(e.last_seen));
+      return tr;
+    }));
+    var nerr = d.errors.reduce(function (a, e) { return a + e.occurrences; }, 0);
+    $("failure-count").textContent = nerr ? num(nerr, 0) : "";
+    $("failures-empty").hidden = d.errors.length > 0;
+
+    // resources
+    var rb = document.querySelector("#resources-table tbody");
+    rb.replaceChildren.apply(rb, d.resources.map(function (r) {
+      var tr = document.createElement("tr");
+      tr.dataset.kind = r.kind;
+      cell(tr, r.kind);
+      cell(tr, num(r.created, 0), "num");
+      cell(tr, r.kind === "objects" && r.bytes !== undefined ? num(r.alive, 0) + " (" + bytes(r.bytes) + ")" : num(r.alive, 0), "num");
+      cell(tr, num(r.deleted, 0), "num");
+      cell(tr, r.cap === null || r.cap === undefined ? "" : r.cap_unit === "bytes" ? bytes(r.cap) : num(r.cap, 0), "num");
+      return tr;
+    }));
+    var capped = Object.keys(d.capped || {});
+    $("capped").textContent = capped.length
+      ? "Kept from creating by budget caps: " + capped.map(function (k) { return k + " " + d.capped[k]; }).join(", ")
+      : "";
+    var c = d.cleanup || {};
+    $("cleanup-button").disabled = !d.run_id || d.state !== "stopped" || c.running;
+    var cs = "";
+    if (c.running) cs = "cleaning up…";
+    else if (c.outcome) {
+      var o = c.outcome;
+      cs = o.leaked === 0 ? "done: nothing of the run is left in the cloud"
+        : o.leaked === null || o.leaked === undefined ? "done, but the cloud could not be listed: " + (o.list_error || "")
+        : "done: " + o.leaked + " resources still in the cloud";
+    }
+    $("cleanup-status").textContent = cs;
+    $("cleanup-log").textContent = (c.log || []).join("\n");
+
+    if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history);
+  }
+
+  // ---- polling
+  function lastT() { return history.length ? history[history.length - 1].t : 0; }
+  function poll() {
+    Promise.all([
+      fetch("/stats/requests", { cache: "no-store" }).then(function (r) { return r.json(); }),
+      fetch("/stats/history?since=" + lastT(), { cache: "no-store" }).then(function (r) { return r.json(); })
+    ]).then(function (res) {
+      if (last && res[0].run_id !== last.run_id) history = [];
+      last = res[0];
+      var h = res[1].history || [];
+      if (h.length && h[0].t < lastT()) history = h; else history = history.concat(h);
+      render();
+    }).catch(function () {
+      $("status").textContent = "offline";
+      $("status").className = "state state-offline";
+    }).finally(function () { setTimeout(poll, 1000); });
+  }
+
+  // ---- form
+  function openForm(edit) {
+    editing = edit;
+    $("swarm-panel").hidden = false;
+    $("form-title").textContent = edit ? "Edit running swarm" : "Start new swarm";
+    $("swarm-submit").textContent = edit ? "Update swarm" : "Start swarm";
+    $("profile").disabled = edit;
+    $("form-cancel").hidden = false;
+    if (edit && last) {
+      $("user_count").value = last.target_user_count;
+      $("spawn_rate").value = last.spawn_rate;
+      if (last.profile) $("profile").value = last.profile;
+    }
+    render();
+  }
+  function closeForm() {
+    editing = false;
+    $("swarm-panel").hidden = true;
+    render();
+  }
+  function clearErrors() {
+    document.querySelectorAll(".field-error").forEach(function (s) { s.textContent = ""; });
+    document.querySelectorAll(".field").forEach(function (f) { f.classList.remove("invalid"); });
+    $("form-error").textContent = "";
+  }
+  $("swarm-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    clearErrors();
+    var body = new URLSearchParams();
+    ["user_count", "spawn_rate", "run_time"].forEach(function (k) { body.append(k, $(k).value); });
+    if (!editing) body.append("profile", $("profile").value);
+    $("swarm-submit").disabled = true;
+    $("form-error").textContent = editing ? "" : "preflight: checking the target…";
+    fetch("/swarm", { method: "POST", body: body }).then(function (r) {
+      return r.json().then(function (j) { return { ok: r.ok, j: j }; });
+    }).then(function (res) {
+      $("form-error").textContent = "";
+      if (res.ok) { closeForm(); return; }
+      var span = res.j.field && document.querySelector('.field-error[data-for="' + res.j.field + '"]');
+      if (span) { span.textContent = res.j.message; span.parentNode.classList.add("invalid"); }
+      else $("form-error").textContent = res.j.message;
+    }).catch(function (err) {
+      $("form-error").textContent = "cannot reach the dashboard: " + err;
+    }).finally(function () { $("swarm-submit").disabled = false; });
+  });
+  $("edit-button").addEventListener("click", function () { openForm(true); });
+  $("new-button").addEventListener("click", function () { openForm(false); });
+  $("form-cancel").addEventListener("click", closeForm);
+  $("stop-button").addEventListener("click", function () { fetch("/stop", { method: "POST" }); });
+  $("reset-button").addEventListener("click", function () { fetch("/stats/reset", { method: "POST" }); });
+  $("cleanup-button").addEventListener("click", function () { fetch("/cleanup", { method: "POST" }); });
+  window.addEventListener("resize", function () { if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history); });
+
+  // First state: the form is open only when nothing runs.
+  fetch("/stats/requests").then(function (r) { return r.json(); }).then(function (d) {
+    last = d;
+    if (d.state === "hatching" || d.state === "running" || d.state === "stopping" || d.state === "cleaning up") $("swarm-panel").hidden = true;
+    if (d.state === "stopped") { $("swarm-panel").hidden = true; }
+    $("form-cancel").hidden = d.state === "ready";
+    render();
+  }).finally(poll);
+})();

@@ -1,0 +1,115 @@
+// cloudswarm's charts: small line charts on <canvas>, no library, so the
+// dashboard and the HTML report work offline. CloudswarmCharts.drawAll(history)
+// draws the three standard charts from /stats/history points
+// ({t, users, rps, fails, p50, p95}).
+(function (root) {
+  "use strict";
+  var COLORS = { rps: "#3fb68b", fails: "#ff6b6b", p50: "#f2c94c", p95: "#a78bfa", users: "#58a6ff" };
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    var p = Math.pow(10, Math.floor(Math.log10(v)));
+    var steps = [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < steps.length; i++) if (steps[i] * p >= v) return steps[i] * p;
+    return 10 * p;
+  }
+
+  function fmt(v) {
+    if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
+    if (v >= 1e4) return (v / 1e3).toFixed(0) + "k";
+    if (v >= 100) return v.toFixed(0);
+    if (v >= 10) return v.toFixed(1);
+    return v.toFixed(2).replace(/\.?0+$/, "") || "0";
+  }
+
+  function clock(t) {
+    var d = new Date(t * 1000);
+    return d.toTimeString().slice(0, 8);
+  }
+
+  // Draws series [{label, color, values}] against times (unix seconds).
+  function line(canvas, times, series) {
+    var dpr = root.devicePixelRatio || 1;
+    var w = canvas.clientWidth || 400, h = canvas.clientHeight || 220;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    var ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    var css = root.getComputedStyle ? root.getComputedStyle(canvas) : null;
+    var fg = (css && css.color) || "#9fb0c0";
+    var m = { l: 48, r: 12, t: 22, b: 22 };
+    var pw = w - m.l - m.r, ph = h - m.t - m.b;
+    var max = 0;
+    series.forEach(function (s) { s.values.forEach(function (v) { if (v > max) max = v; }); });
+    max = niceMax(max);
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillStyle = fg;
+    ctx.strokeStyle = "rgba(127,140,155,0.25)";
+    ctx.lineWidth = 1;
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (var g = 0; g <= 4; g++) {
+      var y = m.t + ph - (ph * g) / 4;
+      ctx.beginPath(); ctx.moveTo(m.l, y + 0.5); ctx.lineTo(m.l + pw, y + 0.5); ctx.stroke();
+      ctx.fillText(fmt((max * g) / 4), m.l - 6, y);
+    }
+    var n = times.length;
+    if (n === 0) {
+      ctx.textAlign = "center";
+      ctx.fillText("no data yet", m.l + pw / 2, m.t + ph / 2);
+      return;
+    }
+    var t0 = times[0], t1 = times[n - 1], span = Math.max(t1 - t0, 1);
+    var x = function (t) { return m.l + (pw * (t - t0)) / span; };
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    for (var k = 0; k <= 3; k++) {
+      var tt = t0 + (span * k) / 3;
+      ctx.fillText(clock(tt), Math.min(Math.max(x(tt), m.l + 24), m.l + pw - 24), m.t + ph + 6);
+    }
+    series.forEach(function (s) {
+      ctx.strokeStyle = s.color;
+      ctx.lineWidth = 1.8;
+      ctx.beginPath();
+      for (var i = 0; i < n; i++) {
+        var px = n === 1 ? m.l + pw : x(times[i]);
+        var py = m.t + ph - (ph * (s.values[i] || 0)) / max;
+        if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+      }
+      if (n === 1) ctx.lineTo(m.l, m.t + ph - (ph * (s.values[0] || 0)) / max);
+      ctx.stroke();
+    });
+    // Legend, with each series' latest value.
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    var lx = m.l;
+    series.forEach(function (s) {
+      var label = s.label + " " + fmt(s.values[n - 1] || 0);
+      ctx.fillStyle = s.color;
+      ctx.fillRect(lx, 6, 10, 10);
+      ctx.fillStyle = fg;
+      ctx.fillText(label, lx + 14, 11);
+      lx += ctx.measureText(label).width + 30;
+    });
+  }
+
+  function drawAll(history) {
+    var doc = root.document;
+    var times = history.map(function (p) { return p.t; });
+    var col = function (k) { return history.map(function (p) { return p[k]; }); };
+    var c;
+    if ((c = doc.getElementById("chart-rps"))) line(c, times, [
+      { label: "RPS", color: COLORS.rps, values: col("rps") },
+      { label: "Failures/s", color: COLORS.fails, values: col("fails") }]);
+    if ((c = doc.getElementById("chart-times"))) line(c, times, [
+      { label: "Median", color: COLORS.p50, values: col("p50") },
+      { label: "95%ile", color: COLORS.p95, values: col("p95") }]);
+    if ((c = doc.getElementById("chart-users"))) line(c, times, [
+      { label: "Users", color: COLORS.users, values: col("users") }]);
+  }
+
+  root.CloudswarmCharts = { line: line, drawAll: drawAll };
+})(window);

@@ -1,0 +1,714 @@
+//! The dashboard against a real moto: its HTTP API (validation, token,
+//! downloads) and the page itself in a real headless Chromium.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace(' ', "+")))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn json(r: &Reply) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn row<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+}
+
+#[test]
+fn api_validates_input_and_leaves_the_running_swarm_alone() {
+    let moto = Moto::start();
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::copy("profiles/smoke.toml", profiles.path().join("smoke.toml")).unwrap();
+    std::fs::write(
+        profiles.path().join("broken.toml"),
+        "[[user]]\nname = \"x\"\n[[user.task]]\nop = \"ec2:LaunchRockets\"\n",
+    )
+    .unwrap();
+    let d = Dashboard::start(
+        &moto,
+        &["--profiles-dir", profiles.path().to_str().unwrap()],
+    );
+    assert_eq!(d.requests()["state"], "ready");
+    let post = |body: &str| d.http("POST", "/swarm", &[], body);
+
+    // Bad input before any run: a 400 naming the field.
+    for (body, field, says) in [
+        (
+            form(&[
+                ("user_count", "-5"),
+                ("spawn_rate", "1"),
+                ("profile", "smoke"),
+            ]),
+            "user_count",
+            "-5",
+        ),
+        (
+            form(&[
+                ("user_count", "ten"),
+                ("spawn_rate", "1"),
+                ("profile", "smoke"),
+            ]),
+            "user_count",
+            "ten",
+        ),
+        (
+            form(&[
+                ("user_count", "0"),
+                ("spawn_rate", "1"),
+                ("profile", "smoke"),
+            ]),
+            "user_count",
+            "0 users",
+        ),
+        (
+            form(&[
+                ("user_count", "5000000000"),
+                ("spawn_rate", "1"),
+                ("profile", "smoke"),
+            ]),
+            "user_count",
+            "1000000",
+        ),
+        (
+            form(&[
+                ("user_count", "2"),
+                ("spawn_rate", "0"),
+                ("profile", "smoke"),
+            ]),
+            "spawn_rate",
+            "hatch rate",
+        ),
+        (
+            form(&[
+                ("user_count", "2"),
+                ("spawn_rate", "1"),
+                ("profile", "nope"),
+            ]),
+            "profile",
+            "unknown profile `nope`",
+        ),
+        (
+            form(&[
+                ("user_count", "2"),
+                ("spawn_rate", "1"),
+                ("profile", "../smoke"),
+            ]),
+            "profile",
+            "unknown profile",
+        ),
+        (
+            form(&[
+                ("user_count", "2"),
+                ("spawn_rate", "1"),
+                ("profile", "broken"),
+            ]),
+            "profile",
+            "ec2:LaunchRockets",
+        ),
+        (
+            form(&[
+                ("user_count", "2"),
+                ("spawn_rate", "1"),
+                ("profile", "smoke"),
+                ("run_time", "a while"),
+            ]),
+            "run_time",
+            "a while",
+        ),
+    ] {
+        let r = post(&body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let j = json(&r);
+        assert_eq!(j["field"], field, "{body}: {j}");
+        assert!(j["message"].as_str().unwrap().contains(says), "{body}: {j}");
+    }
+    let broken = json(&post(&form(&[
+        ("user_count", "2"),
+        ("spawn_rate", "1"),
+        ("profile", "broken"),
+    ])));
+    assert!(
+        broken["message"].as_str().unwrap().contains("broken.toml:"),
+        "file and line: {broken}"
+    );
+    assert_eq!(d.requests()["state"], "ready");
+
+    // A JSON body works too (scripts).
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Content-Type", "application/json")],
+        r#"{"user_count": 3, "spawn_rate": 10, "profile": "smoke.toml"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run_id = json(&r)["run_id"].as_str().unwrap().to_string();
+    let v = d.wait_for(
+        "3 users and requests of both services",
+        Duration::from_secs(60),
+        |v| {
+            v["user_count"] == 3
+                && row(v, "ec2:DescribeInstances").is_some()
+                && row(v, "s3:PutObject").is_some()
+        },
+    );
+    assert_eq!(v["run_id"], run_id.as_str());
+    assert_eq!(v["profile"], "smoke");
+
+    // Bad edits are refused and change nothing.
+    for body in [
+        form(&[("user_count", "-1"), ("spawn_rate", "1")]),
+        form(&[("user_count", "4"), ("spawn_rate", "-2")]),
+        form(&[
+            ("user_count", "4"),
+            ("spawn_rate", "1"),
+            ("profile", "broken"),
+        ]),
+    ] {
+        let r = post(&body);
+        assert!(
+            r.status == 400 || r.status == 409,
+            "{body}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(json(&r)["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let v = d.requests();
+    assert_eq!(v["target_user_count"], 3, "{v}");
+    assert!(
+        matches!(v["state"].as_str(), Some("running" | "hatching")),
+        "{v}"
+    );
+
+    // A good edit takes effect.
+    let r = post(&form(&[("user_count", "5"), ("spawn_rate", "10")]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.wait_for("5 users", Duration::from_secs(30), |v| v["user_count"] == 5);
+
+    // Reset clears the counts but not the run.
+    let before = d.requests()["stats"].as_array().unwrap().len();
+    assert!(before > 0);
+    assert_eq!(d.http("GET", "/stats/reset", &[], "").status, 200);
+    let after = d.requests();
+    let total = row(&after, "Aggregated").unwrap()["num_requests"]
+        .as_u64()
+        .unwrap();
+    assert!(total < 50, "reset left {total} requests: {after}");
+    assert_eq!(after["run_id"], run_id.as_str());
+
+    // Stop: users finish, clean-up deletes everything, the state says stopped.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(d.http("GET", "/stop", &[], "").status, 200);
+    let v = d.wait_for("stopped and cleaned up", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+    assert_eq!(v["live_resources"], 0, "{v}");
+    assert_eq!(v["cleanup"]["outcome"]["leaked"], 0, "{v}");
+    assert!(v["ended_at"].as_f64().is_some());
+
+    // Downloads of the finished run.
+    let csv = d.http("GET", "/stats/requests/csv", &[], "");
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-disposition").unwrap().contains(&run_id));
+    let mut lines = csv.body.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("Type,Name,Request Count,Failure Count,Median Response Time")
+    );
+    let names: Vec<&str> = lines.map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert!(
+        names.contains(&"ec2:DescribeInstances") && names.contains(&"s3:PutObject"),
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"Aggregated"));
+    let hist = d.http("GET", "/stats/history/csv", &[], "");
+    assert!(hist.body.lines().count() > 3, "{}", hist.body);
+    let fails = d.http("GET", "/stats/failures/csv", &[], "");
+    assert!(fails.body.starts_with("Method,Name,Error,Occurrences"));
+    let report = d.http("GET", "/report", &[], "");
+    assert_eq!(report.status, 200);
+    for must in [
+        "<style>",
+        "CloudswarmCharts.drawAll",
+        "s3:PutObject",
+        &run_id,
+    ] {
+        assert!(report.body.contains(must), "report lacks {must}");
+    }
+    assert!(
+        !report.body.contains("src=\"http") && !report.body.contains("href=\"/static"),
+        "the report loads nothing from elsewhere"
+    );
+    let rj = json(&d.http("GET", "/report.json", &[], ""));
+    assert_eq!(rj["run_id"], run_id.as_str());
+    assert_eq!(rj["resources"]["leaked"], 0);
+
+    // Nothing runs now: stop is a conflict, clean-up again is fine.
+    assert_eq!(d.http("GET", "/stop", &[], "").status, 409);
+    assert_eq!(d.http("POST", "/cleanup", &[], "").status, 200);
+}
+
+#[test]
+fn a_dashboard_that_cannot_reach_its_cloud_says_so_and_keeps_serving() {
+    // Point the dashboard at a port nothing listens on.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let d = Dashboard::start_at(&dead, &["--connect-timeout", "2s"]);
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[],
+        &form(&[
+            ("user_count", "2"),
+            ("spawn_rate", "1"),
+            ("profile", "smoke"),
+        ]),
+    );
+    assert_eq!(r.status, 502, "{}", r.body);
+    let m = json(&r)["message"].as_str().unwrap().to_string();
+    assert!(
+        m.contains(&dead) || m.contains("refused") || m.contains("connect"),
+        "{m}"
+    );
+    assert_eq!(d.requests()["state"], "ready");
+}
+
+#[test]
+fn exposing_the_dashboard_needs_a_token_and_every_call_checks_it() {
+    let moto = Moto::start();
+    // Not loopback and no token: refuses to start.
+    let out = cloudswarm()
+        .args([
+            "serve",
+            "--bind",
+            "0.0.0.0:0",
+            "--ec2-endpoint",
+            &moto.url,
+            "--s3-endpoint",
+            &moto.url,
+        ])
+        .env_remove("CLOUDSWARM_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without an access token") && err.contains("--token"),
+        "{err}"
+    );
+    let out = cloudswarm()
+        .args(["serve", "--bind", "0.0.0.0:0", "--token", "short"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let token = "correct-horse-battery-staple";
+    let d = Dashboard::start(&moto, &["--token", token]);
+    let bearer = format!("Bearer {token}");
+    for path in [
+        "/stats/requests",
+        "/stats/requests/csv",
+        "/report.json",
+        "/static/app.js",
+    ] {
+        let r = d.http("GET", path, &[], "");
+        assert_eq!(r.status, 401, "{path} without a token: {}", r.body);
+        let r = d.http(
+            "GET",
+            path,
+            &[("Authorization", "Bearer wrong-token-wrong-token")],
+            "",
+        );
+        assert_eq!(r.status, 401, "{path} with a wrong token");
+    }
+    assert_eq!(
+        d.http("GET", "/stats/requests", &[("Authorization", &bearer)], "")
+            .status,
+        200
+    );
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[],
+        &form(&[
+            ("user_count", "1"),
+            ("spawn_rate", "1"),
+            ("profile", "smoke"),
+        ]),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        requests_with(&d, &bearer)["state"],
+        "ready",
+        "the refused start started nothing"
+    );
+    // A browser is sent to the login form; the form sets the cookie.
+    let r = d.http("GET", "/", &[("Accept", "text/html")], "");
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/login"));
+    let r = d.http("POST", "/login", &[], &format!("token={}", "nope"));
+    assert_eq!(r.status, 401);
+    let r = d.http("POST", "/login", &[], &format!("token={token}"));
+    assert_eq!(r.status, 303);
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(r.header("set-cookie").unwrap().contains("HttpOnly"));
+    let page = d.http("GET", "/", &[("Cookie", &cookie)], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("swarm-form"));
+    assert!(!page.body.contains("testing"), "no credentials in the page");
+    // Another site cannot post into it, even with the cookie.
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Cookie", &cookie), ("Origin", "http://evil.example")],
+        &form(&[
+            ("user_count", "1"),
+            ("spawn_rate", "1"),
+            ("profile", "smoke"),
+        ]),
+    );
+    assert_eq!(r.status, 403);
+}
+
+fn requests_with(d: &Dashboard, bearer: &str) -> Value {
+    json(&d.http("GET", "/stats/requests", &[("Authorization", bearer)], ""))
+}
+
+/// A chromedriver on a free port, driving Debian's headless Chromium.
+struct Driver {
+    child: Child,
+    port: u16,
+    profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (scripts/setup.sh installs chromium-driver)"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver {
+            child,
+            port,
+            profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn browser(&self) -> fantoccini::Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), "chrome".into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1500,950",
+                    "--force-device-scale-factor=1",
+                    format!("--user-data-dir={}", self.profile.path().display()),
+                ]
+            }),
+        );
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn js(b: &fantoccini::Client, script: &str) -> Value {
+    b.execute(script, vec![]).await.unwrap()
+}
+
+/// Polls a script until it returns something truthy.
+async fn until(b: &fantoccini::Client, what: &str, timeout: Duration, script: &str) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = js(b, script).await;
+        let truthy = match &v {
+            Value::Null | Value::Bool(false) => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn fill(b: &fantoccini::Client, id: &str, value: &str) {
+    let e = b.find(fantoccini::Locator::Id(id)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn click(b: &fantoccini::Client, css: &str) {
+    b.find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Pixels of the chart's first series colour inside its plot area.
+const LINE_PIXELS: &str = r#"
+  const c = document.getElementById(arguments[0] || 'chart-rps');
+  const ctx = c.getContext('2d');
+  const top = Math.ceil(24 * (window.devicePixelRatio || 1));
+  const d = ctx.getImageData(0, top, c.width, c.height - top).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4)
+    if (Math.abs(d[i] - 63) < 12 && Math.abs(d[i+1] - 182) < 12 && Math.abs(d[i+2] - 139) < 12 && d[i+3] > 200) n++;
+  return n;
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_starts_edits_stops_and_downloads() {
+    let moto = Moto::start();
+    let d = Dashboard::start(&moto, &[]);
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&d.url).await.unwrap();
+    until(
+        &b,
+        "the page script",
+        Duration::from_secs(10),
+        "return document.getElementById('status').textContent === 'ready'",
+    )
+    .await;
+    let options = js(
+        &b,
+        "return Array.from(document.querySelectorAll('#profile option')).map(o => o.value)",
+    )
+    .await;
+    for p in ["burn-in", "smoke", "storage"] {
+        assert!(
+            options.as_array().unwrap().iter().any(|o| o == p),
+            "{options}"
+        );
+    }
+
+    // Bad input: a message next to the field, nothing starts.
+    js(
+        &b,
+        "document.getElementById('profile').value = 'smoke'; return 1",
+    )
+    .await;
+    fill(&b, "user_count", "-4").await;
+    click(&b, "#swarm-submit").await;
+    let msg = until(
+        &b,
+        "the field error",
+        Duration::from_secs(10),
+        "return document.querySelector('.field-error[data-for=user_count]').textContent",
+    )
+    .await;
+    assert!(msg.as_str().unwrap().contains("-4"), "{msg}");
+    assert_eq!(d.requests()["state"], "ready");
+
+    // Start from the form.
+    fill(&b, "user_count", "3").await;
+    fill(&b, "spawn_rate", "5").await;
+    click(&b, "#swarm-submit").await;
+    let names = until(&b, "ec2 and s3 rows in the statistics table", Duration::from_secs(60), r#"
+        const n = Array.from(document.querySelectorAll('#stats-table tbody tr')).map(r => r.dataset.name);
+        return n.some(x => x.startsWith('ec2:')) && n.some(x => x.startsWith('s3:')) ? n : null;
+    "#).await;
+    assert!(
+        names
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "s3:PutObject"),
+        "{names}"
+    );
+    until(&b, "the Aggregated row", Duration::from_secs(10),
+        "return document.querySelector('#stats-table tfoot tr') && document.querySelector('#stats-table tfoot tr').dataset.name === 'Aggregated'").await;
+    let status = js(&b, "return document.getElementById('status').textContent").await;
+    assert!(
+        matches!(status.as_str(), Some("running" | "hatching")),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shot = b.screenshot().await.unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join("dashboard.png"), &shot).unwrap();
+    assert!(shot.len() > 10_000 && shot.starts_with(b"\x89PNG"));
+
+    // Charts draw their lines from the server's history.
+    click(&b, "a[data-tab=charts]").await;
+    let px = until(
+        &b,
+        "the RPS line",
+        Duration::from_secs(20),
+        &format!("const n = (function() {{ {LINE_PIXELS} }})(); return n > 40 ? n : null"),
+    )
+    .await;
+    assert!(px.as_u64().unwrap() > 40);
+    std::fs::write(
+        dir.join("dashboard-charts.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    // A reload keeps the history (it comes from the server).
+    b.refresh().await.unwrap();
+    click(&b, "a[data-tab=charts]").await;
+    until(
+        &b,
+        "the RPS line after a reload",
+        Duration::from_secs(10),
+        &format!("const n = (function() {{ {LINE_PIXELS} }})(); return n > 40 ? n : null"),
+    )
+    .await;
+    click(&b, "a[data-tab=stats]").await;
+
+    // Edit the running swarm: the user count follows.
+    until(
+        &b,
+        "the Edit button",
+        Duration::from_secs(10),
+        "return !document.getElementById('edit-button').hidden",
+    )
+    .await;
+    click(&b, "#edit-button").await;
+    let title = js(
+        &b,
+        "return document.getElementById('form-title').textContent",
+    )
+    .await;
+    assert_eq!(title, "Edit running swarm");
+    fill(&b, "user_count", "6").await;
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "6 users in the top bar",
+        Duration::from_secs(30),
+        "return document.getElementById('users').textContent === '6'",
+    )
+    .await;
+    assert_eq!(d.requests()["user_count"], 6);
+
+    // Stop: the state goes to stopped once clean-up is done.
+    click(&b, "#stop-button").await;
+    until(
+        &b,
+        "stopped",
+        Duration::from_secs(120),
+        "return document.getElementById('status').textContent === 'stopped'",
+    )
+    .await;
+    click(&b, "a[data-tab=resources]").await;
+    let cleanup = until(
+        &b,
+        "the clean-up verdict",
+        Duration::from_secs(10),
+        "return document.getElementById('cleanup-status').textContent",
+    )
+    .await;
+    assert!(
+        cleanup
+            .as_str()
+            .unwrap()
+            .contains("nothing of the run is left"),
+        "{cleanup}"
+    );
+    assert_eq!(
+        js(
+            &b,
+            "return document.getElementById('live-resources').textContent"
+        )
+        .await,
+        "0"
+    );
+
+    // Download the CSV through the page's link and check its rows.
+    click(&b, "a[data-tab=download]").await;
+    let csv = b
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(document.getElementById('dl-stats').href).then(r => r.text()).then(done);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0][..4],
+        ["Type", "Name", "Request Count", "Failure Count"]
+    );
+    let agg = rows
+        .iter()
+        .find(|r| r[1] == "Aggregated")
+        .expect("Aggregated row");
+    assert!(agg[2].parse::<u64>().unwrap() > 0, "{csv}");
+    assert!(
+        rows.iter().any(|r| r[0] == "ec2") && rows.iter().any(|r| r[0] == "s3"),
+        "{csv}"
+    );
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_logs_in_with_the_token() {
+    let moto = Moto::start();
+    let token = "another-long-access-token";
+    let d = Dashboard::start(&moto, &["--token", token]);
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&d.url).await.unwrap();
+    assert!(b.current_url().await.unwrap().path() == "/login");
+    fill(&b, "token", "wrong").await;
+    click(&b, "button[type=submit]").await;
+    until(&b, "the error", Duration::from_secs(10),
+        "return document.getElementById('login-error') && document.getElementById('login-error').textContent").await;
+    fill(&b, "token", token).await;
+    click(&b, "button[type=submit]").await;
+    until(&b, "the dashboard", Duration::from_secs(10),
+        "return document.getElementById('status') && document.getElementById('status').textContent === 'ready'").await;
+    b.close().await.unwrap();
+}
