@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cloudswarm's local cloud and tests need, skipping what is there:
 #   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx,
-#                               openssl, chromium and chromium-driver (Debian), s3s-fs
+#                               openssl, chromium, chromium-driver and prometheus (Debian), s3s-fs
 #                               (crates.io) into .tools
 #   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
 set -euo pipefail
@@ -40,6 +40,8 @@ apt_need openssl openssl
 # The dashboard's browser tests drive headless Chromium through chromedriver.
 apt_need chromium chromium
 apt_need chromedriver chromium-driver
+# The metrics test scrapes cloudswarm with a real Prometheus.
+apt_need prometheus prometheus
 
 # An S3 server that checks SigV4 signatures, for the wrong-credentials tests.
 TOOLS=${CLOUDSWARM_TOOLS:-$PWD/.tools}

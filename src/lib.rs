@@ -3,13 +3,15 @@
 //! Data flow: [`profile`] (what users do) → [`engine`] (hatches and runs
 //! users) → [`tasks`] (cloud ops through the AWS SDK, against the [`target`],
 //! creating resources tracked by [`resources`]) → [`stats`] (exact
-//! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs).
+//! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs) and
+//! [`metrics`] (Prometheus).
 //! [`session`] is one run's life; [`run`] drives it headless and [`web`]
 //! from the browser dashboard; [`reclaim`] cleans up
 //! after runs; [`cli`] is the command line.
 
 pub mod cli;
 pub mod engine;
+pub mod metrics;
 pub mod output;
 pub mod profile;
 pub mod reclaim;

@@ -221,6 +221,11 @@ impl Tracker {
         Ok(seq)
     }
 
+    /// Creates of a kind sent and not answered yet.
+    pub fn pending(&self, kind: Kind) -> u64 {
+        self.lock().pending.get(&kind).copied().unwrap_or(0)
+    }
+
     /// Gives back a reservation whose create was never sent.
     pub fn release(&self, kind: Kind, n: u64) {
         if let Some(p) = self.lock().pending.get_mut(&kind) {

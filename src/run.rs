@@ -117,6 +117,9 @@ pub struct RunArgs {
     pub keep_resources: bool,
     #[command(flatten)]
     pub limits: Limits,
+    /// Serve Prometheus metrics on ADDR/metrics during the run (e.g. 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// Seconds between status lines (0: none)
     #[arg(long, default_value_t = 5)]
     pub status_every: u64,
@@ -263,6 +266,19 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         ctx.clients.info.region,
         tracker.dir().join("journal.jsonl").display()
     );
+
+    if let Some(addr) = args.metrics_bind {
+        crate::metrics::install();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
+        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            engine.clone(),
+            profile.name.clone(),
+        ));
+    }
 
     let t0 = Instant::now();
     engine.start();

@@ -583,6 +583,7 @@ impl Stats {
     /// Records one measured request.
     pub fn record(&self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
         self.lock().record(name, took, bytes, fail);
+        crate::metrics::record(name, took, bytes, fail);
     }
     pub fn lock(&self) -> MutexGuard<'_, StatsData> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

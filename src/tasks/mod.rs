@@ -429,6 +429,7 @@ impl User {
         };
         if let Err(StepError::Capped) = &r {
             ctx.stats.lock().count_capped(op.name());
+            crate::metrics::capped(op.name());
         }
         r
     }

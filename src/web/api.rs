@@ -732,6 +732,14 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(live) = app.current() {
+        crate::metrics::observe(&live.session.engine, &live.profile);
+    }
+    crate::metrics::response()
+}
+
 /// `GET /profiles`: the profiles the form offers.
 pub async fn profiles(State(app): State<Arc<App>>) -> Response {
     Json(json!({"profiles": app.profiles()})).into_response()

@@ -103,6 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/report.json", get(api::report_json))
         .route("/cleanup", post(api::cleanup))
         .route("/profiles", get(api::profiles))
+        .route("/metrics", get(api::metrics))
         .route("/login", get(auth::login_page).post(auth::login))
         .nest_service("/static", assets)
         .layer(axum::middleware::from_fn_with_state(
@@ -119,6 +120,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     check_exposure(&args.bind, args.token.as_deref())?;
     let profiles_dir = find_dir(args.profiles_dir.as_deref(), "profiles")?;
+    crate::metrics::install();
     let static_dir = find_dir(args.static_dir.as_deref(), "static")?;
     let clients = args
         .target

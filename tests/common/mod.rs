@@ -288,12 +288,17 @@ impl Dashboard {
 
     /// A dashboard whose EC2 and S3 endpoints are `cloud`.
     pub fn start_at(cloud: &str, extra: &[&str]) -> Dashboard {
+        Dashboard::start_with(cloud, cloud, extra)
+    }
+
+    /// A dashboard with these EC2 and S3 endpoints.
+    pub fn start_with(ec2: &str, s3: &str, extra: &[&str]) -> Dashboard {
         let port = free_port();
         let state = tempfile::tempdir().unwrap();
         let child = cloudswarm()
             .arg("serve")
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--ec2-endpoint", cloud, "--s3-endpoint", cloud])
+            .args(["--ec2-endpoint", ec2, "--s3-endpoint", s3])
             .args(["--state-dir", state.path().to_str().unwrap()])
             .args(["--stop-timeout", "10s"])
             .args(extra)

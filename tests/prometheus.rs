@@ -1,0 +1,383 @@
+//! Metrics against a real Prometheus: a swarm on moto (with an nginx in front
+//! of S3 that throttles HEAD requests, so errors and throttling have data),
+//! scraped through the dashboard's token; then every query of every panel of
+//! the Grafana dashboard must return data. Plus structural checks on the
+//! dashboard JSON and the headless `--metrics-bind`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn dashboard_json() -> Value {
+    let text = std::fs::read_to_string("grafana/dashboards/cloudswarm.json").unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(d: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner.iter());
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_json_is_well_formed() {
+    let d = dashboard_json();
+    let vars: HashSet<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(vars.contains("datasource") && vars.contains("instance") && vars.contains("op"));
+    let ds_var = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .unwrap();
+    assert_eq!(ds_var["type"], "datasource");
+    assert_eq!(ds_var["query"], "prometheus");
+
+    let mut ids = HashSet::new();
+    let mut cells = HashSet::new();
+    let all = panels(&d);
+    assert!(all.len() >= 12, "{} panels", all.len());
+    for p in &all {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("numeric id")),
+            "duplicate id in {title}"
+        );
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap(),
+            g["y"].as_u64().unwrap(),
+            g["w"].as_u64().unwrap(),
+            g["h"].as_u64().unwrap(),
+        );
+        assert!(w > 0 && h > 0 && x + w <= 24, "{title}: gridPos {g}");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "{title} overlaps another panel at {cx},{cy}"
+                );
+            }
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        let refs = std::iter::once(&p["datasource"]).chain(
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| &t["datasource"]),
+        );
+        for ds in refs {
+            assert_eq!(ds["type"], "prometheus", "{title}");
+            assert_eq!(
+                ds["uid"], "${datasource}",
+                "{title}: the datasource is the variable"
+            );
+        }
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            // Every $variable is defined (or one of Grafana's own).
+            for part in expr.split('$').skip(1) {
+                let name: String = part
+                    .trim_start_matches('{')
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    vars.contains(name.as_str()) || name.starts_with("__"),
+                    "{title}: ${name} is not a dashboard variable"
+                );
+            }
+            assert!(!expr.contains("[5m]"), "{title}: use $__rate_interval");
+        }
+    }
+}
+
+/// `s` with everything but unreserved characters percent-encoded.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str, token: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cloudswarm\n    authorization:\n      type: Bearer\n      credentials: {token}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let bin = std::env::var("PROMETHEUS").unwrap_or_else(|_| "/usr/bin/prometheus".into());
+        let child = Command::new(&bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e} (scripts/setup.sh installs prometheus)"));
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || http(port, "GET", "/-/ready", &[], "").status != 200
+        {
+            assert!(Instant::now() < deadline, "prometheus did not get ready");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        p
+    }
+
+    fn query(&self, q: &str) -> Value {
+        let r = http(
+            self.port,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(q)),
+            &[],
+            "",
+        );
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// S3 through nginx: HEAD requests (HeadObject) answer 503, the rest go to moto.
+fn throttling_proxy(moto: &Moto) -> Nginx {
+    Nginx::start(&format!(
+        r#"
+    location / {{
+      if ($request_method = HEAD) {{ return 503; }}
+      proxy_pass {};
+    }}
+"#,
+        moto.url
+    ))
+}
+
+#[test]
+fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
+    let moto = Moto::start();
+    let proxy = throttling_proxy(&moto);
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("metrics.toml"),
+        r#"
+[params]
+image_id = "auto"
+object_size = "4KiB"
+poll_interval = "200ms"
+[[user]]
+name = "compute"
+wait = { constant = 0.2 }
+[[user.task]]
+sequence = ["ec2:RunInstances", "ec2:instance-running", "ec2:TerminateInstances"]
+[[user.task]]
+sequence = ["ec2:CreateVolume", "ec2:volume-available", "ec2:DeleteVolume"]
+[[user]]
+name = "storage"
+wait = { constant = 0.1 }
+[[user.task]]
+sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
+"#,
+    )
+    .unwrap();
+    let token = "metrics-test-token-0123456789";
+    let d = Dashboard::start_with(
+        &moto.url,
+        &proxy.url,
+        &[
+            "--token",
+            token,
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+        ],
+    );
+    let bearer = format!("Bearer {token}");
+    // /metrics needs the token too.
+    assert_eq!(d.http("GET", "/metrics", &[], "").status, 401);
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Authorization", &bearer)],
+        "user_count=4&spawn_rate=10&profile=metrics",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
+
+    let exprs: Vec<(String, String)> = panels(&dashboard_json())
+        .into_iter()
+        .filter(|p| p["type"] != "row")
+        .flat_map(|p| {
+            p["targets"].as_array().unwrap().iter().map(move |t| {
+                (
+                    format!(
+                        "{} / {}",
+                        p["title"].as_str().unwrap(),
+                        t["refId"].as_str().unwrap()
+                    ),
+                    t["expr"]
+                        .as_str()
+                        .unwrap()
+                        .replace("$__rate_interval", "15s")
+                        .replace("$instance", ".*")
+                        .replace("$op", ".*"),
+                )
+            })
+        })
+        .collect();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    // Give the run time to produce every kind of sample, then require all.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut missing;
+    loop {
+        missing = Vec::new();
+        for (what, expr) in &exprs {
+            let v = prom.query(expr);
+            assert_eq!(v["status"], "success", "{what}: {expr}: {v}");
+            let result = v["data"]["result"].as_array().unwrap();
+            let has_number = result.iter().any(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .is_some_and(|n| n.is_finite())
+            });
+            if !has_number {
+                missing.push(format!("{what}: {expr}"));
+            }
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(
+        missing.is_empty(),
+        "queries without data:\n{}",
+        missing.join("\n")
+    );
+
+    // The figures agree with the dashboard's own statistics.
+    let throttled = prom.query("sum(cloudswarm_throttled_total{op=\"s3:HeadObject\"})");
+    let n: f64 = throttled["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n > 0.0);
+    let up = prom.query("up{job=\"cloudswarm\"}");
+    assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
+    let body = d
+        .http("GET", "/metrics", &[("Authorization", &bearer)], "")
+        .body;
+    assert!(!body.contains("testing"), "no credentials in the metrics");
+    assert!(!body.contains(&moto.url), "no endpoints in the metrics");
+    let runs = prom.query("cloudswarm_run_info == 1");
+    assert_eq!(
+        runs["data"]["result"][0]["metric"]["profile"], "metrics",
+        "{runs}"
+    );
+}
+
+#[test]
+fn a_headless_run_serves_metrics_on_metrics_bind() {
+    let moto = Moto::start();
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            "profiles/smoke.toml",
+            "-u",
+            "2",
+            "-r",
+            "4",
+            "-t",
+            "20s",
+        ])
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .args([
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--status-every",
+            "0",
+        ])
+        .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let r = http(port, "GET", "/metrics", &[], "");
+            if r.body
+                .contains("cloudswarm_requests_total{op=\"s3:PutObject\"}")
+                && r.body.contains("cloudswarm_provisioning_seconds_bucket")
+            {
+                break r.body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request metrics on --metrics-bind"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(body.contains("# TYPE cloudswarm_request_duration_seconds histogram"));
+    assert!(body.contains("le=\"1800\""), "buckets reach half an hour");
+    assert!(
+        body.contains("le=\"0.001\""),
+        "buckets start at a millisecond"
+    );
+    assert!(body.contains("cloudswarm_users{class=\"ec2\"}"));
+    assert!(body.contains("cloudswarm_run_info{"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
