@@ -5,8 +5,11 @@
 #   (examples/sdk_put_loop.rs) and Locust + boto3 (bench/locustfile.py),
 # each pinned to one core (nginx on the other), in one run; prints the ratios.
 # Then hatches many mostly idle users (profiles/bench-many-users.toml) and
-# prints the peak RSS.
+# prints the peak RSS. Then the dashboard: GET /stats/requests latency while
+# its engine runs bench-s3-put at full speed (target p99 < 50 ms), next to
+# the same client's latency against nginx in the same run.
 #   BENCH_SECONDS=15 BENCH_ROUNDS=3 BENCH_USERS=32 MANY_USERS=100000 scripts/bench.sh
+#   BENCH_ONLY=dashboard scripts/bench.sh      (the dashboard part alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECONDS:-15}
@@ -57,6 +60,46 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && brea
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
   AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+
+# The dashboard under load: a keep-alive client polls /stats/requests (as the
+# page does, but back to back) while the engine saturates the canned endpoint.
+dashboard_bench() {
+  local dport
+  dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$BIN/cloudswarm" serve --bind "127.0.0.1:$dport" --s3-endpoint "$URL" --state-dir "$W/state" >/dev/null 2>"$W/serve.err" &
+  local spid=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$dport") 2>/dev/null && break; sleep 0.1; done
+  python3 - "$dport" "$PORT" "$CONC" <<'PY' || { cat "$W/serve.err"; kill $spid; exit 1; }
+import http.client, json, sys, time
+dport, nport, users = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def lat(port, path, n):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter(); c.request("GET", path); r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+        out.append((time.perf_counter() - t) * 1000)
+    out.sort()
+    return out[len(out) // 2], out[int(len(out) * 0.99) - 1], out[-1]
+c = http.client.HTTPConnection("127.0.0.1", dport)
+c.request("POST", "/swarm", f"user_count={users}&spawn_rate=10000&profile=bench-s3-put",
+          {"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse(); body = r.read(); assert r.status == 200, body
+time.sleep(5)
+d50, d99, dmax = lat(dport, "/stats/requests", 2000)
+n50, n99, nmax = lat(nport, "/", 2000)
+c.request("GET", "/stats/requests"); s = json.loads(c.getresponse().read())
+print(f"dashboard under load ({s['total_rps']:.0f} req/s, {s['user_count']} users): GET /stats/requests "
+      f"p50 {d50:.2f} ms, p99 {d99:.2f} ms, max {dmax:.2f} ms (target p99 < 50 ms)")
+print(f"same client against nginx /: p50 {n50:.2f} ms, p99 {n99:.2f} ms; dashboard/nginx p99 = {d99/n99:.1f}x")
+PY
+  kill $spid 2>/dev/null; wait $spid 2>/dev/null || true
+}
+if [ "${BENCH_ONLY:-}" = dashboard ]; then
+  echo "== dashboard latency under load"
+  dashboard_bench
+  exit 0
+fi
 
 # The three peers take turns, ROUNDS times each, so the machine's noise hits
 # them alike; the medians are compared.
@@ -117,3 +160,6 @@ cs, sdk, lo = float('$CS_RPS'), float('$SDK_RPS'), float('$LOCUST_RPS')
 print(f'cloudswarm / locust+boto3 = {cs/lo:.1f}x (target >= 15x)')
 print(f'cloudswarm / bare SDK     = {cs/sdk:.2f}x (target >= 0.95x)')"
 echo "many users: $MANY_USERS_REACHED users alive, peak RSS $((PEAK / 1024)) MiB (target <= 1024 MiB); rps, failures: $MANY_RPS"
+echo
+echo "== dashboard latency under load"
+dashboard_bench

@@ -100,6 +100,8 @@ struct Control {
     users: Vec<Vec<UserHandle>>,
     /// Users told to stop, finishing their current task.
     retiring: Vec<JoinHandle<()>>,
+    /// Set by `stop` (under this lock): no target may be raised again.
+    stopped: bool,
 }
 
 /// One engine: the users of one run on this machine.
@@ -144,6 +146,7 @@ impl Engine {
                 targets: vec![0; n],
                 users: (0..n).map(|_| Vec::new()).collect(),
                 retiring: Vec::new(),
+                stopped: false,
             }),
             state: Mutex::new(RunState::Ready),
             root: CancellationToken::new(),
@@ -202,6 +205,9 @@ impl Engine {
             return Err("the run is stopping".into());
         }
         let mut c = self.ctl();
+        if c.stopped {
+            return Err("the run is stopping".into());
+        }
         c.targets = targets;
         c.rate = rate;
         Ok(())
@@ -372,6 +378,7 @@ impl Engine {
         }
         let mut joins: Vec<JoinHandle<()>> = {
             let mut c = self.ctl();
+            c.stopped = true;
             c.targets.iter_mut().for_each(|t| *t = 0);
             let mut all: Vec<JoinHandle<()>> = c.retiring.drain(..).collect();
             for class in c.users.iter_mut() {

@@ -337,14 +337,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a duration such as `30s`, `2m`, `1h30m`, `500ms`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>()
+    // A year is more than any run, wait or timeout needs.
+    const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+    let d = if let Ok(secs) = t.parse::<f64>()
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Ok(Duration::from_secs_f64(secs));
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("`{s}` is not a duration (try 30s, 2m, 1h30m): {e}"))?
+    };
+    if d > MAX {
+        return Err(format!("`{s}` is longer than a year"));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("`{s}` is not a duration (try 30s, 2m, 1h30m): {e}"))
+    Ok(d)
 }
 
 /// Loads and validates a profile file.
@@ -843,6 +850,8 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1e30").is_err(), "no panic on huge numbers");
+        assert!(parse_duration("9999999999h").is_err());
     }
 
     #[test]

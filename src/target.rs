@@ -62,6 +62,20 @@ pub struct TargetInfo {
     pub region: String,
 }
 
+/// An endpoint URL for display: any `user:password@` part is dropped.
+pub fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// The shared SDK clients of a run.
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -307,8 +321,12 @@ impl TargetArgs {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             creds: shared.credentials_provider(),
             info: TargetInfo {
-                ec2_endpoint: ec2_ep.unwrap_or_else(|| format!("aws ec2 ({region})")),
-                s3_endpoint: s3_ep.unwrap_or_else(|| format!("aws s3 ({region})")),
+                ec2_endpoint: ec2_ep
+                    .as_deref()
+                    .map_or_else(|| format!("aws ec2 ({region})"), without_userinfo),
+                s3_endpoint: s3_ep
+                    .as_deref()
+                    .map_or_else(|| format!("aws s3 ({region})"), without_userinfo),
                 region,
             },
         })
@@ -438,6 +456,19 @@ pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_shown_without_userinfo() {
+        assert_eq!(
+            without_userinfo("https://bob:s3cret@s3.example:8773/services/objectstorage"),
+            "https://s3.example:8773/services/objectstorage"
+        );
+        assert_eq!(
+            without_userinfo("http://127.0.0.1:5000"),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(without_userinfo("http://h/p@q"), "http://h/p@q");
+    }
 
     #[test]
     fn eucarc_quotes_exports_and_references() {

@@ -19,6 +19,9 @@
     while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
     return (i ? v.toFixed(1) : v) + " " + u[i];
   }
+  // The API speaks Locust's state names; the page shows cloudswarm's.
+  var LABELS = { spawning: "hatching", cleanup: "cleaning up" };
+  function label(state) { return LABELS[state] || state; }
   function when(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
   function cell(tr, text, cls) {
     var td = document.createElement("td");
@@ -85,18 +88,19 @@
     var d = last;
     if (!d) return;
     var st = $("status");
-    st.textContent = d.state;
-    st.className = "state state-" + d.state.replace(/ /g, "-");
+    var state = label(d.state);
+    st.textContent = state;
+    st.className = "state state-" + state.replace(/ /g, "-");
     $("run-id").textContent = d.run_id || "—";
     $("users").textContent = d.user_count + (d.target_user_count !== d.user_count && d.run_id ? " → " + d.target_user_count : "");
     $("rps").textContent = num(d.total_rps, 1);
     $("fail-ratio").textContent = num(d.fail_ratio * 100, 1) + "%";
     $("fail-ratio").classList.toggle("bad", d.fail_ratio > 0);
     $("live-resources").textContent = d.live_resources;
-    var running = d.state === "hatching" || d.state === "running";
+    var running = state === "hatching" || state === "running";
     $("stop-button").hidden = !running;
     $("edit-button").hidden = !running || editing;
-    $("new-button").hidden = running || !$("swarm-panel").hidden || d.state === "stopping" || d.state === "cleaning up";
+    $("new-button").hidden = running || !$("swarm-panel").hidden || state === "stopping" || state === "cleaning up";
     if (!running && editing) closeForm();
 
     // statistics
@@ -144,7 +148,7 @@
       ? "Kept from creating by budget caps: " + capped.map(function (k) { return k + " " + d.capped[k]; }).join(", ")
       : "";
     var c = d.cleanup || {};
-    $("cleanup-button").disabled = !d.run_id || d.state !== "stopped" || c.running;
+    $("cleanup-button").disabled = !d.run_id || state !== "stopped" || c.running;
     var cs = "";
     if (c.running) cs = "cleaning up…";
     else if (c.outcome) {
@@ -184,6 +188,8 @@
     $("form-title").textContent = edit ? "Edit running swarm" : "Start new swarm";
     $("swarm-submit").textContent = edit ? "Update swarm" : "Start swarm";
     $("profile").disabled = edit;
+    $("field-profile").hidden = edit;
+    $("field-run-time").hidden = edit;
     $("form-cancel").hidden = false;
     if (edit && last) {
       $("user_count").value = last.target_user_count;
@@ -206,7 +212,9 @@
     e.preventDefault();
     clearErrors();
     var body = new URLSearchParams();
-    ["user_count", "spawn_rate", "run_time"].forEach(function (k) { body.append(k, $(k).value); });
+    // An edit changes users and rate only (a run time would restart the countdown).
+    (editing ? ["user_count", "spawn_rate"] : ["user_count", "spawn_rate", "run_time"])
+      .forEach(function (k) { body.append(k, $(k).value); });
     if (!editing) body.append("profile", $("profile").value);
     $("swarm-submit").disabled = true;
     $("form-error").textContent = editing ? "" : "preflight: checking the target…";
@@ -233,8 +241,7 @@
   // First state: the form is open only when nothing runs.
   fetch("/stats/requests").then(function (r) { return r.json(); }).then(function (d) {
     last = d;
-    if (d.state === "hatching" || d.state === "running" || d.state === "stopping" || d.state === "cleaning up") $("swarm-panel").hidden = true;
-    if (d.state === "stopped") { $("swarm-panel").hidden = true; }
+    $("swarm-panel").hidden = d.state !== "ready";
     $("form-cancel").hidden = d.state === "ready";
     render();
   }).finally(poll);

@@ -67,10 +67,12 @@ async fn every_op_runs_against_moto_with_zero_failures() {
         &[
             "-f",
             "profiles/lifecycle.toml",
+            // Tasks are picked at random by weight: enough users that every
+            // one of them comes up on a slow machine too.
             "-u",
-            "6",
+            "12",
             "-r",
-            "6",
+            "12",
             "-t",
             "25s",
             "--json",
@@ -237,21 +239,28 @@ sequence = ["ec2:DescribeAvailabilityZones", "ec2:CreateKeyPair", "ec2:CreateSec
     );
 
     // Instances and volumes through the same paths, in a region moto has subnets in.
+    // Every user starts with RunInstances, so a slow machine still gets one in.
     let json2 = dir.path().join("r2.json");
+    let compute = dir.path().join("compute.toml");
+    std::fs::write(
+        &compute,
+        r#"
+[params]
+image_id = "auto"
+poll_interval = "200ms"
+[[user]]
+name = "c"
+wait = { constant = 0.2 }
+[[user.task]]
+sequence = ["ec2:RunInstances", "ec2:instance-running", "ec2:TerminateInstances", "ec2:CreateVolume", "ec2:volume-available", "ec2:DeleteVolume"]
+"#,
+    )
+    .unwrap();
     let out = cloudswarm()
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
-        .args([
-            "run",
-            "-f",
-            "profiles/smoke.toml",
-            "-u",
-            "2",
-            "-r",
-            "2",
-            "-t",
-            "5s",
-        ])
+        .args(["run", "-f", compute.to_str().unwrap()])
+        .args(["-u", "2", "-r", "2", "-t", "6s"])
         .args([
             "--eucarc",
             eucarc.to_str().unwrap(),

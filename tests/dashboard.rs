@@ -170,28 +170,49 @@ fn api_validates_input_and_leaves_the_running_swarm_alone() {
     assert_eq!(v["profile"], "smoke");
 
     // Bad edits are refused and change nothing.
-    for body in [
-        form(&[("user_count", "-1"), ("spawn_rate", "1")]),
-        form(&[("user_count", "4"), ("spawn_rate", "-2")]),
-        form(&[
-            ("user_count", "4"),
-            ("spawn_rate", "1"),
-            ("profile", "broken"),
-        ]),
+    for (body, status, field) in [
+        (
+            form(&[("user_count", "-1"), ("spawn_rate", "1")]),
+            400,
+            "user_count",
+        ),
+        (
+            form(&[("user_count", "4"), ("spawn_rate", "-2")]),
+            400,
+            "spawn_rate",
+        ),
+        (
+            form(&[("user_count", "4"), ("spawn_rate", "1e-300")]),
+            400,
+            "spawn_rate",
+        ),
+        (
+            form(&[
+                ("user_count", "4"),
+                ("spawn_rate", "1"),
+                ("run_time", "1e30"),
+            ]),
+            400,
+            "run_time",
+        ),
+        (
+            form(&[
+                ("user_count", "4"),
+                ("spawn_rate", "1"),
+                ("profile", "broken"),
+            ]),
+            409,
+            "profile",
+        ),
     ] {
         let r = post(&body);
-        assert!(
-            r.status == 400 || r.status == 409,
-            "{body}: {} {}",
-            r.status,
-            r.body
-        );
-        assert!(json(&r)["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(json(&r)["field"], field, "{body}: {}", r.body);
     }
     let v = d.requests();
     assert_eq!(v["target_user_count"], 3, "{v}");
     assert!(
-        matches!(v["state"].as_str(), Some("running" | "hatching")),
+        matches!(v["state"].as_str(), Some("running" | "spawning")),
         "{v}"
     );
 
@@ -201,19 +222,28 @@ fn api_validates_input_and_leaves_the_running_swarm_alone() {
     d.wait_for("5 users", Duration::from_secs(30), |v| v["user_count"] == 5);
 
     // Reset clears the counts but not the run.
-    let before = d.requests()["stats"].as_array().unwrap().len();
-    assert!(before > 0);
-    assert_eq!(d.http("GET", "/stats/reset", &[], "").status, 200);
+    let total = |v: &Value| row(v, "Aggregated").map_or(0, |r| r["num_requests"].as_u64().unwrap());
+    let before = total(&d.wait_for("60 requests", Duration::from_secs(60), |v| total(v) >= 60));
+    let r = d.http("GET", "/stats/reset", &[], "");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
     let after = d.requests();
-    let total = row(&after, "Aggregated").unwrap()["num_requests"]
-        .as_u64()
-        .unwrap();
-    assert!(total < 50, "reset left {total} requests: {after}");
+    assert!(
+        total(&after) < before / 2,
+        "reset left {} of {before} requests",
+        total(&after)
+    );
     assert_eq!(after["run_id"], run_id.as_str());
 
     // Stop: users finish, clean-up deletes everything, the state says stopped.
-    std::thread::sleep(Duration::from_secs(2));
+    d.wait_for(
+        "ec2 and s3 requests after the reset",
+        Duration::from_secs(60),
+        |v| row(v, "ec2:DescribeInstances").is_some() && row(v, "s3:PutObject").is_some(),
+    );
     assert_eq!(d.http("GET", "/stop", &[], "").status, 200);
+    // A start or an edit right after the stop is refused: the swarm is stopping.
+    let r = post(&form(&[("user_count", "2"), ("spawn_rate", "1")]));
+    assert_eq!(r.status, 409, "{}", r.body);
     let v = d.wait_for("stopped and cleaned up", Duration::from_secs(120), |v| {
         v["state"] == "stopped"
     });
@@ -260,9 +290,22 @@ fn api_validates_input_and_leaves_the_running_swarm_alone() {
     assert_eq!(rj["run_id"], run_id.as_str());
     assert_eq!(rj["resources"]["leaked"], 0);
 
-    // Nothing runs now: stop is a conflict, clean-up again is fine.
-    assert_eq!(d.http("GET", "/stop", &[], "").status, 409);
+    // Nothing runs now: stop answers as Locust does, clean-up again is fine,
+    // and nothing shows the secret key.
+    assert_eq!(d.http("GET", "/stop", &[], "").status, 200);
     assert_eq!(d.http("POST", "/cleanup", &[], "").status, 200);
+    for path in [
+        "/",
+        "/stats/requests",
+        "/report",
+        "/report.json",
+        "/stats/failures/csv",
+        "/metrics",
+    ] {
+        let r = d.http("GET", path, &[], "");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.body.contains(SECRET), "{path} shows the secret key");
+    }
 }
 
 #[test]
@@ -317,6 +360,11 @@ fn exposing_the_dashboard_needs_a_token_and_every_call_checks_it() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("16 characters"),
+        "{}",
+        text(&out)
+    );
 
     let token = "correct-horse-battery-staple";
     let d = Dashboard::start(&moto, &["--token", token]);
@@ -373,11 +421,16 @@ fn exposing_the_dashboard_needs_a_token_and_every_call_checks_it() {
         .next()
         .unwrap()
         .to_string();
-    assert!(r.header("set-cookie").unwrap().contains("HttpOnly"));
+    let set = r.header("set-cookie").unwrap().to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(!set.contains(token), "the cookie is not the token: {set}");
     let page = d.http("GET", "/", &[("Cookie", &cookie)], "");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("swarm-form"));
-    assert!(!page.body.contains("testing"), "no credentials in the page");
+    assert!(!page.body.contains(SECRET), "no credentials in the page");
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
     // Another site cannot post into it, even with the cookie.
     let r = d.http(
         "POST",
@@ -390,11 +443,53 @@ fn exposing_the_dashboard_needs_a_token_and_every_call_checks_it() {
         ]),
     );
     assert_eq!(r.status, 403);
+    let r = d.http(
+        "GET",
+        "/stop",
+        &[("Cookie", &cookie), ("Sec-Fetch-Site", "cross-site")],
+        "",
+    );
+    assert_eq!(
+        r.status, 403,
+        "a link on another site cannot stop the swarm"
+    );
+    // Scripts use the bearer token.
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Authorization", &bearer)],
+        &form(&[
+            ("user_count", "1"),
+            ("spawn_rate", "1"),
+            ("profile", "smoke"),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        d.http("GET", "/stop", &[("Authorization", &bearer)], "")
+            .status,
+        200
+    );
+
+    // Without a token, only loopback names are answered (DNS rebinding).
+    let open = Dashboard::start(&moto, &[]);
+    assert_eq!(open.http("GET", "/stats/requests", &[], "").status, 200);
+    let r = open.http(
+        "GET",
+        "/stats/requests",
+        &[("Host", "evil.example:8089")],
+        "",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
 }
 
 fn requests_with(d: &Dashboard, bearer: &str) -> Value {
     json(&d.http("GET", "/stats/requests", &[("Authorization", bearer)], ""))
 }
+
+/// One browser test at a time: two Chromiums and their swarms on a 2-core CI
+/// machine make the waits flaky.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A chromedriver on a free port, driving Debian's headless Chromium.
 struct Driver {
@@ -508,6 +603,7 @@ const LINE_PIXELS: &str = r#"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_starts_edits_stops_and_downloads() {
+    let _one = BROWSER.lock().await;
     let moto = Moto::start();
     let d = Dashboard::start(&moto, &[]);
     let driver = Driver::start();
@@ -516,7 +612,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     until(
         &b,
         "the page script",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return document.getElementById('status').textContent === 'ready'",
     )
     .await;
@@ -543,7 +639,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     let msg = until(
         &b,
         "the field error",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return document.querySelector('.field-error[data-for=user_count]').textContent",
     )
     .await;
@@ -566,12 +662,21 @@ async fn browser_starts_edits_stops_and_downloads() {
             .any(|n| n == "s3:PutObject"),
         "{names}"
     );
-    until(&b, "the Aggregated row", Duration::from_secs(10),
+    until(&b, "the Aggregated row", Duration::from_secs(30),
         "return document.querySelector('#stats-table tfoot tr') && document.querySelector('#stats-table tfoot tr').dataset.name === 'Aggregated'").await;
     let status = js(&b, "return document.getElementById('status').textContent").await;
     assert!(
         matches!(status.as_str(), Some("running" | "hatching")),
         "{status}"
+    );
+    assert_eq!(
+        js(
+            &b,
+            "return document.getElementById('field-run-time').hidden"
+        )
+        .await,
+        false,
+        "the start form shows the run time"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shot = b.screenshot().await.unwrap();
@@ -600,7 +705,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     until(
         &b,
         "the RPS line after a reload",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         &format!("const n = (function() {{ {LINE_PIXELS} }})(); return n > 40 ? n : null"),
     )
     .await;
@@ -610,7 +715,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     until(
         &b,
         "the Edit button",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return !document.getElementById('edit-button').hidden",
     )
     .await;
@@ -621,6 +726,15 @@ async fn browser_starts_edits_stops_and_downloads() {
     )
     .await;
     assert_eq!(title, "Edit running swarm");
+    assert_eq!(
+        js(
+            &b,
+            "return document.getElementById('field-run-time').hidden"
+        )
+        .await,
+        true,
+        "an edit does not touch the run time"
+    );
     fill(&b, "user_count", "6").await;
     click(&b, "#swarm-submit").await;
     until(
@@ -645,7 +759,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     let cleanup = until(
         &b,
         "the clean-up verdict",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "return document.getElementById('cleanup-status').textContent",
     )
     .await;
@@ -695,6 +809,7 @@ async fn browser_starts_edits_stops_and_downloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn browser_logs_in_with_the_token() {
+    let _one = BROWSER.lock().await;
     let moto = Moto::start();
     let token = "another-long-access-token";
     let d = Dashboard::start(&moto, &["--token", token]);
@@ -704,11 +819,36 @@ async fn browser_logs_in_with_the_token() {
     assert!(b.current_url().await.unwrap().path() == "/login");
     fill(&b, "token", "wrong").await;
     click(&b, "button[type=submit]").await;
-    until(&b, "the error", Duration::from_secs(10),
+    until(&b, "the error", Duration::from_secs(30),
         "return document.getElementById('login-error') && document.getElementById('login-error').textContent").await;
     fill(&b, "token", token).await;
     click(&b, "button[type=submit]").await;
-    until(&b, "the dashboard", Duration::from_secs(10),
+    until(&b, "the dashboard", Duration::from_secs(30),
         "return document.getElementById('status') && document.getElementById('status').textContent === 'ready'").await;
     b.close().await.unwrap();
+}
+
+#[test]
+fn run_time_stops_the_swarm_and_an_edit_keeps_the_deadline() {
+    let moto = Moto::start();
+    let d = Dashboard::start(&moto, &[]);
+    let post = |body: &str| d.http("POST", "/swarm", &[], body);
+    let r = post(&form(&[
+        ("user_count", "2"),
+        ("spawn_rate", "5"),
+        ("profile", "smoke"),
+        ("run_time", "6s"),
+    ]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t0 = Instant::now();
+    d.wait_for("2 users", Duration::from_secs(30), |v| v["user_count"] == 2);
+    assert_eq!(
+        post(&form(&[("user_count", "3"), ("spawn_rate", "5")])).status,
+        200
+    );
+    let v = d.wait_for("the run time to stop it", Duration::from_secs(90), |v| {
+        v["state"] == "stopped"
+    });
+    assert!(t0.elapsed() >= Duration::from_secs(5), "stopped too early");
+    assert_eq!(v["live_resources"], 0, "{v}");
 }

@@ -315,7 +315,7 @@ sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
     let body = d
         .http("GET", "/metrics", &[("Authorization", &bearer)], "")
         .body;
-    assert!(!body.contains("testing"), "no credentials in the metrics");
+    assert!(!body.contains(SECRET), "no credentials in the metrics");
     assert!(!body.contains(&moto.url), "no endpoints in the metrics");
     let runs = prom.query("cloudswarm_run_info == 1");
     assert_eq!(

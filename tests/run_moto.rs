@@ -47,10 +47,12 @@ async fn burn_in_run_measures_and_leaves_nothing_behind() {
         &[
             "-f",
             "profiles/burn-in.toml",
+            // Enough users that every class's lifecycle task comes up in 15 s
+            // (tasks are picked at random by weight).
             "-u",
-            "7",
+            "14",
             "-r",
-            "7",
+            "14",
             "-t",
             "15s",
             "--json",

@@ -46,6 +46,10 @@ pub struct App {
     pub clients: Clients,
     pub limits: Limits,
     pub token: Option<String>,
+    /// The login cookie's name (per port, so two dashboards on a host do not
+    /// clash) and value (random per process: the token never sits in a cookie).
+    pub cookie_name: String,
+    pub session: String,
     pub profiles_dir: PathBuf,
     pub static_dir: PathBuf,
     current: Mutex<Option<Arc<Live>>>,
@@ -60,6 +64,18 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// The state as Locust's API names it (`spawning`, `cleanup`...).
+pub fn locust_state(s: RunState) -> &'static str {
+    match s {
+        RunState::Ready => "ready",
+        RunState::Hatching => "spawning",
+        RunState::Running => "running",
+        RunState::Stopping => "stopping",
+        RunState::CleaningUp => "cleanup",
+        RunState::Stopped => "stopped",
+    }
+}
+
 /// A JSON error answer with the field it is about.
 fn bad(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> Response {
     (
@@ -68,6 +84,9 @@ fn bad(status: StatusCode, field: Option<&str>, message: impl Into<String>) -> R
     )
         .into_response()
 }
+
+/// Slowest hatch rate the form takes (one user every 100 s).
+const MIN_RATE: f64 = 0.01;
 
 /// Parsed `POST /swarm` fields.
 #[derive(Debug, PartialEq)]
@@ -101,12 +120,10 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
     let spawn_rate: f64 = rate
         .parse()
         .ok()
-        .filter(|r: &f64| r.is_finite() && *r > 0.0 && *r <= MAX_RATE)
+        .filter(|r: &f64| r.is_finite() && *r >= MIN_RATE && *r <= MAX_RATE)
         .ok_or((
             "spawn_rate",
-            format!(
-                "`{rate}` is not a hatch rate: use a number above 0 and at most {MAX_RATE} users/s"
-            ),
+            format!("`{rate}` is not a hatch rate: use {MIN_RATE} to {MAX_RATE} users/s"),
         ))?;
     let run_time = match get("run_time") {
         None => None,
@@ -131,13 +148,21 @@ impl App {
         clients: Clients,
         limits: Limits,
         token: Option<String>,
+        port: u16,
         profiles_dir: PathBuf,
         static_dir: PathBuf,
     ) -> App {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let session: String = (0..32)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect();
         App {
             clients,
             limits,
             token,
+            cookie_name: format!("cloudswarm_session_{port}"),
+            session,
             profiles_dir,
             static_dir,
             current: Mutex::new(None),
@@ -178,7 +203,16 @@ impl App {
     async fn start_or_edit(self: &Arc<Self>, f: SwarmForm) -> Response {
         let _one = self.starting.lock().await;
         if let Some(live) = self.current() {
-            match live.session.engine.state() {
+            let mut state = live.session.engine.state();
+            if live.stopping.load(Ordering::SeqCst)
+                && matches!(
+                    state,
+                    RunState::Ready | RunState::Hatching | RunState::Running
+                )
+            {
+                state = RunState::Stopping;
+            }
+            match state {
                 RunState::Hatching | RunState::Running => {
                     if let Some(p) = &f.profile
                         && p.trim_end_matches(".toml") != live.profile
@@ -258,11 +292,10 @@ impl App {
             // The cloud did not answer or refused us: not the form's fault.
             Err(e) => return bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}")),
         };
-        session.engine.start();
         if let Err(e) = session.engine.set_target(f.user_count, f.spawn_rate) {
-            session.engine.abort_all();
             return bad(StatusCode::BAD_REQUEST, None, e);
         }
+        session.engine.start();
         let run_id = session.run_id.clone();
         tracing::info!(
             run_id,
@@ -308,41 +341,74 @@ impl App {
     }
 
     /// Stops a run (once): users finish or abandon their task, then clean-up.
+    /// The state says `stopping` before this returns.
     fn stop(self: &Arc<Self>, live: &Arc<Live>) -> bool {
         if live.stopping.swap(true, Ordering::SeqCst) {
             return false;
         }
+        live.session.engine.set_state(RunState::Stopping);
+        if let Some(t) = live
+            .run_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.abort();
+        }
         let (app, live) = (self.clone(), live.clone());
         tokio::spawn(async move {
-            live.session.engine.stop(app.limits.stop_timeout).await;
+            let (a, l) = (app.clone(), live.clone());
+            let stopped = tokio::spawn(async move {
+                l.session.engine.stop(a.limits.stop_timeout).await;
+            })
+            .await;
+            if let Err(e) = stopped {
+                tracing::error!("stopping run {}: {e}", live.session.run_id);
+            }
             *live.ended_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(unix_now());
-            app.clean_up(&live).await;
+            if app.claim_cleanup(&live) {
+                app.run_cleanup(&live).await;
+            }
         });
         true
     }
 
-    /// Runs the clean-up of a stopped run, recording progress for the page.
-    async fn clean_up(&self, live: &Arc<Live>) {
-        {
-            let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
-            if c.running {
-                return;
-            }
-            c.running = true;
-            c.log.clear();
+    /// Marks a clean-up of `live` as running; false when one already is.
+    fn claim_cleanup(&self, live: &Live) -> bool {
+        let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+        if c.running {
+            return false;
         }
+        c.running = true;
+        c.log.clear();
+        drop(c);
         live.session.engine.set_state(RunState::CleaningUp);
+        true
+    }
+
+    /// Runs a claimed clean-up, recording progress for the page; whatever
+    /// happens (even a panic), it ends with the run `stopped`.
+    async fn run_cleanup(&self, live: &Arc<Live>) {
         let l = live.clone();
-        let progress = move |m: &str| {
-            let mut c = l.cleanup.lock().unwrap_or_else(|p| p.into_inner());
-            if c.log.len() < 500 {
-                c.log.push(m.to_string());
-            }
-        };
-        let outcome = live
-            .session
-            .clean_up(self.limits.cleanup_timeout, &progress)
-            .await;
+        let timeout = self.limits.cleanup_timeout;
+        let work = tokio::spawn(async move {
+            let l2 = l.clone();
+            let progress = move |m: &str| {
+                let mut c = l2.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+                if c.log.len() < 500 {
+                    c.log.push(m.to_string());
+                }
+            };
+            l.session.clean_up(timeout, &progress).await
+        })
+        .await;
+        let outcome = work.unwrap_or_else(|e| CleanupOutcome {
+            list_error: Some(format!(
+                "clean-up failed ({e}): run `cloudswarm cleanup --run-id {}`",
+                live.session.run_id
+            )),
+            ..Default::default()
+        });
         tracing::info!(run_id = live.session.run_id, ?outcome.leaked, "clean-up done");
         let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
         c.running = false;
@@ -431,7 +497,7 @@ impl App {
                 .map_or(0.0, |i| snap.current_percentiles_ms[i])
         };
         json!({
-            "state": s.engine.state().as_str(),
+            "state": locust_state(s.engine.state()),
             "run_id": s.run_id,
             "profile": live.profile,
             "user_count": s.engine.user_count(),
@@ -442,6 +508,7 @@ impl App {
             "errors": errors,
             "total_rps": snap.total.current_rps,
             "total_fail_per_sec": snap.total.current_fail_per_sec,
+            "total_avg_response_time": snap.total.avg_ms,
             "fail_ratio": snap.total.failure_ratio(),
             "total_throttled": snap.total.num_throttled,
             "current_response_time_percentiles": {
@@ -515,12 +582,14 @@ fn stat_row(e: &crate::stats::EntrySummary) -> Value {
         "current_rps": e.current_rps,
         "current_fail_per_sec": e.current_fail_per_sec,
         "total_rps": e.rps,
+        "total_avg_response_time": e.avg_ms,
         "throughput_bps": e.throughput_bps,
         "ninetieth_response_time": e.percentile(0.9).unwrap_or(0.0),
         "ninety_ninth_response_time": e.percentile(0.99).unwrap_or(0.0),
     });
     for q in PERCENTILES {
-        v[format!("response_time_percentile_{q}")] = json!(e.percentile(q).unwrap_or(0.0));
+        // Python's spelling of the key: 0.5, 0.95, 1.0.
+        v[format!("response_time_percentile_{q:?}")] = json!(e.percentile(q).unwrap_or(0.0));
     }
     v
 }
@@ -530,7 +599,7 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, 
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/json"));
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
     if json_body {
         let v: serde_json::Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| format!("the JSON body does not parse: {e}"))?;
@@ -551,14 +620,9 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, 
 
 /// Parses `application/x-www-form-urlencoded`.
 fn serde_urlencoded_pairs(body: &[u8]) -> Result<HashMap<String, String>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_string())?;
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(
-        &format!("/?{text}")
-            .parse()
-            .map_err(|_| "the form does not parse".to_string())?,
-    )
-    .map(|q| q.0)
-    .map_err(|e| format!("the form does not parse: {e}"))
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| format!("the form does not parse: {e}"))
 }
 
 /// `POST /swarm`: start a swarm, or change the running one.
@@ -573,24 +637,24 @@ pub async fn swarm(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     }
 }
 
-/// `GET /stop`
+/// `GET /stop` (Locust's answer whether or not a swarm was running). A stop
+/// sent while a swarm is starting waits for the start, then stops it.
 pub async fn stop(State(app): State<Arc<App>>) -> Response {
-    match app.current() {
-        Some(live) if !matches!(live.session.engine.state(), RunState::Stopped) => {
-            app.stop(&live);
-            Json(json!({"success": true, "message": "Test stopped: users finish their tasks, then clean-up"}))
-                .into_response()
-        }
-        _ => bad(StatusCode::CONFLICT, None, "no swarm is running"),
-    }
+    let _one = app.starting.lock().await;
+    let message = match app.current() {
+        Some(live) if app.stop(&live) => "Test stopped: users finish their tasks, then clean-up",
+        Some(_) => "The swarm is already stopping or stopped",
+        None => "No swarm is running",
+    };
+    Json(json!({"success": true, "message": message})).into_response()
 }
 
-/// `GET /stats/reset`
+/// `GET /stats/reset` (answers `ok`, as Locust does)
 pub async fn reset(State(app): State<Arc<App>>) -> Response {
     if let Some(live) = app.current() {
         live.session.ctx.stats.reset();
     }
-    Json(json!({"success": true, "message": "Statistics reset"})).into_response()
+    "ok".into_response()
 }
 
 /// `GET /stats/requests`
@@ -707,6 +771,9 @@ pub async fn report_json(State(app): State<Arc<App>>) -> Response {
 
 /// `POST /cleanup`: clean up the stopped run again (what its stop left).
 pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
+    let Ok(_one) = app.starting.try_lock() else {
+        return bad(StatusCode::CONFLICT, None, "a swarm is starting");
+    };
     let Some(live) = app.current() else {
         return bad(StatusCode::CONFLICT, None, "no run to clean up");
     };
@@ -717,17 +784,11 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
             "stop the swarm first: clean-up runs when it stops",
         );
     }
-    if live
-        .cleanup
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .running
-    {
+    if !app.claim_cleanup(&live) {
         return bad(StatusCode::CONFLICT, None, "a clean-up is already running");
     }
-    let a = app.clone();
-    let l = live.clone();
-    tokio::spawn(async move { a.clean_up(&l).await });
+    let (a, l) = (app.clone(), live.clone());
+    tokio::spawn(async move { a.run_cleanup(&l).await });
     Json(json!({"success": true, "message": format!("Cleaning up run {}", live.session.run_id)}))
         .into_response()
 }

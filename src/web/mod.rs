@@ -73,8 +73,12 @@ fn find_dir(given: Option<&Path>, name: &str) -> Result<PathBuf> {
 /// Checks the bind address against the token: exposing the dashboard
 /// beyond loopback needs a token of at least 16 characters.
 pub fn check_exposure(bind: &SocketAddr, token: Option<&str>) -> Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
     match token {
-        Some(t) if t.trim().is_empty() => Err(config_err("--token is empty")),
+        Some("") => Err(config_err("--token is empty")),
+        Some(t) if !t.chars().all(allowed) => Err(config_err(
+            "--token: use only letters, digits and - . _ ~ + / = (e.g. `openssl rand -hex 16`)",
+        )),
         Some(t) if !bind.ip().is_loopback() && t.chars().count() < 16 => Err(config_err(
             "--token: use at least 16 characters when the dashboard is reachable from other machines",
         )),
@@ -92,6 +96,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/report", get(pages::report))
+        .route("/stats/report", get(pages::report))
         .route("/swarm", post(api::swarm))
         .route("/stop", get(api::stop).post(api::stop))
         .route("/stats/reset", get(api::reset).post(api::reset))
@@ -100,6 +105,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/stats/requests/csv", get(api::stats_csv))
         .route("/stats/failures/csv", get(api::failures_csv))
         .route("/stats/history/csv", get(api::history_csv))
+        .route("/stats/requests_full_history/csv", get(api::history_csv))
         .route("/report.json", get(api::report_json))
         .route("/cleanup", post(api::cleanup))
         .route("/profiles", get(api::profiles))
@@ -127,10 +133,19 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         .clients()
         .await
         .map_err(|e| config_err(e.to_string()))?;
+    // Count Ctrl-C / SIGTERM from now on (a signal during start-up is not lost).
+    let (signals_tx, mut signals) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            crate::run::shutdown_signal().await;
+            signals_tx.send_modify(|n| *n += 1);
+        }
+    });
     let app = Arc::new(App::new(
         clients,
         args.limits.clone(),
         args.token.clone(),
+        args.bind.port(),
         profiles_dir,
         static_dir,
     ));
@@ -150,15 +165,27 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             ""
         }
     );
-    let server = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(crate::run::shutdown_signal());
-    server.await.context("serving the dashboard")?;
-    eprintln!("shutting down: stopping the swarm and cleaning up");
-    let finish = app.shutdown();
+    let mut first = signals.clone();
+    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
+        let _ = first.wait_for(|n| *n >= 1).await;
+    });
+    let second = async move {
+        let _ = signals.wait_for(|n| *n >= 2).await;
+    };
+    tokio::pin!(second);
     tokio::select! {
-        _ = finish => {}
-        _ = crate::run::shutdown_signal() => {
+        r = server => r.context("serving the dashboard")?,
+        _ = &mut second => {
             eprintln!("interrupted again: leaving the rest to `cloudswarm cleanup`");
+            return Ok(1);
+        }
+    }
+    eprintln!("shutting down: stopping the swarm and cleaning up");
+    tokio::select! {
+        _ = app.shutdown() => {}
+        _ = &mut second => {
+            eprintln!("interrupted again: leaving the rest to `cloudswarm cleanup`");
+            return Ok(1);
         }
     }
     Ok(0)

@@ -68,6 +68,9 @@ impl Drop for Moto {
     }
 }
 
+/// The secret key cloudswarm is given: no page, report or metric may show it.
+pub const SECRET: &str = "never-shown-SECRET-0123";
+
 /// The cloudswarm binary with a clean AWS environment (test credentials, no
 /// config files, no instance metadata lookups).
 pub fn cloudswarm() -> Command {
@@ -78,7 +81,7 @@ pub fn cloudswarm() -> Command {
         .env_remove("AWS_ENDPOINT_URL_EC2")
         .env_remove("AWS_ENDPOINT_URL_S3")
         .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
@@ -394,9 +397,12 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
     if !body.is_empty()
         && !headers
             .iter()
