@@ -804,6 +804,33 @@ async fn browser_starts_edits_stops_and_downloads() {
         rows.iter().any(|r| r[0] == "ec2") && rows.iter().any(|r| r[0] == "s3"),
         "{csv}"
     );
+
+    // The HTML report opens from a file, with nothing but itself: its table
+    // and its charts are there.
+    let report = d.http("GET", "/report?download=1", &[], "");
+    assert_eq!(report.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.html");
+    std::fs::write(&file, &report.body).unwrap();
+    b.goto(&format!("file://{}", file.display())).await.unwrap();
+    let rows = until(
+        &b,
+        "the report's table",
+        Duration::from_secs(30),
+        "return Array.from(document.querySelectorAll('table.stats tbody tr td:first-child')).map(td => td.textContent)",
+    )
+    .await;
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r == "s3:PutObject"),
+        "{rows}"
+    );
+    until(
+        &b,
+        "the report's RPS line",
+        Duration::from_secs(30),
+        &format!("const n = (function() {{ {LINE_PIXELS} }})(); return n > 40 ? n : null"),
+    )
+    .await;
     b.close().await.unwrap();
 }
 
