@@ -879,3 +879,31 @@ fn run_time_stops_the_swarm_and_an_edit_keeps_the_deadline() {
     assert!(t0.elapsed() >= Duration::from_secs(5), "stopped too early");
     assert_eq!(v["live_resources"], 0, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_swarm_and_cleans_up_before_exiting() {
+    let moto = Moto::start();
+    let mut d = Dashboard::start(&moto, &[]);
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[],
+        &form(&[
+            ("user_count", "4"),
+            ("spawn_rate", "10"),
+            ("profile", "burn-in"),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run_id = json(&r)["run_id"].as_str().unwrap().to_string();
+    d.wait_for("live resources", Duration::from_secs(60), |v| {
+        v["live_resources"].as_u64().unwrap_or(0) > 0
+    });
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "serve exits cleanly after clean-up");
+    let (i, v, b) = run_leftovers(&moto, &run_id).await;
+    assert!(
+        i.is_empty() && v.is_empty() && b.is_empty(),
+        "left behind: {i:?} {v:?} {b:?}"
+    );
+}
