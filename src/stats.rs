@@ -542,12 +542,17 @@ pub struct EntrySummary {
     pub percentiles_ms: Vec<f64>,
 }
 
+/// The value for quantile `q` in a list laid out as [`PERCENTILES`].
+pub fn percentile_of(values: &[f64], q: f64) -> Option<f64> {
+    PERCENTILES
+        .iter()
+        .position(|&p| (p - q).abs() < 1e-9)
+        .and_then(|i| values.get(i).copied())
+}
+
 impl EntrySummary {
     pub fn percentile(&self, q: f64) -> Option<f64> {
-        PERCENTILES
-            .iter()
-            .position(|&p| (p - q).abs() < 1e-9)
-            .map(|i| self.percentiles_ms[i])
+        percentile_of(&self.percentiles_ms, q)
     }
     pub fn failure_ratio(&self) -> f64 {
         if self.num_requests == 0 {
@@ -580,8 +585,8 @@ impl Stats {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Records one measured request.
-    pub fn record(&self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
+    /// Records one measured request (entry names are the ops' own static names).
+    pub fn record(&self, name: &'static str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
         self.lock().record(name, took, bytes, fail);
         crate::metrics::record(name, took, bytes, fail);
     }

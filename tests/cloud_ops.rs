@@ -496,12 +496,7 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
     let snaps = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:cloudswarm:run-id")
-                .values(&run_id)
-                .build(),
-        )
+        .filters(run_tag())
         .send()
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName, VolumeState};
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use common::*;
 
 fn entry<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -135,7 +135,6 @@ async fn burn_in_run_measures_and_leaves_nothing_behind() {
         live.is_empty() && vols.is_empty() && run_buckets.is_empty(),
         "{live:?} {vols:?} {run_buckets:?}"
     );
-    let _ = (tag, VolumeState::Available);
     let buckets = s3.list_buckets().send().await.unwrap();
     let names: Vec<&str> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
     assert!(

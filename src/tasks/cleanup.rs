@@ -183,6 +183,26 @@ pub async fn list_run(
     Ok(out)
 }
 
+/// Records one delete's outcome: gone (deleted now, or `already_gone` says
+/// the cloud no longer has it) or failed with the reason.
+async fn settle(
+    tracker: &crate::resources::Tracker,
+    report: &mut CleanupReport,
+    kind: Kind,
+    id: String,
+    res: Result<(), String>,
+    already_gone: impl Fn(&str) -> bool,
+) {
+    match res {
+        Ok(()) => {
+            tracker.deleted(kind, &id).await;
+            *report.deleted.entry(kind).or_default() += 1;
+        }
+        Err(why) if already_gone(&why) => tracker.deleted(kind, &id).await,
+        Err(why) => report.failed.push((kind, id, why)),
+    }
+}
+
 /// Deletes everything `tracker` holds as alive; gives up on a resource at the deadline.
 pub async fn delete_tracked(
     c: &Clients,
@@ -237,15 +257,12 @@ pub async fn delete_tracked(
             };
             req.send()
         })
+        .await
+        .map(drop);
+        settle(tracker, &mut report, Kind::Address, id, res, |w| {
+            w.contains("NotFound")
+        })
         .await;
-        match res {
-            Ok(_) => {
-                tracker.deleted(Kind::Address, &id).await;
-                done(&mut report, Kind::Address, 1);
-            }
-            Err(why) if why.contains("NotFound") => tracker.deleted(Kind::Address, &id).await,
-            Err(why) => report.failed.push((Kind::Address, id, why)),
-        }
     }
 
     let instances = tracker.alive(Kind::Instance);
@@ -267,20 +284,15 @@ pub async fn delete_tracked(
             Err(why) if chunk.len() > 1 && why.starts_with("InvalidInstanceID") => {
                 // One id is gone already: go one by one.
                 for id in chunk {
-                    match retry(deadline, || {
+                    let res = retry(deadline, || {
                         c.ec2.terminate_instances().instance_ids(id).send()
                     })
                     .await
-                    {
-                        Ok(_) => {
-                            tracker.deleted(Kind::Instance, id).await;
-                            done(&mut report, Kind::Instance, 1);
-                        }
-                        Err(w) if w.starts_with("InvalidInstanceID") => {
-                            tracker.deleted(Kind::Instance, id).await
-                        }
-                        Err(w) => report.failed.push((Kind::Instance, id.clone(), w)),
-                    }
+                    .map(drop);
+                    settle(tracker, &mut report, Kind::Instance, id.clone(), res, |w| {
+                        w.starts_with("InvalidInstanceID")
+                    })
+                    .await;
                 }
             }
             Err(why) if why.starts_with("InvalidInstanceID") => {
@@ -304,17 +316,13 @@ pub async fn delete_tracked(
     }
     for id in volumes {
         // Volumes still attached to an instance that is going detach with it; retry meanwhile.
-        let res = retry(deadline, || c.ec2.delete_volume().volume_id(&id).send()).await;
-        match res {
-            Ok(_) => {
-                tracker.deleted(Kind::Volume, &id).await;
-                done(&mut report, Kind::Volume, 1);
-            }
-            Err(why) if why.starts_with("InvalidVolume.NotFound") => {
-                tracker.deleted(Kind::Volume, &id).await
-            }
-            Err(why) => report.failed.push((Kind::Volume, id, why)),
-        }
+        let res = retry(deadline, || c.ec2.delete_volume().volume_id(&id).send())
+            .await
+            .map(drop);
+        settle(tracker, &mut report, Kind::Volume, id, res, |w| {
+            w.starts_with("InvalidVolume.NotFound")
+        })
+        .await;
     }
 
     let snapshots = tracker.alive(Kind::Snapshot);
@@ -322,17 +330,13 @@ pub async fn delete_tracked(
         progress(&format!("deleting {} snapshot(s)", snapshots.len()));
     }
     for id in snapshots {
-        let res = retry(deadline, || c.ec2.delete_snapshot().snapshot_id(&id).send()).await;
-        match res {
-            Ok(_) => {
-                tracker.deleted(Kind::Snapshot, &id).await;
-                done(&mut report, Kind::Snapshot, 1);
-            }
-            Err(why) if why.starts_with("InvalidSnapshot.NotFound") => {
-                tracker.deleted(Kind::Snapshot, &id).await
-            }
-            Err(why) => report.failed.push((Kind::Snapshot, id, why)),
-        }
+        let res = retry(deadline, || c.ec2.delete_snapshot().snapshot_id(&id).send())
+            .await
+            .map(drop);
+        settle(tracker, &mut report, Kind::Snapshot, id, res, |w| {
+            w.starts_with("InvalidSnapshot.NotFound")
+        })
+        .await;
     }
 
     let keys = tracker.alive(Kind::KeyPair);
@@ -341,13 +345,10 @@ pub async fn delete_tracked(
     }
     for name in keys {
         // DeleteKeyPair succeeds for a missing key too: idempotent.
-        match retry(deadline, || c.ec2.delete_key_pair().key_name(&name).send()).await {
-            Ok(_) => {
-                tracker.deleted(Kind::KeyPair, &name).await;
-                done(&mut report, Kind::KeyPair, 1);
-            }
-            Err(why) => report.failed.push((Kind::KeyPair, name, why)),
-        }
+        let res = retry(deadline, || c.ec2.delete_key_pair().key_name(&name).send())
+            .await
+            .map(drop);
+        settle(tracker, &mut report, Kind::KeyPair, name, res, |_| false).await;
     }
 
     let groups = tracker.alive(Kind::SecurityGroup);
@@ -359,17 +360,12 @@ pub async fn delete_tracked(
         let res = retry(deadline, || {
             c.ec2.delete_security_group().group_id(&id).send()
         })
+        .await
+        .map(drop);
+        settle(tracker, &mut report, Kind::SecurityGroup, id, res, |w| {
+            w.starts_with("InvalidGroup.NotFound")
+        })
         .await;
-        match res {
-            Ok(_) => {
-                tracker.deleted(Kind::SecurityGroup, &id).await;
-                done(&mut report, Kind::SecurityGroup, 1);
-            }
-            Err(why) if why.starts_with("InvalidGroup.NotFound") => {
-                tracker.deleted(Kind::SecurityGroup, &id).await
-            }
-            Err(why) => report.failed.push((Kind::SecurityGroup, id, why)),
-        }
     }
 
     let buckets = tracker.alive(Kind::Bucket);

@@ -352,7 +352,7 @@ impl User {
     pub(super) async fn wait_for<F, Fut>(
         &self,
         ctx: &RunCtx,
-        name: &str,
+        name: &'static str,
         what: &str,
         since: Instant,
         mut check: F,

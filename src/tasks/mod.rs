@@ -190,7 +190,7 @@ impl RunCtx {
     /// Records a finished SDK call; returns the value on success.
     fn measure<T, E>(
         &self,
-        name: &str,
+        name: &'static str,
         t0: Instant,
         res: Result<T, SdkError<E, HttpResponse>>,
         bytes: Bytes,
@@ -227,7 +227,7 @@ impl RunCtx {
         &self,
         kind: crate::resources::Kind,
         name: &str,
-        op: &str,
+        op: &'static str,
         reserved: u64,
     ) -> Result<u64, StepError> {
         match self.tracker.intent(kind, Some(name)).await {
@@ -242,7 +242,7 @@ impl RunCtx {
     }
 
     /// Records a failure that is not an SDK error (a wait that timed out).
-    fn fail(&self, name: &str, took: Duration, f: Failure) -> Failure {
+    fn fail(&self, name: &'static str, took: Duration, f: Failure) -> Failure {
         self.stats.record(name, took, Bytes::default(), Some(&f));
         f
     }

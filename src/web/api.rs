@@ -19,7 +19,7 @@ use crate::output;
 use crate::resources::Kind;
 use crate::run::Limits;
 use crate::session::{CleanupOutcome, Session, Spec};
-use crate::stats::{PERCENTILES, Snapshot};
+use crate::stats::{PERCENTILES, Snapshot, percentile_of};
 use crate::target::Clients;
 
 /// Clean-up of the current run, as the page shows it.
@@ -432,17 +432,38 @@ impl App {
         }
     }
 
+    /// Per kind: created, alive, deleted and the cap (bytes for objects).
+    fn resources_json(
+        &self,
+        counts: &std::collections::BTreeMap<Kind, crate::resources::KindCounts>,
+        object_bytes: u64,
+    ) -> Vec<Value> {
+        let caps = self.limits.caps();
+        Kind::ALL
+            .iter()
+            .map(|k| {
+                let c = counts.get(k).copied().unwrap_or_default();
+                let mut v = json!({"kind": k.as_str(), "created": c.created, "alive": c.alive, "deleted": c.deleted});
+                v["cap"] = match k {
+                    Kind::Instance => json!(caps.max_instances),
+                    Kind::Volume => json!(caps.max_volumes),
+                    Kind::Bucket => json!(caps.max_buckets),
+                    Kind::Object => {
+                        v["bytes"] = json!(object_bytes);
+                        v["cap_unit"] = json!("bytes");
+                        json!(caps.max_bytes)
+                    }
+                    _ => Value::Null,
+                };
+                v
+            })
+            .collect()
+    }
+
     /// The `/stats/requests` document.
     pub fn requests_json(&self) -> Value {
         let info = &self.clients.info;
         let target = json!({"ec2_endpoint": info.ec2_endpoint, "s3_endpoint": info.s3_endpoint, "region": info.region});
-        let caps = self.limits.caps();
-        let cap_of = |k: Kind| match k {
-            Kind::Instance => Some(caps.max_instances),
-            Kind::Volume => Some(caps.max_volumes),
-            Kind::Bucket => Some(caps.max_buckets),
-            _ => None,
-        };
         let Some(live) = self.current() else {
             return json!({
                 "state": "ready", "run_id": null, "profile": null, "user_count": 0,
@@ -450,9 +471,7 @@ impl App {
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
                 "fail_ratio": 0, "total_throttled": 0,
                 "current_response_time_percentiles": {},
-                "resources": Kind::ALL.iter().map(|k| json!({
-                    "kind": k.as_str(), "created": 0, "alive": 0, "deleted": 0, "cap": cap_of(*k),
-                })).collect::<Vec<_>>(),
+                "resources": self.resources_json(&Default::default(), 0),
                 "live_resources": 0, "cleanup": CleanupView::default(), "target": target,
                 "started_at": null, "ended_at": null,
             });
@@ -461,19 +480,7 @@ impl App {
         let snap = s.ctx.stats.snapshot();
         let (target_users, rate) = s.engine.target();
         let counts = s.tracker.counts();
-        let resources: Vec<Value> = Kind::ALL
-            .iter()
-            .map(|k| {
-                let c = counts.get(k).copied().unwrap_or_default();
-                let mut v = json!({"kind": k.as_str(), "created": c.created, "alive": c.alive, "deleted": c.deleted, "cap": cap_of(*k)});
-                if *k == Kind::Object {
-                    v["bytes"] = json!(s.tracker.object_bytes());
-                    v["cap"] = json!(caps.max_bytes);
-                    v["cap_unit"] = json!("bytes");
-                }
-                v
-            })
-            .collect();
+        let resources = self.resources_json(&counts, s.tracker.object_bytes());
         let live_resources: u64 = s.live_resources().iter().map(|(_, n)| n).sum();
         let mut rows: Vec<Value> = snap.entries.iter().map(stat_row).collect();
         rows.push(stat_row(&snap.total));
@@ -490,12 +497,7 @@ impl App {
                 })
             })
             .collect();
-        let cur = |q: f64| {
-            PERCENTILES
-                .iter()
-                .position(|p| (p - q).abs() < 1e-9)
-                .map_or(0.0, |i| snap.current_percentiles_ms[i])
-        };
+        let cur = |q: f64| percentile_of(&snap.current_percentiles_ms, q).unwrap_or(0.0);
         json!({
             "state": locust_state(s.engine.state()),
             "run_id": s.run_id,
@@ -684,12 +686,7 @@ pub async fn history(State(app): State<Arc<App>>, Query(q): Query<Since>) -> Res
 
 /// One chart point.
 pub fn history_point(r: &crate::stats::HistoryRow) -> Value {
-    let p = |q: f64| {
-        PERCENTILES
-            .iter()
-            .position(|x| (x - q).abs() < 1e-9)
-            .map_or(0.0, |i| r.percentiles_ms[i])
-    };
+    let p = |q: f64| percentile_of(&r.percentiles_ms, q).unwrap_or(0.0);
     json!({
         "t": r.timestamp, "users": r.user_count, "rps": r.current_rps,
         "fails": r.current_fail_per_sec, "p50": p(0.5), "p95": p(0.95),
