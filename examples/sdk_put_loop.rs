@@ -1,12 +1,26 @@
 //! The benchmark's peer: a bare aws-sdk-s3 loop putting 1 KiB objects with
 //! CONCURRENCY tasks for SECONDS, the way a hand-written client would.
-//! usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS
+//! usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS [tuned|defaults]
+//!   tuned     the client settings cloudswarm uses (the SDK's cheapest:
+//!             no retries, checksums only where required, no stalled-stream
+//!             protection, connect/read timeouts), so the two differ only by
+//!             the engine around the call
+//!   defaults  the SDK's defaults
+//! Both use cloudswarm's allocator (mimalloc).
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::primitives::ByteStream;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     // The same runtime choice cloudswarm makes: one thread on one core.
@@ -25,21 +39,37 @@ fn main() {
 
 async fn run() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS");
-        std::process::exit(2);
+    let tuned = match args.get(4).map(String::as_str) {
+        None | Some("tuned") => true,
+        Some("defaults") => false,
+        Some(_) => usage(),
+    };
+    if !(4..=5).contains(&args.len()) {
+        usage();
     }
     let endpoint = args[1].clone();
     let conc: usize = args[2].parse().expect("concurrency");
     let secs: f64 = args[3].parse().expect("seconds");
-    let conf = aws_sdk_s3::Config::builder()
+    let mut conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .force_path_style(true)
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
+        .force_path_style(true);
+    if tuned {
+        conf = conf
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+    }
+    let s3 = aws_sdk_s3::Client::from_conf(conf.build());
     let body = bytes::Bytes::from(vec![b'x'; 1024]);
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -76,4 +106,9 @@ async fn run() {
         failed.load(Ordering::Relaxed),
         n as f64 / el
     );
+}
+
+fn usage() -> ! {
+    eprintln!("usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS [tuned|defaults]");
+    std::process::exit(2);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use serde::Serialize;
+use tokio::sync::{SemaphorePermit, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -406,43 +407,95 @@ impl Engine {
     }
 }
 
+/// Where a user stopped inside a task: the step it needs an in-flight slot for.
+struct Resume {
+    task: usize,
+    step: usize,
+    t0: Instant,
+}
+
+/// Why [`busy`] handed control back to [`user_loop`].
+enum Pause {
+    /// The task is done and its wait comes next.
+    Wait(Duration),
+    /// Every in-flight slot is taken: wait for one, then go on from here.
+    Slot(Resume),
+    /// The user is cancelled or the engine closed.
+    Stop,
+}
+
 async fn user_loop(
     ctx: Arc<RunCtx>,
     class: Arc<ClassRt>,
     mut user: User,
     token: CancellationToken,
 ) {
-    while !token.is_cancelled() {
-        let task = &class.tasks[class.pick.sample(user.rng())];
-        let t0 = Instant::now();
-        for &op in &task.steps {
-            let permit = match ctx.inflight.try_acquire() {
-                Ok(p) => p,
-                Err(_) => {
-                    ctx.saturated.fetch_add(1, Ordering::Relaxed);
-                    match ctx.inflight.acquire().await {
+    let mut resume = None;
+    loop {
+        // The ops' state (the SDK's futures, several KiB) lives in this box
+        // only while the user is busy: a user that waits (its wait time, or
+        // for a slot) holds just its own small state. A user that never
+        // waits stays in one box for good, so the hot loop neither allocates
+        // nor copies it per request.
+        match Box::pin(busy(&ctx, &class, &mut user, &token, resume.take())).await {
+            Pause::Stop => return,
+            Pause::Wait(wait) => tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = token.cancelled() => return,
+            },
+            Pause::Slot(at) => {
+                ctx.saturated.fetch_add(1, Ordering::Relaxed);
+                let permit = tokio::select! {
+                    p = ctx.inflight.acquire() => match p {
                         Ok(p) => p,
                         Err(_) => return,
+                    },
+                    _ = token.cancelled() => return,
+                };
+                resume = Some((at, permit));
+            }
+        }
+    }
+}
+
+/// Runs the user's tasks back to back (from `resume`, if given, with its
+/// slot) until one is followed by a wait or a step finds no free slot.
+async fn busy<'a>(
+    ctx: &'a RunCtx,
+    class: &ClassRt,
+    user: &mut User,
+    token: &CancellationToken,
+    mut resume: Option<(Resume, SemaphorePermit<'a>)>,
+) -> Pause {
+    loop {
+        let (task, first, t0, mut slot) = match resume.take() {
+            Some((at, permit)) => (at.task, at.step, at.t0, Some(permit)),
+            None if token.is_cancelled() => return Pause::Stop,
+            None => (class.pick.sample(user.rng()), 0, Instant::now(), None),
+        };
+        for (step, &op) in class.tasks[task].steps.iter().enumerate().skip(first) {
+            let permit = match slot.take() {
+                Some(p) => p,
+                None => match ctx.inflight.try_acquire() {
+                    Ok(p) => p,
+                    Err(TryAcquireError::NoPermits) => {
+                        return Pause::Slot(Resume { task, step, t0 });
                     }
-                }
+                    Err(TryAcquireError::Closed) => return Pause::Stop,
+                },
             };
-            // Boxed so an idle user holds only a pointer, not the largest op's state.
-            let failed = Box::pin(user.run(&ctx, op)).await.is_err();
+            let failed = user.run(ctx, op).await.is_err();
             drop(permit);
             if failed {
                 break;
             }
         }
         let wait = class.wait.next_wait(t0.elapsed(), user.rng());
-        if wait.is_zero() {
-            // Yields only once the task has used its share of the scheduler.
-            tokio::task::consume_budget().await;
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = token.cancelled() => break,
-            }
+        if !wait.is_zero() {
+            return Pause::Wait(wait);
         }
+        // Yields only once the task has used its share of the scheduler.
+        tokio::task::consume_budget().await;
     }
 }
 

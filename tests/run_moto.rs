@@ -307,3 +307,60 @@ fn unreachable_endpoint_fails_preflight_with_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn saturated_users_wait_for_a_slot_and_go_on_with_their_sequence() {
+    // One in-flight slot for 20 users: nearly every step waits for a slot,
+    // outside the user's op state, and must then go on from that very step.
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("seq.toml");
+    std::fs::write(
+        &profile,
+        r#"
+description = "put, head, delete, in order"
+[params]
+object_size = "1KiB"
+bucket = "shared"
+[[user]]
+name = "s"
+wait = { constant = 0 }
+[[user.task]]
+sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "20",
+            "-r",
+            "100",
+            "-t",
+            "4s",
+            "--max-inflight",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_json(&json);
+    let n = |name: &str| find_entry(&r, name).map_or(0, |e| e["num_requests"].as_u64().unwrap());
+    let (put, head, del) = (n("s3:PutObject"), n("s3:HeadObject"), n("s3:DeleteObject"));
+    assert_eq!(r["total"]["num_failures"], 0, "{r}");
+    assert!(
+        del >= 20,
+        "every user got through sequences: {put} {head} {del}"
+    );
+    // No step skipped or repeated: each user has at most one sequence unfinished.
+    assert!(
+        put >= head && head >= del && put - del <= 20,
+        "put {put}, head {head}, delete {del}"
+    );
+}

@@ -132,7 +132,8 @@ pub struct RunCtx {
     pub default_az: Option<String>,
     /// The image `image_id = "auto"` stands for.
     pub auto_image: Option<String>,
-    shared_bucket: tokio::sync::Mutex<Option<String>>,
+    /// The run's one bucket for `bucket = "shared"`, created on first need.
+    shared_bucket: tokio::sync::OnceCell<String>,
     payload: std::sync::Mutex<bytes::Bytes>,
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
@@ -160,7 +161,7 @@ impl RunCtx {
             caps,
             default_az: None,
             auto_image: None,
-            shared_bucket: tokio::sync::Mutex::new(None),
+            shared_bucket: tokio::sync::OnceCell::new(),
             payload: Default::default(),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),

@@ -68,13 +68,12 @@ impl User {
     /// The bucket this user's objects go to, created on first need.
     async fn object_bucket(&mut self, ctx: &RunCtx) -> Result<String, StepError> {
         if self.params.bucket == BucketMode::Shared {
-            let mut g = ctx.shared_bucket.lock().await;
-            if let Some(b) = g.as_ref() {
-                return Ok(b.clone());
-            }
-            let b = create_bucket_named(ctx).await?;
-            *g = Some(b.clone());
-            return Ok(b);
+            // One creator at a time; after a failure the next user tries again.
+            let b = ctx
+                .shared_bucket
+                .get_or_try_init(|| create_bucket_named(ctx))
+                .await?;
+            return Ok(b.clone());
         }
         match self.buckets.last() {
             Some(b) => Ok(b.clone()),
