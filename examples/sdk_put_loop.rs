@@ -39,17 +39,21 @@ fn main() {
 
 async fn run() {
     let args: Vec<String> = std::env::args().collect();
+    if !(4..=5).contains(&args.len()) {
+        usage();
+    }
     let tuned = match args.get(4).map(String::as_str) {
         None | Some("tuned") => true,
         Some("defaults") => false,
         Some(_) => usage(),
     };
-    if !(4..=5).contains(&args.len()) {
+    let endpoint = args[1].clone();
+    let (Ok(conc), Ok(secs)) = (args[2].parse::<usize>(), args[3].parse::<f64>()) else {
+        usage();
+    };
+    if conc == 0 || !secs.is_finite() || secs < 0.0 {
         usage();
     }
-    let endpoint = args[1].clone();
-    let conc: usize = args[2].parse().expect("concurrency");
-    let secs: f64 = args[3].parse().expect("seconds");
     let mut conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))

@@ -441,7 +441,13 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
     let (target, _) = engine.target();
     let counts = engine.ctx.tracker.counts();
     let live = |k: Kind| counts.get(&k).map_or(0, |c| c.alive);
-    let saturated = engine.ctx.inflight.available_permits() == 0;
+    // Saturated if a user had to wait for a slot since the last line, or all are busy now.
+    let saturated = engine
+        .ctx
+        .saturated
+        .swap(0, std::sync::atomic::Ordering::Relaxed)
+        > 0
+        || engine.ctx.inflight.available_permits() == 0;
     format!(
         "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),

@@ -363,4 +363,7 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
         put >= head && head >= del && put - del <= 20,
         "put {put}, head {head}, delete {del}"
     );
+    // The users did wait for the slot, and the status line said so.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SATURATED"), "{err}");
 }

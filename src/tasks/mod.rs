@@ -141,7 +141,8 @@ pub struct RunCtx {
     /// Slots for ops in flight: bounds the engine's memory and connections
     /// when users outrun what the machine can send.
     pub inflight: tokio::sync::Semaphore,
-    /// Times a user had to wait for a slot (the engine is saturated).
+    /// Times a user had to wait for a slot since the last status line took
+    /// the count (the engine is saturated).
     pub saturated: AtomicU64,
 }
 

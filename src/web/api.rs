@@ -714,28 +714,23 @@ fn run_name(app: &App) -> String {
     )
 }
 
+/// The current (or last) run's snapshot, empty before any run.
+fn snapshot_or_empty(app: &App) -> Snapshot {
+    app.snapshot()
+        .map(|(_, s, _)| s)
+        .unwrap_or_else(empty_snapshot)
+}
+
 /// `GET /stats/requests/csv`
 pub async fn stats_csv(State(app): State<Arc<App>>) -> Response {
-    let snap = app
-        .snapshot()
-        .map(|(_, s, _)| s)
-        .unwrap_or_else(empty_snapshot);
-    csv_download(
-        &format!("{}_stats.csv", run_name(&app)),
-        output::stats_csv(&snap),
-    )
+    let body = output::stats_csv(&snapshot_or_empty(&app));
+    csv_download(&format!("{}_stats.csv", run_name(&app)), body)
 }
 
 /// `GET /stats/failures/csv`
 pub async fn failures_csv(State(app): State<Arc<App>>) -> Response {
-    let snap = app
-        .snapshot()
-        .map(|(_, s, _)| s)
-        .unwrap_or_else(empty_snapshot);
-    csv_download(
-        &format!("{}_failures.csv", run_name(&app)),
-        output::failures_csv(&snap),
-    )
+    let body = output::failures_csv(&snapshot_or_empty(&app));
+    csv_download(&format!("{}_failures.csv", run_name(&app)), body)
 }
 
 /// `GET /stats/history/csv`
