@@ -5,7 +5,8 @@
 #   (examples/sdk_put_loop.rs) with cloudswarm's client settings ("tuned",
 #   the peer of the 0.95x target) and with the SDK's defaults, and Locust +
 #   boto3 (bench/locustfile.py), each pinned to one core (nginx on the
-#   other), in one run; prints the ratios.
+#   other), in one run; prints the ratios. Then cloudswarm and the tuned loop
+#   run at once on the same core, which cancels the machine's noise.
 # Then hatches many mostly idle users (profiles/bench-many-users.toml) and
 # prints the peak RSS. Then the dashboard: GET /stats/requests latency while
 # its engine runs bench-s3-put at full speed (target p99 < 50 ms), next to
@@ -105,11 +106,12 @@ fi
 
 # The three peers take turns, ROUNDS times each, so the machine's noise hits
 # them alike; the medians are compared.
-cs_round() {
+cs_round() { # [tag]: names its files, so two can run at once
+  local tag=${1:-cs}
   taskset -c 0 "$BIN/cloudswarm" run -f profiles/bench-s3-put.toml -u "$CONC" -r 100000 -t "${SECS}s" \
-    --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/cs.json" --keep-resources >/dev/null 2>"$W/cs.err" \
-    || { cat "$W/cs.err"; exit 1; }
-  python3 -c "import json; d=json.load(open('$W/cs.json')); t=d['total']; assert t['num_failures']==0, t; print(round(t['num_requests']/d['duration_s'],1))"
+    --s3-endpoint "$URL" --state-dir "$W/state" --status-every 0 --json "$W/$tag.json" --keep-resources >/dev/null 2>"$W/$tag.err" \
+    || { cat "$W/$tag.err" >&2; exit 1; }
+  python3 -c "import json; d=json.load(open('$W/$tag.json')); t=d['total']; assert t['num_failures']==0, t; print(round(t['num_requests']/d['duration_s'],1))"
 }
 locust_round() {
   (cd "$W" && taskset -c 0 "$VENV/bin/locust" -f "$OLDPWD/bench/locustfile.py" --headless -u "$CONC" -r "$CONC" \
@@ -138,6 +140,21 @@ SDKD_RPS=$(median "${SDKD_ALL[@]}")
 LOCUST_RPS=$(median "${LOCUST_ALL[@]}")
 [ -n "$CS_RPS" ] && [ -n "$SDK_RPS" ] && [ -n "$SDKD_RPS" ] && [ -n "$LOCUST_RPS" ] || { echo "a round failed"; exit 1; }
 
+# The steadiest figure: cloudswarm and the tuned loop at the same time on the
+# same core, so whatever else the machine does slows both alike.
+DUEL_ALL=()
+for r in $(seq "$ROUNDS"); do
+  cs_round duel >"$W/duel.cs" &
+  a=$!
+  sdk_round tuned >"$W/duel.sdk" &
+  b=$!
+  wait $a
+  wait $b
+  DUEL_ALL+=("$(python3 -c "print(round($(cat "$W/duel.cs") / $(cat "$W/duel.sdk"), 3))")")
+  echo "same-core round $r: cloudswarm $(cat "$W/duel.cs") req/s, bare SDK tuned $(cat "$W/duel.sdk") req/s, ratio ${DUEL_ALL[-1]}"
+done
+DUEL=$(median "${DUEL_ALL[@]}")
+
 echo "== $MANY users, wait 5-10 s, both cores"
 "$BIN/cloudswarm" run -f profiles/bench-many-users.toml -u "$MANY" -r 20000 -t 30s \
   --s3-endpoint "$URL" --state-dir "$W/state" --status-every 5 --json "$W/many.json" --keep-resources \
@@ -165,7 +182,8 @@ python3 -c "
 cs, sdk, sdkd, lo = float('$CS_RPS'), float('$SDK_RPS'), float('$SDKD_RPS'), float('$LOCUST_RPS')
 print(f'cloudswarm / locust+boto3       = {cs/lo:.1f}x (target >= 15x)')
 print(f'cloudswarm / bare SDK, tuned    = {cs/sdk:.2f}x (target >= 0.95x)')
-print(f'cloudswarm / bare SDK, defaults = {cs/sdkd:.2f}x')"
+print(f'cloudswarm / bare SDK, defaults = {cs/sdkd:.2f}x')
+print(f'cloudswarm / bare SDK, tuned, sharing one core = {float(\"$DUEL\"):.2f}x (median of $ROUNDS)')"
 echo "many users: $MANY_USERS_REACHED users alive, peak RSS $((PEAK / 1024)) MiB (target <= 1024 MiB); rps, failures: $MANY_RPS"
 echo
 echo "== dashboard latency under load"
