@@ -3,8 +3,8 @@
 //! usage: sdk_put_loop ENDPOINT CONCURRENCY SECONDS [tuned|defaults]
 //!   tuned     the client settings cloudswarm uses (the SDK's cheapest:
 //!             no retries, checksums only where required, no stalled-stream
-//!             protection, connect/read timeouts), so the two differ only by
-//!             the engine around the call
+//!             protection, cloudswarm's default 5 s connect and 60 s read
+//!             timeouts), so the two differ only by the engine around the call
 //!   defaults  the SDK's defaults
 //! Both use cloudswarm's allocator (mimalloc).
 use std::sync::Arc;
@@ -65,7 +65,7 @@ async fn run() {
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
+                    .connect_timeout(Duration::from_secs(5))
                     .read_timeout(Duration::from_secs(60))
                     .build(),
             )

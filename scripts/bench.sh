@@ -150,6 +150,7 @@ for r in $(seq "$ROUNDS"); do
   b=$!
   wait $a
   wait $b
+  [ -s "$W/duel.cs" ] && [ -s "$W/duel.sdk" ] || { echo "same-core round $r failed (a peer reported no rate)"; exit 1; }
   DUEL_ALL+=("$(python3 -c "print(round($(cat "$W/duel.cs") / $(cat "$W/duel.sdk"), 3))")")
   echo "same-core round $r: cloudswarm $(cat "$W/duel.cs") req/s, bare SDK tuned $(cat "$W/duel.sdk") req/s, ratio ${DUEL_ALL[-1]}"
 done
