@@ -16,7 +16,8 @@ use clap::Args;
 use crate::resources::{self, Kind, RUN_TAG, Tracker};
 use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
-use crate::tasks::cleanup::sweep;
+use crate::tasks::cleanup::{run_of_name, sweep};
+use crate::tasks::errors;
 
 /// Flags of `cloudswarm cleanup`.
 #[derive(Args, Debug, Clone)]
@@ -59,47 +60,92 @@ fn runs_on_disk(state: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Run ids the cloud's EC2 tags show (a filter on the tag key: never empty).
-async fn runs_in_cloud(c: &Clients) -> Result<BTreeSet<String>> {
+/// Run ids the cloud shows: the `cloudswarm:run-id` tags of instances,
+/// volumes, snapshots and addresses (a filter on the tag key: never empty),
+/// and the `cs-<runid>-<n>` names of key pairs, security groups and buckets.
+/// A run whose journal is gone is still found by what it left. Each listing
+/// that fails is named; the others still count.
+async fn runs_in_cloud(c: &Clients) -> (BTreeSet<String>, Vec<String>) {
     let has_tag = || Filter::builder().name("tag-key").values(RUN_TAG).build();
-    let mut ids = BTreeSet::new();
     let tag_value = |tags: &[aws_sdk_ec2::types::Tag]| {
         tags.iter()
             .find(|t| t.key() == Some(RUN_TAG))
             .and_then(|t| t.value())
             .map(str::to_string)
     };
-    let inst = c
+    let why = |op: &str, f: crate::stats::Failure| format!("{op}: {}", f.message);
+    let mut ids = BTreeSet::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut failed = Vec::new();
+    match c.ec2.describe_instances().filters(has_tag()).send().await {
+        Ok(r) => ids.extend(
+            r.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| tag_value(i.tags())),
+        ),
+        Err(e) => failed.push(why("DescribeInstances", errors::classify(&e))),
+    }
+    match c.ec2.describe_volumes().filters(has_tag()).send().await {
+        Ok(r) => ids.extend(r.volumes().iter().filter_map(|v| tag_value(v.tags()))),
+        Err(e) => failed.push(why("DescribeVolumes", errors::classify(&e))),
+    }
+    let snaps = c
         .ec2
-        .describe_instances()
-        .filters(has_tag())
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(has_tag());
+    match snaps.send().await {
+        Ok(r) => ids.extend(r.snapshots().iter().filter_map(|s| tag_value(s.tags()))),
+        Err(e) => failed.push(why("DescribeSnapshots", errors::classify(&e))),
+    }
+    match c.ec2.describe_addresses().filters(has_tag()).send().await {
+        Ok(r) => ids.extend(r.addresses().iter().filter_map(|a| tag_value(a.tags()))),
+        Err(e) => failed.push(why("DescribeAddresses", errors::classify(&e))),
+    }
+    let prefixed = |n: &str| Filter::builder().name(n).values("cs-*").build();
+    match c
+        .ec2
+        .describe_key_pairs()
+        .filters(prefixed("key-name"))
         .send()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "DescribeInstances: {}",
-                crate::tasks::errors::classify(&e).message
-            )
-        })?;
-    for i in inst.reservations().iter().flat_map(|r| r.instances()) {
-        ids.extend(tag_value(i.tags()));
+    {
+        Ok(r) => names.extend(
+            r.key_pairs()
+                .iter()
+                .filter_map(|k| k.key_name().map(str::to_string)),
+        ),
+        Err(e) => failed.push(why("DescribeKeyPairs", errors::classify(&e))),
     }
-    let vols = c
+    let groups = c
         .ec2
-        .describe_volumes()
-        .filters(has_tag())
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "DescribeVolumes: {}",
-                crate::tasks::errors::classify(&e).message
-            )
-        })?;
-    for v in vols.volumes() {
-        ids.extend(tag_value(v.tags()));
+        .describe_security_groups()
+        .filters(prefixed("group-name"));
+    match groups.send().await {
+        Ok(r) => names.extend(
+            r.security_groups()
+                .iter()
+                .filter_map(|g| g.group_name().map(str::to_string)),
+        ),
+        Err(e) => failed.push(why("DescribeSecurityGroups", errors::classify(&e))),
     }
-    Ok(ids.into_iter().filter(|i| valid_run_id(i)).collect())
+    match c.s3.list_buckets().send().await {
+        Ok(r) => names.extend(
+            r.buckets()
+                .iter()
+                .filter_map(|b| b.name().map(str::to_string)),
+        ),
+        Err(e) => failed.push(why("ListBuckets", errors::classify(&e))),
+    }
+    ids.extend(
+        names
+            .iter()
+            .filter_map(|n| run_of_name(n))
+            .map(str::to_string),
+    );
+    ids.retain(|i| valid_run_id(i));
+    (ids, failed)
 }
 
 /// Which services a run used, from its run.json (both when unknown).
@@ -188,9 +234,10 @@ pub async fn cleanup(args: CleanupArgs) -> Result<i32> {
         }
         None => {
             let mut all: BTreeSet<String> = runs_on_disk(&state).into_iter().collect();
-            match runs_in_cloud(&c).await {
-                Ok(ids) => all.extend(ids),
-                Err(e) => eprintln!("warning: cannot list run tags in the cloud: {e}"),
+            let (ids, failed) = runs_in_cloud(&c).await;
+            all.extend(ids);
+            for e in failed {
+                eprintln!("warning: cannot look for runs in the cloud: {e}");
             }
             all.into_iter().collect()
         }

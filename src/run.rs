@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use rand::Rng;
 
@@ -233,6 +233,17 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         )));
     }
 
+    // The reports are written at the end: find a bad path now, not after the run.
+    let outputs = args
+        .csv
+        .iter()
+        .flat_map(|p| output::csv_paths(p))
+        .map(|p| ("--csv", p))
+        .chain(args.json.iter().map(|p| ("--json", p.clone())));
+    for (flag, path) in outputs {
+        output::check_writable(&path).map_err(|e| config_err(format!("{flag}: {e:#}")))?;
+    }
+
     let clients = args
         .target
         .clients()
@@ -402,9 +413,14 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             eprintln!("  {k} {id}: {why}");
         }
     }
+    // Each report is written even if another fails; a failure exits 2 after
+    // the SLA verdicts.
+    let mut unwritten = Vec::new();
     if let Some(prefix) = &args.csv {
         let history = ctx.stats.lock().history.clone();
-        output::write_csv(prefix, &snap, &history).context("--csv")?;
+        if let Err(e) = output::write_csv(prefix, &snap, &history) {
+            unwritten.push(format!("--csv: {e:#}"));
+        }
     }
     if let Some(path) = &args.json {
         let facts = RunFacts {
@@ -416,7 +432,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             resources: &counts,
             leaked,
         };
-        output::write_json(path, &output::json_report(&facts, &snap)).context("--json")?;
+        if let Err(e) = output::write_json(path, &output::json_report(&facts, &snap)) {
+            unwritten.push(format!("--json: {e:#}"));
+        }
     }
     let mut code = 0;
     for s in &slas {
@@ -430,6 +448,12 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         if !v.held {
             code = 1;
         }
+    }
+    if !unwritten.is_empty() {
+        bail!(config_err(format!(
+            "reports not saved: {}",
+            unwritten.join("; ")
+        )));
     }
     Ok(code)
 }

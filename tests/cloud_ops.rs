@@ -967,3 +967,106 @@ fn alive_kinds(journal: &str) -> std::collections::BTreeSet<String> {
     }
     alive.into_values().collect()
 }
+
+/// A run whose state directory is gone (another machine, a wiped disk) is
+/// still found by `cleanup --all-runs` from what it left in the cloud: a
+/// tagged address, a key pair and a bucket named `cs-<runid>-<n>`. Names
+/// that only look a little like cloudswarm's are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_runs_finds_a_run_with_no_journal_by_its_tags_and_names() {
+    let moto = Moto::start();
+    let (ec2, s3) = clients(&moto).await;
+    let bucket_run = "q7runaaa";
+    let tag_run = "q7runbbb";
+    s3.create_bucket()
+        .bucket(format!("cs-{bucket_run}-1"))
+        .send()
+        .await
+        .unwrap();
+    s3.put_object()
+        .bucket(format!("cs-{bucket_run}-1"))
+        .key("k")
+        .body(b"x".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    ec2.create_key_pair()
+        .key_name(format!("cs-{bucket_run}-2"))
+        .send()
+        .await
+        .unwrap();
+    let tag = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("cloudswarm:run-id")
+                .value(tag_run)
+                .build(),
+        )
+        .build();
+    ec2.allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .tag_specifications(tag)
+        .send()
+        .await
+        .unwrap();
+    for keep in ["cs-data-2024", "cs-q7runaaa-backup"] {
+        s3.create_bucket().bucket(keep).send().await.unwrap();
+    }
+    ec2.create_key_pair()
+        .key_name("cs-ops-1")
+        .send()
+        .await
+        .unwrap();
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = cloudswarm()
+        .args(["cleanup", "--all-runs", "--timeout", "1m", "--state-dir"])
+        .arg(empty.path())
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for run in [bucket_run, tag_run] {
+        assert!(
+            stdout.contains(&format!("run {run}: nothing left in the cloud")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
+
+    let buckets: Vec<String> = s3
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_string))
+        .collect();
+    assert!(
+        !buckets.contains(&format!("cs-{bucket_run}-1")),
+        "{buckets:?}"
+    );
+    for keep in ["cs-data-2024", "cs-q7runaaa-backup"] {
+        assert!(buckets.iter().any(|b| b == keep), "{keep}: {buckets:?}");
+    }
+    let keys = ec2.describe_key_pairs().send().await.unwrap();
+    let keys: Vec<&str> = keys
+        .key_pairs()
+        .iter()
+        .filter_map(|k| k.key_name())
+        .collect();
+    assert!(
+        !keys.contains(&"cs-q7runaaa-2") && keys.contains(&"cs-ops-1"),
+        "{keys:?}"
+    );
+    let addrs = ec2.describe_addresses().send().await.unwrap();
+    assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
+}

@@ -287,6 +287,62 @@ fn bad_profile_and_bad_flags_exit_2_with_a_clear_message() {
         assert!(!out.stderr.is_empty());
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
+
+    // Report paths are checked before the run, not after it: a missing
+    // folder or a directory in place of the file exits 2 at once, naming it,
+    // and leaves no files behind.
+    let missing = dir.path().join("no-such-dir").join("r");
+    let as_dir = dir.path().join("a-dir");
+    std::fs::create_dir(&as_dir).unwrap();
+    for (flag, path, says) in [
+        ("--csv", missing.clone(), "no-such-dir/r_stats.csv"),
+        ("--json", as_dir.clone(), "a-dir is a directory"),
+    ] {
+        let out = cloudswarm()
+            .args([
+                "run",
+                "-f",
+                "profiles/smoke.toml",
+                "-t",
+                "1m",
+                "--state-dir",
+            ])
+            .arg(dir.path())
+            .arg(flag)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+        assert!(
+            !err.contains("cloudswarm run "),
+            "stopped before the run: {err}"
+        );
+    }
+    // A good path passes the check, which leaves no file behind when the
+    // run then stops early (here: nothing listens at the endpoint).
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            "profiles/smoke.toml",
+            "-t",
+            "1m",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .args(["--ec2-endpoint", &url, "--s3-endpoint", &url, "--csv"])
+        .arg(dir.path().join("fine"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach"), "{}", text(&out));
+    assert!(
+        !dir.path().join("fine_stats.csv").exists(),
+        "the check leaves no file"
+    );
 }
 
 #[test]
@@ -366,4 +422,57 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
     // The users did wait for the slot, and the status line said so.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SATURATED"), "{err}");
+}
+
+#[test]
+fn a_report_that_cannot_be_saved_at_the_end_spares_the_others_and_exits_2() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let json = dir.path().join("r.json");
+    let profile = dir.path().join("put.toml");
+    std::fs::write(
+        &profile,
+        "[[user]]\nname = \"s3\"\nwait = { constant = 0.05 }\n[[user.task]]\nop = \"s3:PutObject\"\n",
+    )
+    .unwrap();
+    let child = cloudswarm()
+        .arg("run")
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .arg("-f")
+        .arg(&profile)
+        .args(["-u", "2", "-r", "10", "-t", "3s"])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--csv")
+        .arg(gone.join("r"))
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The folder passes the check at the start; it goes away once the run
+    // has begun (its journal folder exists), before the reports are written.
+    let runs = dir.path().join("state").join("runs");
+    let begun = std::time::Instant::now();
+    while !std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(begun.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_dir(&gone).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reports not saved: --csv: cannot write") && err.contains("gone/r_stats.csv"),
+        "{err}"
+    );
+    let report = read_json(&json);
+    assert!(
+        report["total"]["num_requests"].as_u64().unwrap() > 0,
+        "the JSON report is still written: {report}"
+    );
+    assert_eq!(report["resources"]["leaked"], 0, "{report}");
 }

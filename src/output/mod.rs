@@ -5,9 +5,9 @@ pub mod sla;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::resources::{Kind, KindCounts};
@@ -116,8 +116,39 @@ pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<(
         ("failures", failures_csv(s)),
         ("stats_history", history_csv(history)),
     ] {
-        let path = format!("{prefix}_{suffix}.csv");
+        let path = csv_path(prefix, suffix);
         std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
+    }
+    Ok(())
+}
+
+fn csv_path(prefix: &str, suffix: &str) -> String {
+    format!("{prefix}_{suffix}.csv")
+}
+
+/// The files `--csv PREFIX` writes.
+pub fn csv_paths(prefix: &str) -> Vec<PathBuf> {
+    ["stats", "failures", "stats_history"]
+        .iter()
+        .map(|s| PathBuf::from(csv_path(prefix, s)))
+        .collect()
+}
+
+/// Checks before a run that `path` can be written (its folder exists and
+/// takes the file), so a long run does not end with a report it cannot
+/// save. A file that did not exist is removed again.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let existed = path.exists();
+    if path.is_dir() {
+        bail!("{} is a directory", path.display());
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

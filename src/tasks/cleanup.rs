@@ -32,6 +32,21 @@ pub fn is_run_name(name: &str, run_id: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// The run a name such as `cs-k3x9q2ab-12` belongs to, if it has exactly
+/// the shape cloudswarm gives names (a run id as `new_run_id` makes them:
+/// 8 lowercase letters and digits, a letter first; then a number). Finding
+/// runs by name is stricter than cleaning one up, so that a bucket such as
+/// `cs-data-2024` is not taken for a run.
+pub fn run_of_name(name: &str) -> Option<&str> {
+    let (run_id, _) = name.strip_prefix("cs-")?.split_once('-')?;
+    let shaped = run_id.len() == 8
+        && run_id.starts_with(|c: char| c.is_ascii_lowercase())
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (shaped && is_run_name(name, run_id)).then_some(run_id)
+}
+
 fn tag_filter(run_id: &str) -> Filter {
     Filter::builder()
         .name(format!("tag:{RUN_TAG}"))
@@ -608,5 +623,24 @@ mod tests {
         assert!(!is_run_name("cs-abcd12345-1", "abcd1234"));
         assert!(!is_run_name("cs-abcd1234-1", ""));
         assert!(!is_run_name("operator-data", "abcd1234"));
+    }
+
+    #[test]
+    fn runs_are_found_only_from_names_cloudswarm_gives() {
+        assert_eq!(run_of_name("cs-abcd1234-1"), Some("abcd1234"));
+        assert_eq!(run_of_name("cs-k3x9q2ab-120"), Some("k3x9q2ab"));
+        for other in [
+            "cs-data-2024",   // too short for a run id
+            "cs-1bcd1234-1",  // a run id starts with a letter
+            "cs-abcd1234-",   // no number
+            "cs-abcd1234-1a", // not a number
+            "cs-abcd1234",    // no number at all
+            "cs-Abcd1234-1",  // upper case
+            "cs-abcd12345-1", // too long
+            "ops-abcd1234-1", // another prefix
+            "cs--1",
+        ] {
+            assert_eq!(run_of_name(other), None, "{other}");
+        }
     }
 }
