@@ -4,7 +4,9 @@
 //!   tuned     the client settings cloudswarm uses (the SDK's cheapest:
 //!             no retries, checksums only where required, no stalled-stream
 //!             protection, cloudswarm's default 5 s connect and 60 s read
-//!             timeouts), so the two differ only by the engine around the call
+//!             timeouts, and its S3 endpoint resolver that resolves once per
+//!             bucket rather than once per key), so the two differ only by
+//!             the engine around the call
 //!   defaults  the SDK's defaults
 //! Both use cloudswarm's allocator (mimalloc).
 use std::sync::Arc;
@@ -71,7 +73,8 @@ async fn run() {
             )
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .endpoint_resolver(cloudswarm::endpoint::KeylessS3Resolver::default());
     }
     let s3 = aws_sdk_s3::Client::from_conf(conf.build());
     let body = bytes::Bytes::from(vec![b'x'; 1024]);

@@ -2,7 +2,8 @@
 //!
 //! Data flow: [`profile`] (what users do) → [`engine`] (hatches and runs
 //! users) → [`tasks`] (cloud ops through the AWS SDK, against the [`target`],
-//! creating resources tracked by [`resources`]) → [`stats`] (exact
+//! whose S3 endpoints [`endpoint`] resolves once per bucket, creating
+//! resources tracked by [`resources`]) → [`stats`] (exact
 //! percentiles, errors, history) → [`output`] (table, CSV, JSON, SLAs) and
 //! [`metrics`] (Prometheus).
 //! [`session`] is one run's life; [`run`] drives it headless and [`web`]
@@ -10,6 +11,7 @@
 //! after runs; [`cli`] is the command line.
 
 pub mod cli;
+pub mod endpoint;
 pub mod engine;
 pub mod metrics;
 pub mod output;

@@ -91,8 +91,29 @@ struct Inner {
     counts: BTreeMap<Kind, KindCounts>,
     /// Creates sent and not answered yet, per kind (they count against caps).
     pending: BTreeMap<Kind, u64>,
+}
+
+/// Objects are counted, not tracked by id (they go with their bucket). Every
+/// PutObject and DeleteObject moves these, so they are atomics, not behind
+/// the tracker's lock.
+#[derive(Default)]
+struct ObjectCounts {
+    created: AtomicU64,
+    deleted: AtomicU64,
     /// Bytes of objects stored (or being stored) by the run.
-    object_bytes: u64,
+    bytes: AtomicU64,
+}
+
+impl ObjectCounts {
+    fn counts(&self) -> KindCounts {
+        let created = self.created.load(Ordering::Relaxed);
+        let deleted = self.deleted.load(Ordering::Relaxed);
+        KindCounts {
+            created,
+            deleted,
+            alive: created.saturating_sub(deleted),
+        }
+    }
 }
 
 /// The run's record of what it created.
@@ -103,6 +124,7 @@ pub struct Tracker {
     journal: Arc<Mutex<File>>,
     seq: Arc<AtomicU64>,
     inner: Arc<Mutex<Inner>>,
+    objects: Arc<ObjectCounts>,
 }
 
 impl Tracker {
@@ -128,6 +150,7 @@ impl Tracker {
             journal: Arc::new(Mutex::new(journal)),
             seq: Arc::new(AtomicU64::new(0)),
             inner: Arc::default(),
+            objects: Arc::default(),
         })
     }
 
@@ -147,6 +170,7 @@ impl Tracker {
             journal: Arc::new(Mutex::new(journal)),
             seq: Arc::new(AtomicU64::new(1_000_000_000)),
             inner: Arc::default(),
+            objects: Arc::default(),
         })
     }
 
@@ -292,36 +316,39 @@ impl Tracker {
 
     /// Reserves `n` bytes of object storage under `cap`; false when it would exceed it.
     pub fn reserve_bytes(&self, n: u64, cap: u64) -> bool {
-        let mut g = self.lock();
-        if g.object_bytes.saturating_add(n) > cap {
-            return false;
-        }
-        g.object_bytes += n;
-        true
+        self.objects
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b.saturating_add(n) <= cap).then(|| b + n)
+            })
+            .is_ok()
     }
 
     /// Gives back object bytes (an upload failed, or objects were deleted).
     pub fn release_bytes(&self, n: u64) {
-        let mut g = self.lock();
-        g.object_bytes = g.object_bytes.saturating_sub(n);
+        let _ = self
+            .objects
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
     }
 
     /// Bytes of objects the run holds.
     pub fn object_bytes(&self) -> u64 {
-        self.lock().object_bytes
+        self.objects.bytes.load(Ordering::Relaxed)
     }
 
     /// Counts untracked-by-id resources such as objects (they go with their bucket).
     pub fn count_objects(&self, created: i64) {
-        let mut g = self.lock();
-        let c = g.counts.entry(Kind::Object).or_default();
         if created >= 0 {
-            c.created += created as u64;
-            c.alive += created as u64;
+            self.objects
+                .created
+                .fetch_add(created as u64, Ordering::Relaxed);
         } else {
-            let n = (-created) as u64;
-            c.deleted += n;
-            c.alive = c.alive.saturating_sub(n);
+            self.objects
+                .deleted
+                .fetch_add(created.unsigned_abs(), Ordering::Relaxed);
         }
     }
 
@@ -345,11 +372,19 @@ impl Tracker {
 
     /// Counts per kind.
     pub fn counts(&self) -> BTreeMap<Kind, KindCounts> {
-        self.lock().counts.clone()
+        let mut counts = self.lock().counts.clone();
+        let objects = self.objects.counts();
+        if objects != KindCounts::default() {
+            counts.insert(Kind::Object, objects);
+        }
+        counts
     }
 
     /// How many of a kind are alive now.
     pub fn alive_count(&self, kind: Kind) -> u64 {
+        if kind == Kind::Object {
+            return self.objects.counts().alive;
+        }
         self.lock().counts.get(&kind).map_or(0, |c| c.alive)
     }
 
@@ -394,6 +429,33 @@ pub fn replay(path: &Path) -> Result<(BTreeMap<Kind, Vec<String>>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_bytes_stay_under_the_cap_and_objects_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracker::open(dir.path(), "objs").unwrap();
+        assert!(
+            !t.counts().contains_key(&Kind::Object),
+            "no object moved yet"
+        );
+        assert!(t.reserve_bytes(600, 1000));
+        assert!(!t.reserve_bytes(401, 1000), "600 + 401 is over the cap");
+        assert!(t.reserve_bytes(400, 1000));
+        assert_eq!(t.object_bytes(), 1000);
+        t.release_bytes(300);
+        t.release_bytes(5000);
+        assert_eq!(t.object_bytes(), 0, "releasing more than held stops at 0");
+        t.count_objects(3);
+        t.count_objects(-1);
+        t.objects_gone(1);
+        let want = KindCounts {
+            created: 3,
+            deleted: 2,
+            alive: 1,
+        };
+        assert_eq!(t.counts()[&Kind::Object], want);
+        assert_eq!(t.alive_count(Kind::Object), 1);
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

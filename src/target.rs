@@ -316,6 +316,8 @@ impl TargetArgs {
         if let Some(u) = &s3_ep {
             s3 = s3.endpoint_url(u.clone());
         }
+        // Resolves the endpoint once per bucket, not once per object key.
+        s3 = s3.endpoint_resolver(crate::endpoint::KeylessS3Resolver::default());
         Ok(Clients {
             ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
             s3: aws_sdk_s3::Client::from_conf(s3.build()),

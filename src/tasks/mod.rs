@@ -25,6 +25,23 @@ use crate::resources::Tracker;
 use crate::stats::{Bytes, Failure, Stats};
 use crate::target::Clients;
 
+/// `size` random bytes, cut from one buffer per power-of-two size class (4
+/// KiB and up) that lives as long as the process: taking a slice locks
+/// nothing and counts no reference, which matters when every user on every
+/// core uploads at once. The buffers take at most twice the largest size
+/// asked for.
+fn payload(size: usize) -> bytes::Bytes {
+    static CLASSES: [std::sync::OnceLock<&'static [u8]>; 64] =
+        [const { std::sync::OnceLock::new() }; 64];
+    let class = size.max(4096).next_power_of_two();
+    let buf = CLASSES[class.trailing_zeros() as usize].get_or_init(|| {
+        let mut v = vec![0u8; class];
+        rand::Rng::fill(&mut rand::rng(), &mut v[..]);
+        Vec::leak(v)
+    });
+    bytes::Bytes::from_static(&buf[..size])
+}
+
 /// The services ops belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -133,8 +150,7 @@ pub struct RunCtx {
     /// The image `image_id = "auto"` stands for.
     pub auto_image: Option<String>,
     /// The run's one bucket for `bucket = "shared"`, created on first need.
-    shared_bucket: tokio::sync::OnceCell<String>,
-    payload: std::sync::Mutex<bytes::Bytes>,
+    shared_bucket: tokio::sync::OnceCell<Arc<str>>,
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
     list_v1: AtomicBool,
@@ -163,7 +179,6 @@ impl RunCtx {
             default_az: None,
             auto_image: None,
             shared_bucket: tokio::sync::OnceCell::new(),
-            payload: Default::default(),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(DEFAULT_MAX_INFLIGHT),
@@ -177,16 +192,10 @@ impl RunCtx {
         format!("cs-{}-{n}", self.run_id)
     }
 
-    /// A payload of `size` random bytes: a slice of one shared buffer.
+    /// A payload of `size` random bytes: a slice of a buffer shared by the
+    /// whole process (see [`payload`]).
     fn payload(&self, size: u64) -> bytes::Bytes {
-        let size = size as usize;
-        let mut g = self.payload.lock().unwrap_or_else(|p| p.into_inner());
-        if g.len() < size {
-            let mut v = vec![0u8; size.max(g.len() * 2).max(4096)];
-            rand::Rng::fill(&mut rand::rng(), &mut v[..]);
-            *g = bytes::Bytes::from(v);
-        }
-        g.slice(..size)
+        payload(size as usize)
     }
 
     /// Records a finished SDK call; returns the value on success.
@@ -327,6 +336,16 @@ impl Address {
 /// bucket and go with it at clean-up.
 const MAX_REMEMBERED_OBJECTS: usize = 1000;
 
+/// An object a user put: 32 bytes, nothing on the heap of its own (the
+/// bucket name is shared), so a user remembering a thousand stays small.
+#[derive(Debug, Clone)]
+struct Obj {
+    bucket: Arc<str>,
+    /// The key is `u<user id>/o<n>` (see [`User::key`]).
+    n: u64,
+    size: u64,
+}
+
 /// One simulated user's state.
 pub struct User {
     pub id: u64,
@@ -340,8 +359,8 @@ pub struct User {
     key_pairs: VecDeque<String>,
     /// Security group ids, with how many rules each got.
     security_groups: VecDeque<(String, u16)>,
-    buckets: Vec<String>,
-    objects: VecDeque<(String, String, u64)>,
+    buckets: Vec<Arc<str>>,
+    objects: VecDeque<Obj>,
     object_seq: u64,
 }
 
@@ -434,5 +453,25 @@ impl User {
             crate::metrics::capped(op.name());
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_slices_of_one_buffer_per_size_class() {
+        for n in [0, 1, 1000, 4096, 4097, 1 << 20] {
+            assert_eq!(payload(n).len(), n);
+        }
+        // Same class, same bytes: 1 KiB and 4 KiB come from the 4 KiB buffer.
+        let (a, b) = (payload(1024), payload(4096));
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(a[..], b[..1024]);
+        // Random, not zeros.
+        assert!(b.iter().any(|&x| x != 0));
+        // The next class is another buffer.
+        assert_ne!(payload(4097).as_ptr(), b.as_ptr());
     }
 }

@@ -4,6 +4,7 @@
 //! listed (V2, falling back to V1 where the server lacks it), deleted one by
 //! one or in batches, and multipart uploads that abort when a step fails.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::{MAX_REMEMBERED_OBJECTS, Op, RunCtx, StepError, StepResult, User};
+use super::{MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User};
 use crate::profile::BucketMode;
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
@@ -59,19 +60,19 @@ fn v2_unsupported(f: &Failure) -> bool {
 }
 
 impl User {
-    pub(super) async fn create_bucket(&mut self, ctx: &RunCtx) -> Result<String, StepError> {
-        let b = create_bucket_named(ctx).await?;
+    pub(super) async fn create_bucket(&mut self, ctx: &RunCtx) -> Result<Arc<str>, StepError> {
+        let b: Arc<str> = create_bucket_named(ctx).await?.into();
         self.buckets.push(b.clone());
         Ok(b)
     }
 
     /// The bucket this user's objects go to, created on first need.
-    async fn object_bucket(&mut self, ctx: &RunCtx) -> Result<String, StepError> {
+    async fn object_bucket(&mut self, ctx: &RunCtx) -> Result<Arc<str>, StepError> {
         if self.params.bucket == BucketMode::Shared {
             // One creator at a time; after a failure the next user tries again.
             let b = ctx
                 .shared_bucket
-                .get_or_try_init(|| create_bucket_named(ctx))
+                .get_or_try_init(|| async { create_bucket_named(ctx).await.map(Arc::from) })
                 .await?;
             return Ok(b.clone());
         }
@@ -81,13 +82,19 @@ impl User {
         }
     }
 
-    fn next_key(&mut self) -> String {
+    /// The number of the user's next object.
+    fn next_object(&mut self) -> u64 {
         self.object_seq += 1;
-        format!("u{}/o{}", self.id, self.object_seq)
+        self.object_seq
     }
 
-    fn remember(&mut self, bucket: String, key: String, size: u64) {
-        self.objects.push_back((bucket, key, size));
+    /// The key of the user's object number `n`.
+    fn key(&self, n: u64) -> String {
+        format!("u{}/o{n}", self.id)
+    }
+
+    fn remember(&mut self, bucket: Arc<str>, n: u64, size: u64) {
+        self.objects.push_back(Obj { bucket, n, size });
         if self.objects.len() > MAX_REMEMBERED_OBJECTS {
             self.objects.pop_front();
         }
@@ -100,15 +107,15 @@ impl User {
         if !ctx.tracker.reserve_bytes(size, ctx.caps.max_bytes) {
             return Err(StepError::Capped);
         }
-        let key = self.next_key();
+        let n = self.next_object();
         let body = ctx.payload(size);
         let t0 = Instant::now();
         let res = ctx
             .clients
             .s3
             .put_object()
-            .bucket(&bucket)
-            .key(&key)
+            .bucket(&*bucket)
+            .key(self.key(n))
             .content_length(size as i64)
             .body(ByteStream::from(body))
             .send()
@@ -122,12 +129,13 @@ impl User {
             return Err(f.into());
         }
         ctx.tracker.count_objects(1);
-        self.remember(bucket, key, size);
+        self.remember(bucket, n, size);
         Ok(())
     }
 
-    /// One of the user's objects (a random one), put first if it has none.
-    async fn some_object(&mut self, ctx: &RunCtx) -> Result<(String, String, u64), StepError> {
+    /// One of the user's objects (a random one) as (bucket, key), put first
+    /// if it has none.
+    async fn some_object(&mut self, ctx: &RunCtx) -> Result<(Arc<str>, String), StepError> {
         if self.objects.is_empty() {
             self.put_object(ctx).await?;
         }
@@ -136,12 +144,13 @@ impl User {
             return Err(Failure::new("no-object", "PutObject stored nothing").into());
         }
         let i = rand::Rng::random_range(self.rng(), 0..n);
-        Ok(self.objects[i].clone())
+        let o = &self.objects[i];
+        Ok((o.bucket.clone(), self.key(o.n)))
     }
 
     pub(super) async fn get_object(&mut self, ctx: &RunCtx) -> StepResult {
-        let (bucket, key, _) = self.some_object(ctx).await?;
-        let mut req = ctx.clients.s3.get_object().bucket(&bucket).key(&key);
+        let (bucket, key) = self.some_object(ctx).await?;
+        let mut req = ctx.clients.s3.get_object().bucket(&*bucket).key(key);
         if let Some(r) = &self.params.get_range {
             req = req.range(format!("bytes={r}"));
         }
@@ -177,14 +186,14 @@ impl User {
     }
 
     pub(super) async fn head_object(&mut self, ctx: &RunCtx) -> StepResult {
-        let (bucket, key, _) = self.some_object(ctx).await?;
+        let (bucket, key) = self.some_object(ctx).await?;
         let t0 = Instant::now();
         let res = ctx
             .clients
             .s3
             .head_object()
-            .bucket(&bucket)
-            .key(&key)
+            .bucket(&*bucket)
+            .key(key)
             .send()
             .await;
         ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default())?;
@@ -201,7 +210,7 @@ impl User {
     pub(super) async fn head_bucket(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
         let t0 = Instant::now();
-        let res = ctx.clients.s3.head_bucket().bucket(&bucket).send().await;
+        let res = ctx.clients.s3.head_bucket().bucket(&*bucket).send().await;
         ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -216,7 +225,7 @@ impl User {
                 .clients
                 .s3
                 .list_objects_v2()
-                .bucket(&bucket)
+                .bucket(&*bucket)
                 .prefix(&prefix)
                 .max_keys(1000)
                 .send()
@@ -245,7 +254,7 @@ impl User {
             .clients
             .s3
             .list_objects()
-            .bucket(&bucket)
+            .bucket(&*bucket)
             .prefix(&prefix)
             .max_keys(1000)
             .send()
@@ -258,7 +267,7 @@ impl User {
         if self.objects.is_empty() {
             self.put_object(ctx).await?;
         }
-        let Some((bucket, key, size)) = self.objects.pop_front() else {
+        let Some(obj) = self.objects.pop_front() else {
             return Err(Failure::new("no-object", "PutObject stored nothing").into());
         };
         let t0 = Instant::now();
@@ -266,18 +275,18 @@ impl User {
             .clients
             .s3
             .delete_object()
-            .bucket(&bucket)
-            .key(&key)
+            .bucket(&*obj.bucket)
+            .key(self.key(obj.n))
             .send()
             .await;
         match ctx.measure(Op::DeleteObject.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.count_objects(-1);
-                ctx.tracker.release_bytes(size);
+                ctx.tracker.release_bytes(obj.size);
                 Ok(())
             }
             Err(f) => {
-                self.objects.push_front((bucket, key, size));
+                self.objects.push_front(obj);
                 Err(f.into())
             }
         }
@@ -287,19 +296,20 @@ impl User {
         if self.objects.is_empty() {
             self.put_object(ctx).await?;
         }
-        let Some(bucket) = self.objects.front().map(|o| o.0.clone()) else {
+        let Some(bucket) = self.objects.front().map(|o| o.bucket.clone()) else {
             return Err(Failure::new("no-object", "PutObject stored nothing").into());
         };
         let mut batch = Vec::new();
         while batch.len() < self.params.delete_batch {
-            match self.objects.iter().position(|o| o.0 == bucket) {
+            match self.objects.iter().position(|o| o.bucket == bucket) {
                 Some(i) => batch.push(self.objects.remove(i).expect("index is valid")),
                 None => break,
             }
         }
-        let ids: Vec<ObjectIdentifier> = batch
+        let keys: Vec<String> = batch.iter().map(|o| self.key(o.n)).collect();
+        let ids: Vec<ObjectIdentifier> = keys
             .iter()
-            .filter_map(|o| ObjectIdentifier::builder().key(&o.1).build().ok())
+            .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
             .collect();
         let delete = Delete::builder()
             .set_objects(Some(ids))
@@ -311,19 +321,19 @@ impl User {
             .clients
             .s3
             .delete_objects()
-            .bucket(&bucket)
+            .bucket(&*bucket)
             .delete(delete)
             .send()
             .await;
         match ctx.measure(Op::DeleteObjects.name(), t0, res, Bytes::default()) {
             Ok(out) => {
                 let failed: Vec<&str> = out.errors().iter().filter_map(|e| e.key()).collect();
-                for o in batch {
-                    if failed.contains(&o.1.as_str()) {
+                for (o, key) in batch.into_iter().zip(&keys) {
+                    if failed.contains(&key.as_str()) {
                         self.objects.push_front(o);
                     } else {
                         ctx.tracker.count_objects(-1);
-                        ctx.tracker.release_bytes(o.2);
+                        ctx.tracker.release_bytes(o.size);
                     }
                 }
                 Ok(())
@@ -344,12 +354,13 @@ impl User {
         if !ctx.tracker.reserve_bytes(total, ctx.caps.max_bytes) {
             return Err(StepError::Capped);
         }
-        let key = self.next_key();
+        let n = self.next_object();
+        let key = self.key(n);
         let s3 = &ctx.clients.s3;
         let t0 = Instant::now();
         let res = s3
             .create_multipart_upload()
-            .bucket(&bucket)
+            .bucket(&*bucket)
             .key(&key)
             .send()
             .await;
@@ -375,7 +386,7 @@ impl User {
             let t0 = Instant::now();
             let res = s3
                 .upload_part()
-                .bucket(&bucket)
+                .bucket(&*bucket)
                 .key(&key)
                 .upload_id(&upload_id)
                 .part_number(number)
@@ -409,7 +420,7 @@ impl User {
             let t0 = Instant::now();
             let res = s3
                 .complete_multipart_upload()
-                .bucket(&bucket)
+                .bucket(&*bucket)
                 .key(&key)
                 .upload_id(&upload_id)
                 .multipart_upload(
@@ -422,7 +433,7 @@ impl User {
             match ctx.measure("s3:CompleteMultipartUpload", t0, res, Bytes::default()) {
                 Ok(_) => {
                     ctx.tracker.count_objects(1);
-                    self.remember(bucket, key, total);
+                    self.remember(bucket, n, total);
                     return Ok(());
                 }
                 Err(f) => failure = Some(f),
@@ -433,7 +444,7 @@ impl User {
         let t0 = Instant::now();
         let res = s3
             .abort_multipart_upload()
-            .bucket(&bucket)
+            .bucket(&*bucket)
             .key(&key)
             .upload_id(&upload_id)
             .send()
@@ -448,7 +459,7 @@ impl User {
         }
         let bucket = self.buckets.remove(0);
         // Empty it first: the user's own objects, each a measured DeleteObject.
-        while let Some(pos) = self.objects.iter().position(|o| o.0 == bucket) {
+        while let Some(pos) = self.objects.iter().position(|o| o.bucket == bucket) {
             let obj = self.objects.remove(pos).expect("found");
             self.objects.push_front(obj);
             if let Err(e) = self.delete_object(ctx).await {
@@ -457,7 +468,7 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = ctx.clients.s3.delete_bucket().bucket(&bucket).send().await;
+        let res = ctx.clients.s3.delete_bucket().bucket(&*bucket).send().await;
         match ctx.measure(Op::DeleteBucket.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Bucket, &bucket).await;
@@ -473,7 +484,7 @@ impl User {
                     ctx.tracker.deleted(Kind::Bucket, &bucket).await;
                     ctx.tracker.objects_gone(n);
                     ctx.tracker.release_bytes(bytes);
-                    self.objects.retain(|o| o.0 != bucket);
+                    self.objects.retain(|o| o.bucket != bucket);
                 } else {
                     self.buckets.insert(0, bucket);
                 }

@@ -166,8 +166,9 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
+        // One process (no master): killing it leaves no orphaned worker behind.
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "master_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d};\n  \
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
