@@ -13,6 +13,9 @@
 # the same client's latency against nginx in the same run.
 #   BENCH_SECONDS=15 BENCH_ROUNDS=3 BENCH_USERS=32 MANY_USERS=100000 scripts/bench.sh
 #   BENCH_ONLY=dashboard scripts/bench.sh      (the dashboard part alone)
+#   BENCH_PGO=1 scripts/bench.sh     (first scripts/build-pgo.sh: both binaries
+#                                     profile-guided and BOLT-laid-out, ~1 h)
+#   BENCH_BIN=DIR scripts/bench.sh   (prebuilt DIR/cloudswarm, DIR/examples/sdk_put_loop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${BENCH_SECONDS:-15}
@@ -20,46 +23,29 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CONC=${BENCH_USERS:-32}
 MANY=${MANY_USERS:-100000}
 scripts/setup.sh bench
-cargo build --release --quiet --bin cloudswarm --example sdk_put_loop
-BIN=${CARGO_TARGET_DIR:-target}/release
+if [ -n "${BENCH_PGO:-}" ] && [ -z "${BENCH_BIN:-}" ]; then
+  scripts/build-pgo.sh
+  BENCH_BIN=$(realpath -m "${PGO_DIR:-target/pgo}")/out
+  # Without llvm-bolt the profile-guided binaries are the result.
+  [ -x "$BENCH_BIN/cloudswarm" ] || BENCH_BIN=$(dirname "$BENCH_BIN")/use/$(rustc -vV | sed -n 's/^host: //p')/release
+fi
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release --quiet --bin cloudswarm --example sdk_put_loop
+  BIN=${CARGO_TARGET_DIR:-target}/release
+fi
+for b in "$BIN/cloudswarm" "$BIN/examples/sdk_put_loop"; do
+  [ -x "$b" ] || { echo "bench: $b is not an executable" >&2; exit 2; }
+done
+echo "bench: binaries from $BIN"
 VENV=${CLOUDSWARM_VENV:-$PWD/.venv}
 
 W=$(mktemp -d /tmp/cloudswarm-bench.XXXXXX)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-URL=http://127.0.0.1:$PORT
-mkdir -p "$W/tmp"
-cat > "$W/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/error.log warn;
-worker_rlimit_nofile 200000;
-events { worker_connections 150000; }
-http {
-  access_log off;
-  client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp;
-  uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;
-  client_max_body_size 10m;
-  client_body_buffer_size 64k;
-  keepalive_requests 100000000;
-  keepalive_timeout 600s;
-  server {
-    listen 127.0.0.1:$PORT backlog=65535;
-    location = / {
-      default_type application/xml;
-      return 200 '<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Owner><ID>bench</ID></Owner><Buckets></Buckets></ListAllMyBucketsResult>';
-    }
-    location / {
-      add_header ETag '"0f343b0931126a20f133d67c2b018a3b"' always;
-      return 200 '';
-    }
-  }
-}
-CONF
-taskset -c 1 /usr/sbin/nginx -c "$W/nginx.conf" -p "$W" -e "$W/error.log" &
-NGINX=$!
-trap 'kill $NGINX 2>/dev/null; wait $NGINX 2>/dev/null; rm -rf "$W"' EXIT
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+. scripts/lib/canned-s3.sh
+trap 'if [ -n "${CANNED_PID:-}" ]; then kill $CANNED_PID; wait $CANNED_PID; fi 2>/dev/null; rm -rf "$W"' EXIT
+canned_s3_start "$W"
+PORT=$CANNED_PORT URL=$CANNED_URL
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 \
   AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
