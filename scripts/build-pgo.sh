@@ -54,12 +54,15 @@ mkdir -p "$PGO_DIR/data"
 # need the profile nor should write into it).
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 # One binary at a time: the instrumented fat-LTO link of each needs ~12 GB,
-# and two at once thrash a 24 GB machine.
+# and two at once thrash a 24 GB machine. The example first, then both: the
+# second call finds the example built and links only cloudswarm, and both
+# calls build the dependencies with the same features (an example brings in
+# the dev-dependencies' features; `--bin` alone would rebuild them all).
 build() { # TARGET-DIR RUSTFLAGS
   local t
-  for t in "--bin cloudswarm" "--example sdk_put_loop"; do
-    # shellcheck disable=SC2086 # t is two words on purpose
-    RUSTFLAGS="$2" CARGO_TARGET_DIR="$1" cargo build --release --locked --quiet --target "$HOST" $t
+  for t in "" "--bin cloudswarm"; do
+    # shellcheck disable=SC2086 # t is two words or none on purpose
+    RUSTFLAGS="$2" CARGO_TARGET_DIR="$1" cargo build --release --locked --quiet --target "$HOST" $t --example sdk_put_loop
   done
 }
 echo "build-pgo: 1/4 instrumented build into $PGO_DIR/gen"
