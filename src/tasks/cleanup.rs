@@ -483,7 +483,9 @@ where
 {
     let mut pause = Duration::from_millis(500);
     loop {
-        match send().await {
+        // Boxed: a run's ops call this (s3:DeleteBucket empties a bucket),
+        // and an inline SDK future would swell every op's future.
+        match Box::pin(send()).await {
             Ok(v) => return Ok(v),
             Err(e) => {
                 let f = classify(&e);

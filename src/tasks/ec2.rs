@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     TagSpecification, VolumeState, VolumeType,
 };
 
-use super::{Held, Op, RunCtx, StepError, StepResult, User, Want, errors::classify};
+use super::{Boxed, Held, Op, RunCtx, StepError, StepResult, User, Want, errors::classify};
 use crate::resources::{Kind, RUN_TAG};
 use crate::stats::{Bytes, Failure};
 
@@ -117,7 +117,7 @@ impl User {
             req = req.user_data(base64::engine::general_purpose::STANDARD.encode(u));
         }
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         match ctx.measure(name, t0, res, Bytes::default()) {
             Ok(out) => {
                 let mut made = 0;
@@ -157,7 +157,7 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         ctx.measure(Op::DescribeInstances.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -210,6 +210,7 @@ impl User {
             .terminate_instances()
             .instance_ids(&held.id)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::TerminateInstances.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -255,6 +256,7 @@ impl User {
             .stop_instances()
             .instance_ids(&id)
             .send()
+            .boxed()
             .await;
         ctx.measure(Op::StopInstances.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
@@ -276,6 +278,7 @@ impl User {
             .start_instances()
             .instance_ids(&id)
             .send()
+            .boxed()
             .await;
         ctx.measure(Op::StartInstances.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
@@ -293,6 +296,7 @@ impl User {
             .reboot_instances()
             .instance_ids(&id)
             .send()
+            .boxed()
             .await;
         ctx.measure(Op::RebootInstances.name(), t0, res, Bytes::default())?;
         Ok(())
@@ -310,6 +314,7 @@ impl User {
             .describe_instances()
             .instance_ids(id)
             .send()
+            .boxed()
             .await;
         let res = match res {
             Ok(r) => r,
@@ -479,7 +484,7 @@ impl User {
             req = req.volume_type(VolumeType::from(t.as_str()));
         }
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         match ctx.measure(name, t0, res, Bytes::default()) {
             Ok(out) => {
                 let Some(id) = out.volume_id() else {
@@ -510,7 +515,7 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         ctx.measure(Op::DescribeVolumes.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -522,6 +527,7 @@ impl User {
             .describe_volumes()
             .volume_ids(id)
             .send()
+            .boxed()
             .await;
         let res = match res {
             Ok(r) => r,
@@ -635,6 +641,7 @@ impl User {
             .instance_id(&instance)
             .device(&device)
             .send()
+            .boxed()
             .await;
         ctx.measure(Op::AttachVolume.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.volumes.iter_mut().find(|h| h.id == volume) {
@@ -667,7 +674,7 @@ impl User {
             req = req.device(dev);
         }
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         ctx.measure(Op::DetachVolume.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.volumes.iter_mut().find(|h| h.id == id) {
             h.attached_to = None;
@@ -694,6 +701,7 @@ impl User {
             .delete_volume()
             .volume_id(&held.id)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteVolume.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -732,6 +740,7 @@ impl User {
             .description(&label)
             .tag_specifications(run_tags(ctx, ResourceType::Snapshot, &label))
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::CreateSnapshot.name(), t0, res, Bytes::default()) {
             Ok(out) => {
@@ -774,6 +783,7 @@ impl User {
                 .describe_snapshots()
                 .snapshot_ids(&id)
                 .send()
+                .boxed()
                 .await
                 .map_err(|e| classify(&e))?;
             let state = res
@@ -812,6 +822,7 @@ impl User {
             .delete_snapshot()
             .snapshot_id(&held.id)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteSnapshot.name(), t0, res, Bytes::default()) {
             Ok(_) => {

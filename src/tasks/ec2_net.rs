@@ -7,7 +7,7 @@ use std::time::Instant;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType};
 
 use super::ec2::run_tags;
-use super::{Address, Op, RunCtx, StepError, StepResult, User};
+use super::{Address, Boxed, Op, RunCtx, StepError, StepResult, User};
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
 
@@ -28,6 +28,7 @@ impl User {
             .allocate_address()
             .tag_specifications(run_tags(ctx, ResourceType::ElasticIp, &label))
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::AllocateAddress.name(), t0, res, Bytes::default()) {
             Ok(out) => {
@@ -70,7 +71,7 @@ impl User {
             (None, None) => return Err(none("address", "AllocateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         let out = ctx.measure(Op::AssociateAddress.name(), t0, res, Bytes::default())?;
         let a = &mut self.addresses[i];
         a.instance = Some(instance);
@@ -99,7 +100,7 @@ impl User {
             (None, None) => return Err(none("association", "AssociateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         ctx.measure(Op::DisassociateAddress.name(), t0, res, Bytes::default())?;
         let a = &mut self.addresses[i];
         a.instance = None;
@@ -125,7 +126,7 @@ impl User {
             (None, None) => return Err(none("address", "AllocateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         match ctx.measure(Op::ReleaseAddress.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Address, &a.key()).await;
@@ -151,6 +152,7 @@ impl User {
             .key_name(&name)
             .tag_specifications(run_tags(ctx, ResourceType::KeyPair, &name))
             .send()
+            .boxed()
             .await;
         // The private key in the answer is dropped here, never stored or logged.
         match ctx.measure(Op::CreateKeyPair.name(), t0, res, Bytes::default()) {
@@ -181,6 +183,7 @@ impl User {
             .delete_key_pair()
             .key_name(&name)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteKeyPair.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -213,6 +216,7 @@ impl User {
             .description(format!("cloudswarm run {}", ctx.run_id))
             .tag_specifications(run_tags(ctx, ResourceType::SecurityGroup, &name))
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::CreateSecurityGroup.name(), t0, res, Bytes::default()) {
             Ok(out) => {
@@ -260,6 +264,7 @@ impl User {
             .group_id(&id)
             .ip_permissions(perm)
             .send()
+            .boxed()
             .await;
         ctx.measure(
             Op::AuthorizeSecurityGroupIngress.name(),
@@ -288,6 +293,7 @@ impl User {
             .delete_security_group()
             .group_id(&g.0)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteSecurityGroup.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -308,14 +314,20 @@ impl User {
             Err(_) => req.owners("self"),
         };
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         ctx.measure(Op::DescribeImages.name(), t0, res, Bytes::default())?;
         Ok(())
     }
 
     pub(super) async fn describe_zones(&mut self, ctx: &RunCtx) -> StepResult {
         let t0 = Instant::now();
-        let res = ctx.clients.ec2.describe_availability_zones().send().await;
+        let res = ctx
+            .clients
+            .ec2
+            .describe_availability_zones()
+            .send()
+            .boxed()
+            .await;
         ctx.measure(
             Op::DescribeAvailabilityZones.name(),
             t0,

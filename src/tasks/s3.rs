@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::{MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User};
+use super::{Boxed, MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User};
 use crate::profile::BucketMode;
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
@@ -38,7 +38,7 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
         );
     }
     let t0 = Instant::now();
-    let res = req.send().await;
+    let res = req.send().boxed().await;
     match ctx.measure(Op::CreateBucket.name(), t0, res, Bytes::default()) {
         Ok(_) => {
             ctx.tracker.created(seq, Kind::Bucket, &bucket).await;
@@ -119,6 +119,7 @@ impl User {
             .content_length(size as i64)
             .body(ByteStream::from(body))
             .send()
+            .boxed()
             .await;
         let sent = Bytes {
             sent: size,
@@ -156,7 +157,7 @@ impl User {
         }
         let name = Op::GetObject.name();
         let t0 = Instant::now();
-        let res = req.send().await;
+        let res = req.send().boxed().await;
         // The answer's headers are in: that is the time to first byte.
         let ttfb = t0.elapsed();
         let out = match res {
@@ -195,6 +196,7 @@ impl User {
             .bucket(&*bucket)
             .key(key)
             .send()
+            .boxed()
             .await;
         ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default())?;
         Ok(())
@@ -202,7 +204,7 @@ impl User {
 
     pub(super) async fn list_buckets(&mut self, ctx: &RunCtx) -> StepResult {
         let t0 = Instant::now();
-        let res = ctx.clients.s3.list_buckets().send().await;
+        let res = ctx.clients.s3.list_buckets().send().boxed().await;
         ctx.measure(Op::ListBuckets.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -210,7 +212,14 @@ impl User {
     pub(super) async fn head_bucket(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
         let t0 = Instant::now();
-        let res = ctx.clients.s3.head_bucket().bucket(&*bucket).send().await;
+        let res = ctx
+            .clients
+            .s3
+            .head_bucket()
+            .bucket(&*bucket)
+            .send()
+            .boxed()
+            .await;
         ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -229,6 +238,7 @@ impl User {
                 .prefix(&prefix)
                 .max_keys(1000)
                 .send()
+                .boxed()
                 .await;
             match res {
                 Ok(_) => {
@@ -258,6 +268,7 @@ impl User {
             .prefix(&prefix)
             .max_keys(1000)
             .send()
+            .boxed()
             .await;
         ctx.measure(name, t0, res, Bytes::default())?;
         Ok(())
@@ -278,6 +289,7 @@ impl User {
             .bucket(&*obj.bucket)
             .key(self.key(obj.n))
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteObject.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -324,6 +336,7 @@ impl User {
             .bucket(&*bucket)
             .delete(delete)
             .send()
+            .boxed()
             .await;
         match ctx.measure(Op::DeleteObjects.name(), t0, res, Bytes::default()) {
             Ok(out) => {
@@ -363,6 +376,7 @@ impl User {
             .bucket(&*bucket)
             .key(&key)
             .send()
+            .boxed()
             .await;
         let created = match ctx.measure("s3:CreateMultipartUpload", t0, res, Bytes::default()) {
             Ok(c) => c,
@@ -393,6 +407,7 @@ impl User {
                 .content_length(len as i64)
                 .body(ByteStream::from(ctx.payload(len)))
                 .send()
+                .boxed()
                 .await;
             let sent = Bytes {
                 sent: len,
@@ -429,6 +444,7 @@ impl User {
                         .build(),
                 )
                 .send()
+                .boxed()
                 .await;
             match ctx.measure("s3:CompleteMultipartUpload", t0, res, Bytes::default()) {
                 Ok(_) => {
@@ -448,6 +464,7 @@ impl User {
             .key(&key)
             .upload_id(&upload_id)
             .send()
+            .boxed()
             .await;
         let _ = ctx.measure("s3:AbortMultipartUpload", t0, res, Bytes::default());
         Err(failure.expect("a step failed").into())
@@ -468,7 +485,14 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = ctx.clients.s3.delete_bucket().bucket(&*bucket).send().await;
+        let res = ctx
+            .clients
+            .s3
+            .delete_bucket()
+            .bucket(&*bucket)
+            .send()
+            .boxed()
+            .await;
         match ctx.measure(Op::DeleteBucket.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Bucket, &bucket).await;
