@@ -23,6 +23,12 @@ SECS=${BENCH_SECONDS:-15}
 ROUNDS=${BENCH_ROUNDS:-5}
 CONC=${BENCH_USERS:-32}
 MANY=${MANY_USERS:-100000}
+for v in "BENCH_SECONDS=$SECS" "BENCH_ROUNDS=$ROUNDS" "BENCH_USERS=$CONC" "MANY_USERS=$MANY"; do
+  case ${v#*=} in
+    ''|*[!0-9]*) echo "bench: ${v%%=*} must be a whole number, not '${v#*=}'" >&2; exit 2 ;;
+  esac
+done
+[ "$ROUNDS" -gt 0 ] && [ "$CONC" -gt 0 ] && [ "$SECS" -gt 0 ] || { echo "bench: BENCH_SECONDS, BENCH_ROUNDS and BENCH_USERS must be above 0" >&2; exit 2; }
 scripts/setup.sh bench
 if [ -n "${BENCH_PGO:-}" ] && [ -z "${BENCH_BIN:-}" ]; then
   scripts/build-pgo.sh
@@ -182,7 +188,7 @@ python3 -c "
 cs, sdk, sdkd, lo = float('$CS_RPS'), float('$SDK_RPS'), float('$SDKD_RPS'), float('$LOCUST_RPS')
 print(f'cloudswarm / locust+boto3       = {cs/lo:.1f}x (target >= 15x)')
 print(f'cloudswarm / bare SDK, tuned    = {cs/sdk:.2f}x (medians; target >= 0.95x)')
-print(f'cloudswarm / bare SDK, tuned, paired = {float(\"$PAIR\"):.2f}x (median of $ROUNDS rounds, range $PAIR_RANGE)')
+print(f'cloudswarm / bare SDK, tuned, paired = {float(\"$PAIR\"):.3f}x (median of $ROUNDS rounds, range $PAIR_RANGE)')
 print(f'cloudswarm / bare SDK, defaults = {cs/sdkd:.2f}x')
 print(f'cloudswarm / bare SDK, tuned, sharing one core = {float(\"$DUEL\"):.2f}x (median of $ROUNDS)')"
 [ "$MANY" -gt 0 ] && echo "many users: $MANY_USERS_REACHED users alive, peak RSS $((PEAK / 1024)) MiB (target <= 1024 MiB); rps, failures: $MANY_RPS"

@@ -102,8 +102,7 @@ impl User {
 
     pub(super) async fn put_object(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
-        let params = self.params.clone();
-        let size = params.object_size.sample(self.rng());
+        let size = self.params.object_size.sample(&mut self.rng);
         if !ctx.tracker.reserve_bytes(size, ctx.caps.max_bytes) {
             return Err(StepError::Capped);
         }
