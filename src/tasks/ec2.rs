@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     TagSpecification, VolumeState, VolumeType,
 };
 
-use super::{Boxed, Held, Op, RunCtx, StepError, StepResult, User, Want, errors::classify};
+use super::{Held, Op, RunCtx, StepError, StepResult, User, Want, errors::classify, sdk};
 use crate::resources::{Kind, RUN_TAG};
 use crate::stats::{Bytes, Failure};
 
@@ -117,7 +117,7 @@ impl User {
             req = req.user_data(base64::engine::general_purpose::STANDARD.encode(u));
         }
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         match ctx.measure(name, t0, res, Bytes::default()) {
             Ok(out) => {
                 let mut made = 0;
@@ -157,7 +157,7 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         ctx.measure(Op::DescribeInstances.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -204,14 +204,14 @@ impl User {
             .pop_front()
             .ok_or_else(|| none("instance", "RunInstances"))?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .terminate_instances()
-            .instance_ids(&held.id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .terminate_instances()
+                .instance_ids(&held.id)
+                .send()
+        })
+        .await;
         match ctx.measure(Op::TerminateInstances.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Instance, &held.id).await;
@@ -250,14 +250,7 @@ impl User {
         }
         let id = self.instances[i].id.clone();
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .stop_instances()
-            .instance_ids(&id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.stop_instances().instance_ids(&id).send()).await;
         ctx.measure(Op::StopInstances.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
             h.head_for(Want::Stopped);
@@ -272,14 +265,7 @@ impl User {
         }
         let id = self.instances[i].id.clone();
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .start_instances()
-            .instance_ids(&id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.start_instances().instance_ids(&id).send()).await;
         ctx.measure(Op::StartInstances.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.instances.iter_mut().find(|h| h.id == id) {
             h.head_for(Want::Running);
@@ -290,14 +276,7 @@ impl User {
     pub(super) async fn reboot_instance(&mut self, ctx: &RunCtx) -> StepResult {
         let id = self.ensure_running_instance(ctx).await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .reboot_instances()
-            .instance_ids(&id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.reboot_instances().instance_ids(&id).send()).await;
         ctx.measure(Op::RebootInstances.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -308,14 +287,7 @@ impl User {
         id: &str,
         want: InstanceStateName,
     ) -> Result<Poll, Failure> {
-        let res = ctx
-            .clients
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.describe_instances().instance_ids(id).send()).await;
         let res = match res {
             Ok(r) => r,
             // Eventual consistency: a new id may not be known yet; a gone one is terminated.
@@ -484,7 +456,7 @@ impl User {
             req = req.volume_type(VolumeType::from(t.as_str()));
         }
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         match ctx.measure(name, t0, res, Bytes::default()) {
             Ok(out) => {
                 let Some(id) = out.volume_id() else {
@@ -515,20 +487,13 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         ctx.measure(Op::DescribeVolumes.name(), t0, res, Bytes::default())?;
         Ok(())
     }
 
     async fn poll_volume(&self, ctx: &RunCtx, id: &str, want: Want) -> Result<Poll, Failure> {
-        let res = ctx
-            .clients
-            .ec2
-            .describe_volumes()
-            .volume_ids(id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.describe_volumes().volume_ids(id).send()).await;
         let res = match res {
             Ok(r) => r,
             Err(e) if classify(&e).code.ends_with(".NotFound") => {
@@ -633,16 +598,16 @@ impl User {
         self.instances[ii].devices = dev_no.wrapping_add(1);
         let device = format!("/dev/sd{}", (b'f' + dev_no % 11) as char);
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .attach_volume()
-            .volume_id(&volume)
-            .instance_id(&instance)
-            .device(&device)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .attach_volume()
+                .volume_id(&volume)
+                .instance_id(&instance)
+                .device(&device)
+                .send()
+        })
+        .await;
         ctx.measure(Op::AttachVolume.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.volumes.iter_mut().find(|h| h.id == volume) {
             h.attached_to = Some(instance);
@@ -674,7 +639,7 @@ impl User {
             req = req.device(dev);
         }
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         ctx.measure(Op::DetachVolume.name(), t0, res, Bytes::default())?;
         if let Some(h) = self.volumes.iter_mut().find(|h| h.id == id) {
             h.attached_to = None;
@@ -695,14 +660,7 @@ impl User {
             .ok_or_else(|| none("volume", "CreateVolume"))?;
         let held = self.volumes.remove(i).expect("index is valid");
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .delete_volume()
-            .volume_id(&held.id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.delete_volume().volume_id(&held.id).send()).await;
         match ctx.measure(Op::DeleteVolume.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Volume, &held.id).await;
@@ -732,16 +690,16 @@ impl User {
             .intent(Kind::Snapshot, &label, Op::CreateSnapshot.name(), 1)
             .await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .create_snapshot()
-            .volume_id(volume)
-            .description(&label)
-            .tag_specifications(run_tags(ctx, ResourceType::Snapshot, &label))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .create_snapshot()
+                .volume_id(volume)
+                .description(&label)
+                .tag_specifications(run_tags(ctx, ResourceType::Snapshot, &label))
+                .send()
+        })
+        .await;
         match ctx.measure(Op::CreateSnapshot.name(), t0, res, Bytes::default()) {
             Ok(out) => {
                 let Some(id) = out.snapshot_id() else {
@@ -777,15 +735,15 @@ impl User {
         }
         let id = held.id.clone();
         let poll = || async {
-            let res = ctx
-                .clients
-                .ec2
-                .describe_snapshots()
-                .snapshot_ids(&id)
-                .send()
-                .boxed()
-                .await
-                .map_err(|e| classify(&e))?;
+            let res = sdk(|| {
+                ctx.clients
+                    .ec2
+                    .describe_snapshots()
+                    .snapshot_ids(&id)
+                    .send()
+            })
+            .await
+            .map_err(|e| classify(&e))?;
             let state = res
                 .snapshots()
                 .iter()
@@ -816,14 +774,14 @@ impl User {
             .pop_front()
             .ok_or_else(|| none("snapshot", "CreateSnapshot"))?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .delete_snapshot()
-            .snapshot_id(&held.id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .delete_snapshot()
+                .snapshot_id(&held.id)
+                .send()
+        })
+        .await;
         match ctx.measure(Op::DeleteSnapshot.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Snapshot, &held.id).await;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType};
 
 use super::ec2::run_tags;
-use super::{Address, Boxed, Op, RunCtx, StepError, StepResult, User};
+use super::{Address, Op, RunCtx, StepError, StepResult, User, sdk};
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
 
@@ -22,14 +22,14 @@ impl User {
             .intent(Kind::Address, &label, Op::AllocateAddress.name(), 0)
             .await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .allocate_address()
-            .tag_specifications(run_tags(ctx, ResourceType::ElasticIp, &label))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .allocate_address()
+                .tag_specifications(run_tags(ctx, ResourceType::ElasticIp, &label))
+                .send()
+        })
+        .await;
         match ctx.measure(Op::AllocateAddress.name(), t0, res, Bytes::default()) {
             Ok(out) => {
                 let a = Address {
@@ -71,7 +71,7 @@ impl User {
             (None, None) => return Err(none("address", "AllocateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         let out = ctx.measure(Op::AssociateAddress.name(), t0, res, Bytes::default())?;
         let a = &mut self.addresses[i];
         a.instance = Some(instance);
@@ -100,7 +100,7 @@ impl User {
             (None, None) => return Err(none("association", "AssociateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         ctx.measure(Op::DisassociateAddress.name(), t0, res, Bytes::default())?;
         let a = &mut self.addresses[i];
         a.instance = None;
@@ -126,7 +126,7 @@ impl User {
             (None, None) => return Err(none("address", "AllocateAddress")),
         };
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         match ctx.measure(Op::ReleaseAddress.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Address, &a.key()).await;
@@ -145,15 +145,15 @@ impl User {
             .intent(Kind::KeyPair, &name, Op::CreateKeyPair.name(), 0)
             .await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .create_key_pair()
-            .key_name(&name)
-            .tag_specifications(run_tags(ctx, ResourceType::KeyPair, &name))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .create_key_pair()
+                .key_name(&name)
+                .tag_specifications(run_tags(ctx, ResourceType::KeyPair, &name))
+                .send()
+        })
+        .await;
         // The private key in the answer is dropped here, never stored or logged.
         match ctx.measure(Op::CreateKeyPair.name(), t0, res, Bytes::default()) {
             Ok(_) => {
@@ -177,14 +177,7 @@ impl User {
             .pop_front()
             .ok_or_else(|| none("key-pair", "CreateKeyPair"))?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .delete_key_pair()
-            .key_name(&name)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.delete_key_pair().key_name(&name).send()).await;
         match ctx.measure(Op::DeleteKeyPair.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::KeyPair, &name).await;
@@ -208,16 +201,16 @@ impl User {
             )
             .await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .create_security_group()
-            .group_name(&name)
-            .description(format!("cloudswarm run {}", ctx.run_id))
-            .tag_specifications(run_tags(ctx, ResourceType::SecurityGroup, &name))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .create_security_group()
+                .group_name(&name)
+                .description(format!("cloudswarm run {}", ctx.run_id))
+                .tag_specifications(run_tags(ctx, ResourceType::SecurityGroup, &name))
+                .send()
+        })
+        .await;
         match ctx.measure(Op::CreateSecurityGroup.name(), t0, res, Bytes::default()) {
             Ok(out) => {
                 let Some(id) = out.group_id() else {
@@ -257,15 +250,15 @@ impl User {
             )
             .build();
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(&id)
-            .ip_permissions(perm)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .authorize_security_group_ingress()
+                .group_id(&id)
+                .ip_permissions(perm)
+                .send()
+        })
+        .await;
         ctx.measure(
             Op::AuthorizeSecurityGroupIngress.name(),
             t0,
@@ -287,14 +280,14 @@ impl User {
             .pop_front()
             .ok_or_else(|| none("security-group", "CreateSecurityGroup"))?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .delete_security_group()
-            .group_id(&g.0)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .ec2
+                .delete_security_group()
+                .group_id(&g.0)
+                .send()
+        })
+        .await;
         match ctx.measure(Op::DeleteSecurityGroup.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::SecurityGroup, &g.0).await;
@@ -314,20 +307,14 @@ impl User {
             Err(_) => req.owners("self"),
         };
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         ctx.measure(Op::DescribeImages.name(), t0, res, Bytes::default())?;
         Ok(())
     }
 
     pub(super) async fn describe_zones(&mut self, ctx: &RunCtx) -> StepResult {
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .ec2
-            .describe_availability_zones()
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.ec2.describe_availability_zones().send()).await;
         ctx.measure(
             Op::DescribeAvailabilityZones.name(),
             t0,

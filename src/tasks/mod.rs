@@ -42,20 +42,20 @@ fn payload(size: usize) -> bytes::Bytes {
     bytes::Bytes::from_static(&buf[..size])
 }
 
-/// `.send().boxed()`: an SDK call's future on the heap. That future is
-/// large (9.6 KB for a PutObject): held inline it makes every op's future,
-/// and with it every user's, as large as the largest op's (20.7 KB), and the
-/// engine copies tens of KB each time it starts an op. Boxed, it is copied
-/// once into its box, as a bare SDK loop copies it into its task, and the
-/// ops' future stays at about 3 KB (one allocation per call buys ~5% more
-/// requests per second in the benchmark).
-trait Boxed: std::future::Future + Sized {
-    fn boxed(self) -> std::pin::Pin<Box<Self>> {
-        Box::pin(self)
-    }
+/// `sdk(|| request.send())`: builds an SDK call's future outside the
+/// caller and puts it on the heap. That future is large (9.6 KB for a
+/// PutObject). Held inline it would make every op's future, and with it
+/// every user's, as large as the largest op's. Built inline and then boxed,
+/// it would still sit in the calling op's stack frame, and every poll of
+/// the op (several per request) and of `User::run`, which inlines all ops,
+/// would set up and probe a frame of over 20 KB. Built here, in a function
+/// of its own that is never inlined, it costs that frame once per call, and
+/// the ops' futures and poll frames stay small (a unit test holds the
+/// futures' size).
+#[inline(never)]
+fn sdk<F: std::future::Future>(send: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::pin(send())
 }
-
-impl<F: std::future::Future> Boxed for F {}
 
 /// The services ops belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +475,7 @@ impl User {
 mod tests {
     use super::*;
 
-    /// No op holds an SDK request's future inline (see [`Boxed`]): the ops'
+    /// No op holds an SDK request's future inline (see [`sdk`]): the ops'
     /// future is smaller than one PutObject send future (3 KB against 9.6 KB
     /// in a release build; 20.7 KB before the boxing). Building the clients
     /// sends nothing.
@@ -505,14 +505,14 @@ mod tests {
             max_bytes: 1,
         };
         let ctx = RunCtx::new("sizes".into(), clients, Stats::new(), tracker, caps);
-        let sdk = std::mem::size_of_val(&ctx.clients.s3.put_object().send());
+        let send = std::mem::size_of_val(&ctx.clients.s3.put_object().send());
         let mut user = User::new(1, Arc::new(Params::default()));
         // One type for every op: as large as the largest op's future.
         let op_future = std::mem::size_of_val(&user.run(&ctx, Op::PutObject));
         assert!(
-            op_future < sdk,
-            "an op's future is {op_future} bytes, a PutObject send future {sdk}: \
-             some op awaits an SDK call without `.boxed()`"
+            op_future < send,
+            "an op's future is {op_future} bytes, a PutObject send future {send}: \
+             some op awaits an SDK call outside `sdk(|| ...)`"
         );
     }
 

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::{Boxed, MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User};
+use super::{MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User, sdk};
 use crate::profile::BucketMode;
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
@@ -38,7 +38,7 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
         );
     }
     let t0 = Instant::now();
-    let res = req.send().boxed().await;
+    let res = sdk(|| req.send()).await;
     match ctx.measure(Op::CreateBucket.name(), t0, res, Bytes::default()) {
         Ok(_) => {
             ctx.tracker.created(seq, Kind::Bucket, &bucket).await;
@@ -68,17 +68,23 @@ impl User {
 
     /// The bucket this user's objects go to, created on first need.
     async fn object_bucket(&mut self, ctx: &RunCtx) -> Result<Arc<str>, StepError> {
+        // Creating is rare: its future goes in a box of its own, so the ops
+        // that ask for a bucket on every call stay small.
         if self.params.bucket == BucketMode::Shared {
+            if let Some(b) = ctx.shared_bucket.get() {
+                return Ok(b.clone());
+            }
             // One creator at a time; after a failure the next user tries again.
-            let b = ctx
-                .shared_bucket
-                .get_or_try_init(|| async { create_bucket_named(ctx).await.map(Arc::from) })
-                .await?;
+            let b = Box::pin(
+                ctx.shared_bucket
+                    .get_or_try_init(|| async { create_bucket_named(ctx).await.map(Arc::from) }),
+            )
+            .await?;
             return Ok(b.clone());
         }
         match self.buckets.last() {
             Some(b) => Ok(b.clone()),
-            None => self.create_bucket(ctx).await,
+            None => Box::pin(self.create_bucket(ctx)).await,
         }
     }
 
@@ -109,17 +115,17 @@ impl User {
         let n = self.next_object();
         let body = ctx.payload(size);
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .put_object()
-            .bucket(&*bucket)
-            .key(self.key(n))
-            .content_length(size as i64)
-            .body(ByteStream::from(body))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .put_object()
+                .bucket(&*bucket)
+                .key(self.key(n))
+                .content_length(size as i64)
+                .body(ByteStream::from(body))
+                .send()
+        })
+        .await;
         let sent = Bytes {
             sent: size,
             received: 0,
@@ -156,7 +162,7 @@ impl User {
         }
         let name = Op::GetObject.name();
         let t0 = Instant::now();
-        let res = req.send().boxed().await;
+        let res = sdk(|| req.send()).await;
         // The answer's headers are in: that is the time to first byte.
         let ttfb = t0.elapsed();
         let out = match res {
@@ -188,22 +194,22 @@ impl User {
     pub(super) async fn head_object(&mut self, ctx: &RunCtx) -> StepResult {
         let (bucket, key) = self.some_object(ctx).await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .head_object()
-            .bucket(&*bucket)
-            .key(key)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .head_object()
+                .bucket(&*bucket)
+                .key(key)
+                .send()
+        })
+        .await;
         ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default())?;
         Ok(())
     }
 
     pub(super) async fn list_buckets(&mut self, ctx: &RunCtx) -> StepResult {
         let t0 = Instant::now();
-        let res = ctx.clients.s3.list_buckets().send().boxed().await;
+        let res = sdk(|| ctx.clients.s3.list_buckets().send()).await;
         ctx.measure(Op::ListBuckets.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -211,14 +217,7 @@ impl User {
     pub(super) async fn head_bucket(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .head_bucket()
-            .bucket(&*bucket)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.s3.head_bucket().bucket(&*bucket).send()).await;
         ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default())?;
         Ok(())
     }
@@ -229,16 +228,16 @@ impl User {
         let name = Op::ListObjects.name();
         if !ctx.list_v1.load(Ordering::Relaxed) {
             let t0 = Instant::now();
-            let res = ctx
-                .clients
-                .s3
-                .list_objects_v2()
-                .bucket(&*bucket)
-                .prefix(&prefix)
-                .max_keys(1000)
-                .send()
-                .boxed()
-                .await;
+            let res = sdk(|| {
+                ctx.clients
+                    .s3
+                    .list_objects_v2()
+                    .bucket(&*bucket)
+                    .prefix(&prefix)
+                    .max_keys(1000)
+                    .send()
+            })
+            .await;
             match res {
                 Ok(_) => {
                     ctx.stats.record(name, t0.elapsed(), Bytes::default(), None);
@@ -259,16 +258,16 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .list_objects()
-            .bucket(&*bucket)
-            .prefix(&prefix)
-            .max_keys(1000)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .list_objects()
+                .bucket(&*bucket)
+                .prefix(&prefix)
+                .max_keys(1000)
+                .send()
+        })
+        .await;
         ctx.measure(name, t0, res, Bytes::default())?;
         Ok(())
     }
@@ -281,15 +280,15 @@ impl User {
             return Err(Failure::new("no-object", "PutObject stored nothing").into());
         };
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .delete_object()
-            .bucket(&*obj.bucket)
-            .key(self.key(obj.n))
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .delete_object()
+                .bucket(&*obj.bucket)
+                .key(self.key(obj.n))
+                .send()
+        })
+        .await;
         match ctx.measure(Op::DeleteObject.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.count_objects(-1);
@@ -328,15 +327,15 @@ impl User {
             .build()
             .map_err(|e| Failure::new("request-error", e.to_string()))?;
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .delete_objects()
-            .bucket(&*bucket)
-            .delete(delete)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .delete_objects()
+                .bucket(&*bucket)
+                .delete(delete)
+                .send()
+        })
+        .await;
         match ctx.measure(Op::DeleteObjects.name(), t0, res, Bytes::default()) {
             Ok(out) => {
                 let failed: Vec<&str> = out.errors().iter().filter_map(|e| e.key()).collect();
@@ -370,13 +369,13 @@ impl User {
         let key = self.key(n);
         let s3 = &ctx.clients.s3;
         let t0 = Instant::now();
-        let res = s3
-            .create_multipart_upload()
-            .bucket(&*bucket)
-            .key(&key)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            s3.create_multipart_upload()
+                .bucket(&*bucket)
+                .key(&key)
+                .send()
+        })
+        .await;
         let created = match ctx.measure("s3:CreateMultipartUpload", t0, res, Bytes::default()) {
             Ok(c) => c,
             Err(f) => {
@@ -397,17 +396,17 @@ impl User {
         while offset < total || number == 1 {
             let len = part.min(total - offset);
             let t0 = Instant::now();
-            let res = s3
-                .upload_part()
-                .bucket(&*bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .content_length(len as i64)
-                .body(ByteStream::from(ctx.payload(len)))
-                .send()
-                .boxed()
-                .await;
+            let res = sdk(|| {
+                s3.upload_part()
+                    .bucket(&*bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(len as i64)
+                    .body(ByteStream::from(ctx.payload(len)))
+                    .send()
+            })
+            .await;
             let sent = Bytes {
                 sent: len,
                 received: 0,
@@ -432,19 +431,19 @@ impl User {
         }
         if failure.is_none() {
             let t0 = Instant::now();
-            let res = s3
-                .complete_multipart_upload()
-                .bucket(&*bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .boxed()
-                .await;
+            let res = sdk(|| {
+                s3.complete_multipart_upload()
+                    .bucket(&*bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+            })
+            .await;
             match ctx.measure("s3:CompleteMultipartUpload", t0, res, Bytes::default()) {
                 Ok(_) => {
                     ctx.tracker.count_objects(1);
@@ -457,14 +456,14 @@ impl User {
         // A step failed: abort, so no parts are left behind.
         ctx.tracker.release_bytes(total);
         let t0 = Instant::now();
-        let res = s3
-            .abort_multipart_upload()
-            .bucket(&*bucket)
-            .key(&key)
-            .upload_id(&upload_id)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| {
+            s3.abort_multipart_upload()
+                .bucket(&*bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+        })
+        .await;
         let _ = ctx.measure("s3:AbortMultipartUpload", t0, res, Bytes::default());
         Err(failure.expect("a step failed").into())
     }
@@ -484,14 +483,7 @@ impl User {
             }
         }
         let t0 = Instant::now();
-        let res = ctx
-            .clients
-            .s3
-            .delete_bucket()
-            .bucket(&*bucket)
-            .send()
-            .boxed()
-            .await;
+        let res = sdk(|| ctx.clients.s3.delete_bucket().bucket(&*bucket).send()).await;
         match ctx.measure(Op::DeleteBucket.name(), t0, res, Bytes::default()) {
             Ok(_) => {
                 ctx.tracker.deleted(Kind::Bucket, &bucket).await;
