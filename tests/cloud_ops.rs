@@ -774,9 +774,7 @@ fn private_tls_needs_the_ca_bundle_or_insecure() {
 fn s3s_fs_bin() -> std::path::PathBuf {
     let p = std::env::var("S3S_FS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/s3s-fs")
-        });
+        .unwrap_or_else(|_| common::root().join(".tools/bin/s3s-fs"));
     assert!(
         p.exists(),
         "{} is missing: run scripts/setup.sh (the test command does)",

@@ -14,11 +14,20 @@ pub struct Moto {
     pub url: String,
 }
 
+/// The repository's root: cargo's CARGO_MANIFEST_DIR of this run (a test
+/// binary reused from a build cache made in another clone would otherwise
+/// look in that clone), else the one it was built in.
+pub fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn moto_bin() -> PathBuf {
     if let Ok(p) = std::env::var("MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let p = root().join(".venv/bin/moto_server");
     assert!(
         p.exists(),
         "{} is missing: run scripts/setup.sh (the test command does)",
@@ -75,7 +84,7 @@ pub const SECRET: &str = "never-shown-SECRET-0123";
 /// config files, no instance metadata lookups).
 pub fn cloudswarm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cloudswarm"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+    c.current_dir(root())
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_ENDPOINT_URL_EC2")
