@@ -10,6 +10,8 @@ use anyhow::{Result, bail};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use aws_sdk_s3::config::{
     RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
@@ -83,7 +85,7 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub info: TargetInfo,
     /// What the clients sign with (for naming the key in messages).
-    creds: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+    creds: Option<SharedCredentialsProvider>,
 }
 
 /// What a eucarc file says (values may be quoted, lines may start with
@@ -270,7 +272,7 @@ impl TargetArgs {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
         if let (Some(ak), Some(sk)) = (&euca.access_key, &euca.secret_key) {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            loader = loader.credentials_provider(Credentials::new(
                 ak.clone(),
                 sk.clone(),
                 None,
@@ -281,7 +283,7 @@ impl TargetArgs {
         let shared = loader.load().await;
         let plain = shared
             .credentials_provider()
-            .map(|p| aws_sdk_s3::config::SharedCredentialsProvider::new(PlainCredentials(p)));
+            .map(|p| SharedCredentialsProvider::new(PlainCredentials(p)));
         let region = shared
             .region()
             .map(|r| r.to_string())
@@ -350,18 +352,16 @@ impl TargetArgs {
 /// unchanged (and the identity cache still refreshes expiring ones); only
 /// the tags are dropped. That is ~2% of the CPU of a 1 KiB PutObject.
 #[derive(Debug)]
-pub struct PlainCredentials(pub aws_sdk_s3::config::SharedCredentialsProvider);
+pub struct PlainCredentials(pub SharedCredentialsProvider);
 
-impl aws_sdk_s3::config::ProvideCredentials for PlainCredentials {
-    fn provide_credentials<'a>(
-        &'a self,
-    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+impl ProvideCredentials for PlainCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
     where
         Self: 'a,
     {
-        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+        future::ProvideCredentials::new(async move {
             let c = self.0.provide_credentials().await?;
-            Ok(aws_sdk_s3::config::Credentials::new(
+            Ok(Credentials::new(
                 c.access_key_id(),
                 c.secret_access_key(),
                 c.session_token().map(str::to_string),
@@ -393,8 +393,7 @@ fn is_credential_code(code: &str) -> bool {
 
 /// Which credentials a client signs with, for messages: the access key id
 /// shortened (`AKIA…WXYZ`) and where it came from; never the secret.
-async fn credentials_hint(config: Option<aws_sdk_s3::config::SharedCredentialsProvider>) -> String {
-    use aws_sdk_s3::config::ProvideCredentials;
+async fn credentials_hint(config: Option<SharedCredentialsProvider>) -> String {
     let Some(p) = config else {
         return "no credentials".into();
     };
@@ -415,7 +414,7 @@ async fn credentials_hint(config: Option<aws_sdk_s3::config::SharedCredentialsPr
     }
 }
 
-fn provider_name(c: &aws_sdk_s3::config::Credentials) -> String {
+fn provider_name(c: &Credentials) -> String {
     // Debug of Credentials redacts the secret and shows the provider's name.
     let d = format!("{c:?}");
     d.split("provider_name: \"")
@@ -499,7 +498,6 @@ mod tests {
     #[tokio::test]
     async fn plain_credentials_keep_keys_token_and_expiry_and_drop_the_tags() {
         use aws_credential_types::credential_feature::AwsCredentialFeature;
-        use aws_sdk_s3::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
         let expiry = std::time::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
         let mut tagged = Credentials::new(
             "AKIDEXAMPLE",
