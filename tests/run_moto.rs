@@ -365,6 +365,63 @@ fn unreachable_endpoint_fails_preflight_with_exit_2() {
 }
 
 #[test]
+fn endpoints_come_from_aws_endpoint_url_and_the_profile_services_section() {
+    // Nothing listens on either port: the preflight's message names the
+    // endpoint each client was really given.
+    let dir = tempfile::tempdir().unwrap();
+    let env_url = format!("http://127.0.0.1:{}", free_port());
+    let out = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            "profiles/compute.toml",
+            "-t",
+            "5s",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .env("AWS_ENDPOINT_URL", &env_url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach EC2 at {env_url}")),
+        "{err}"
+    );
+
+    let profile_url = format!("http://127.0.0.1:{}", free_port());
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\nservices = local\n\n[services local]\ns3 =\n  endpoint_url = {profile_url}\n"
+        ),
+    )
+    .unwrap();
+    let out = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            "profiles/storage.toml",
+            "-t",
+            "5s",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_ENDPOINT_URL", &env_url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach S3 at {profile_url}")),
+        "the services section wins over AWS_ENDPOINT_URL: {err}"
+    );
+}
+
+#[test]
 fn saturated_users_wait_for_a_slot_and_go_on_with_their_sequence() {
     // One in-flight slot for 20 users: nearly every step waits for a slot,
     // outside the user's op state, and must then go on from that very step.

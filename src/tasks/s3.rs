@@ -121,7 +121,7 @@ impl User {
                 .put_object()
                 .bucket(&*bucket)
                 .key(self.key(n))
-                .content_length(size as i64)
+                // Content-Length comes from the body: the SDK sets it itself.
                 .body(ByteStream::from(body))
                 .send()
         })
