@@ -213,7 +213,6 @@ fn check_url(what: &str, url: &str) -> Result<()> {
 impl TargetArgs {
     /// Builds the clients from the flags, the environment and the AWS config files.
     pub async fn clients(&self) -> Result<Clients> {
-        let env_ep = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let euca = match &self.eucarc {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -233,16 +232,6 @@ impl TargetArgs {
             None => None,
         };
         let euca = euca.unwrap_or_default();
-        let ec2_ep = self
-            .ec2_endpoint
-            .clone()
-            .or(euca.ec2_url.clone())
-            .or_else(|| env_ep("AWS_ENDPOINT_URL_EC2"));
-        let s3_ep = self
-            .s3_endpoint
-            .clone()
-            .or(euca.s3_url.clone())
-            .or_else(|| env_ep("AWS_ENDPOINT_URL_S3"));
         if let Some(r) = &self.region
             && (r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
@@ -301,9 +290,11 @@ impl TargetArgs {
         }
         let timeouts = timeouts.build();
 
-        // Endpoints nobody named on the command line: what AWS_ENDPOINT_URL,
-        // the profile's `endpoint_url` or its `services` section say, read
-        // the way the SDK reads them.
+        // Endpoints: the flag, the eucarc, then what the environment and the
+        // config profile say, read the way the SDK reads them: the service's
+        // own (AWS_ENDPOINT_URL_S3, the profile's `services` section), then
+        // the global one (AWS_ENDPOINT_URL, the profile's `endpoint_url`).
+        // An empty value counts as unset.
         let configured = |id: &str, env: &str| {
             let key = ServiceConfigKey::builder()
                 .service_id(id)
@@ -314,10 +305,15 @@ impl TargetArgs {
             shared
                 .service_config()
                 .and_then(|c| c.load_config(key))
+                .filter(|u| !u.is_empty())
                 .or_else(|| shared.endpoint_url().map(String::from))
+                .filter(|u| !u.is_empty())
         };
-        let ec2_ep = ec2_ep.or_else(|| configured("EC2", "AWS_ENDPOINT_URL_EC2"));
-        let s3_ep = s3_ep
+        let ec2_ep = (self.ec2_endpoint.clone())
+            .or(euca.ec2_url.clone())
+            .or_else(|| configured("EC2", "AWS_ENDPOINT_URL_EC2"));
+        let s3_ep = (self.s3_endpoint.clone())
+            .or(euca.s3_url.clone())
             .or_else(|| configured("S3", "AWS_ENDPOINT_URL_S3"))
             .map(|u| normalize_s3_endpoint(&u));
         if let Some(u) = &ec2_ep {

@@ -345,19 +345,30 @@ fn bad_profile_and_bad_flags_exit_2_with_a_clear_message() {
     );
 }
 
-#[test]
-fn unreachable_endpoint_fails_preflight_with_exit_2() {
+/// Runs `profile` for 5 s with `args` and `env`, expects the preflight to
+/// refuse it (exit 2) and returns what it said.
+fn refused_run(profile: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port(); // nothing listens there
-    let url = format!("http://127.0.0.1:{port}");
     let out = cloudswarm()
-        .args(["run", "-f", "profiles/smoke.toml", "-t", "5s"])
-        .args(["--ec2-endpoint", &url, "--s3-endpoint", &url, "--state-dir"])
+        .args(["run", "-f", profile, "-t", "5s", "--state-dir"])
         .arg(dir.path())
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_endpoint_fails_preflight_with_exit_2() {
+    let port = free_port(); // nothing listens there
+    let url = format!("http://127.0.0.1:{port}");
+    let err = refused_run(
+        "profiles/smoke.toml",
+        &["--ec2-endpoint", &url, "--s3-endpoint", &url],
+        &[],
+    );
     assert!(
         err.contains("cannot reach EC2") && err.contains("refused"),
         "{err}"
@@ -365,32 +376,37 @@ fn unreachable_endpoint_fails_preflight_with_exit_2() {
 }
 
 #[test]
-fn endpoints_come_from_aws_endpoint_url_and_the_profile_services_section() {
-    // Nothing listens on either port: the preflight's message names the
+fn endpoints_come_from_the_environment_and_the_profile_services_section() {
+    // Nothing listens on these ports: the preflight's message names the
     // endpoint each client was really given.
-    let dir = tempfile::tempdir().unwrap();
-    let env_url = format!("http://127.0.0.1:{}", free_port());
-    let out = cloudswarm()
-        .args([
-            "run",
-            "-f",
-            "profiles/compute.toml",
-            "-t",
-            "5s",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .env("AWS_ENDPOINT_URL", &env_url)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let global = format!("http://127.0.0.1:{}", free_port());
+    let err = refused_run(
+        "profiles/compute.toml",
+        &[],
+        // An empty service setting counts as unset.
+        &[("AWS_ENDPOINT_URL", &global), ("AWS_ENDPOINT_URL_EC2", "")],
+    );
     assert!(
-        err.contains(&format!("cannot reach EC2 at {env_url}")),
+        err.contains(&format!("cannot reach EC2 at {global}")),
         "{err}"
     );
 
+    let ec2_own = format!("http://127.0.0.1:{}", free_port());
+    let err = refused_run(
+        "profiles/compute.toml",
+        &[],
+        &[
+            ("AWS_ENDPOINT_URL", &global),
+            ("AWS_ENDPOINT_URL_EC2", &ec2_own),
+        ],
+    );
+    assert!(
+        err.contains(&format!("cannot reach EC2 at {ec2_own}")),
+        "AWS_ENDPOINT_URL_EC2 wins over AWS_ENDPOINT_URL: {err}"
+    );
+
     let profile_url = format!("http://127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     std::fs::write(
         &config,
@@ -399,22 +415,14 @@ fn endpoints_come_from_aws_endpoint_url_and_the_profile_services_section() {
         ),
     )
     .unwrap();
-    let out = cloudswarm()
-        .args([
-            "run",
-            "-f",
-            "profiles/storage.toml",
-            "-t",
-            "5s",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .env("AWS_CONFIG_FILE", &config)
-        .env("AWS_ENDPOINT_URL", &env_url)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_run(
+        "profiles/storage.toml",
+        &[],
+        &[
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_ENDPOINT_URL", &global),
+        ],
+    );
     assert!(
         err.contains(&format!("cannot reach S3 at {profile_url}")),
         "the services section wins over AWS_ENDPOINT_URL: {err}"
