@@ -15,7 +15,7 @@
 #   BENCH_ONLY=dashboard scripts/bench.sh      (the dashboard part alone)
 #   MANY_USERS=0 BENCH_NO_DASHBOARD=1 scripts/bench.sh   (the put comparison alone)
 #   BENCH_PGO=1 scripts/bench.sh     (first scripts/build-pgo.sh: both binaries
-#                                     profile-guided and BOLT-laid-out, ~1 h)
+#                                     profile-guided and BOLT-laid-out, ~1.5 h)
 #   BENCH_BIN=DIR scripts/bench.sh   (prebuilt DIR/cloudswarm, DIR/examples/sdk_put_loop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
