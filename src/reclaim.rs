@@ -1,13 +1,15 @@
 //! `cloudswarm cleanup`: deletes what runs left behind. For each run it
-//! takes the ids its journal holds as alive and what the cloud lists under
-//! the run's tag and name prefix (which finds resources whose id never
-//! reached the journal because of a crash), deletes them, lists again, and
-//! reports what is left. Idempotent; never touches anything without the
-//! run's tag or prefix.
+//! takes the ids its journal holds as alive and what the cloud proves to be
+//! the run's (its tag, a bucket's marker, a name the journal's intents gave:
+//! this finds resources whose id never reached the journal because of a
+//! crash), deletes them, lists again, and reports what is left. Idempotent;
+//! a name that merely looks like a run's is never enough, and nothing is
+//! written to the state directory for a run that has no journal there.
+//! `--dry-run` lists what would go and why.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use aws_sdk_ec2::types::Filter;
@@ -16,8 +18,9 @@ use clap::Args;
 use crate::resources::{self, Kind, RUN_TAG, Tracker};
 use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
-use crate::tasks::cleanup::{run_of_name, sweep};
-use crate::tasks::errors;
+use crate::tasks::cleanup::{
+    Found, list_bucket_names, list_run, marker_of, run_of_name, run_tag_of, sweep, with_retry,
+};
 
 /// Flags of `cloudswarm cleanup`.
 #[derive(Args, Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct CleanupArgs {
     /// How long to keep retrying what the cloud is not ready to delete
     #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
     pub timeout: Duration,
+    /// List what would be deleted and why (journal, tag or marker); delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -60,90 +66,93 @@ fn runs_on_disk(state: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Run ids the cloud shows: the `cloudswarm:run-id` tags of instances,
-/// volumes, snapshots and addresses (a filter on the tag key: never empty),
-/// and the `cs-<runid>-<n>` names of key pairs, security groups and buckets.
-/// A run whose journal is gone is still found by what it left. Each listing
-/// that fails is named; the others still count.
+/// Run ids the cloud proves: the `cloudswarm:run-id` tags of instances,
+/// volumes, snapshots, addresses, key pairs and security groups, and the
+/// markers of buckets (a bucket named like a run's counts only if its
+/// marker names that run). A name alone never finds a run. A run whose
+/// journal is gone is still found by what it left. Each listing that fails
+/// is named; the others still count.
 async fn runs_in_cloud(c: &Clients) -> (BTreeSet<String>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     let has_tag = || Filter::builder().name("tag-key").values(RUN_TAG).build();
-    let tag_value = |tags: &[aws_sdk_ec2::types::Tag]| {
-        tags.iter()
-            .find(|t| t.key() == Some(RUN_TAG))
-            .and_then(|t| t.value())
-            .map(str::to_string)
-    };
-    let why = |op: &str, f: crate::stats::Failure| format!("{op}: {}", f.message);
+    let named = |n: &str| Filter::builder().name(n).values("cs-*").build();
+    let tag = |tags: &[aws_sdk_ec2::types::Tag]| run_tag_of(tags).map(str::to_string);
     let mut ids = BTreeSet::new();
-    let mut names: Vec<String> = Vec::new();
     let mut failed = Vec::new();
-    match c.ec2.describe_instances().filters(has_tag()).send().await {
+    let ec2 = &c.ec2;
+    match with_retry(deadline, || {
+        ec2.describe_instances().filters(has_tag()).send()
+    })
+    .await
+    {
         Ok(r) => ids.extend(
             r.reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .filter_map(|i| tag_value(i.tags())),
+                .filter_map(|i| tag(i.tags())),
         ),
-        Err(e) => failed.push(why("DescribeInstances", errors::classify(&e))),
+        Err(e) => failed.push(format!("DescribeInstances: {e}")),
     }
-    match c.ec2.describe_volumes().filters(has_tag()).send().await {
-        Ok(r) => ids.extend(r.volumes().iter().filter_map(|v| tag_value(v.tags()))),
-        Err(e) => failed.push(why("DescribeVolumes", errors::classify(&e))),
-    }
-    let snaps = c
-        .ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(has_tag());
-    match snaps.send().await {
-        Ok(r) => ids.extend(r.snapshots().iter().filter_map(|s| tag_value(s.tags()))),
-        Err(e) => failed.push(why("DescribeSnapshots", errors::classify(&e))),
-    }
-    match c.ec2.describe_addresses().filters(has_tag()).send().await {
-        Ok(r) => ids.extend(r.addresses().iter().filter_map(|a| tag_value(a.tags()))),
-        Err(e) => failed.push(why("DescribeAddresses", errors::classify(&e))),
-    }
-    let prefixed = |n: &str| Filter::builder().name(n).values("cs-*").build();
-    match c
-        .ec2
-        .describe_key_pairs()
-        .filters(prefixed("key-name"))
-        .send()
-        .await
+    match with_retry(deadline, || {
+        ec2.describe_volumes().filters(has_tag()).send()
+    })
+    .await
     {
-        Ok(r) => names.extend(
-            r.key_pairs()
-                .iter()
-                .filter_map(|k| k.key_name().map(str::to_string)),
-        ),
-        Err(e) => failed.push(why("DescribeKeyPairs", errors::classify(&e))),
+        Ok(r) => ids.extend(r.volumes().iter().filter_map(|v| tag(v.tags()))),
+        Err(e) => failed.push(format!("DescribeVolumes: {e}")),
     }
-    let groups = c
-        .ec2
-        .describe_security_groups()
-        .filters(prefixed("group-name"));
-    match groups.send().await {
-        Ok(r) => names.extend(
-            r.security_groups()
-                .iter()
-                .filter_map(|g| g.group_name().map(str::to_string)),
-        ),
-        Err(e) => failed.push(why("DescribeSecurityGroups", errors::classify(&e))),
+    let snaps = || {
+        ec2.describe_snapshots()
+            .owner_ids("self")
+            .filters(has_tag())
+            .send()
+    };
+    match with_retry(deadline, snaps).await {
+        Ok(r) => ids.extend(r.snapshots().iter().filter_map(|s| tag(s.tags()))),
+        Err(e) => failed.push(format!("DescribeSnapshots: {e}")),
     }
-    match c.s3.list_buckets().send().await {
-        Ok(r) => names.extend(
-            r.buckets()
-                .iter()
-                .filter_map(|b| b.name().map(str::to_string)),
-        ),
-        Err(e) => failed.push(why("ListBuckets", errors::classify(&e))),
+    match with_retry(deadline, || {
+        ec2.describe_addresses().filters(has_tag()).send()
+    })
+    .await
+    {
+        Ok(r) => ids.extend(r.addresses().iter().filter_map(|a| tag(a.tags()))),
+        Err(e) => failed.push(format!("DescribeAddresses: {e}")),
     }
-    ids.extend(
-        names
-            .iter()
-            .filter_map(|n| run_of_name(n))
-            .map(str::to_string),
-    );
+    match with_retry(deadline, || {
+        ec2.describe_key_pairs().filters(named("key-name")).send()
+    })
+    .await
+    {
+        Ok(r) => ids.extend(r.key_pairs().iter().filter_map(|k| tag(k.tags()))),
+        Err(e) => failed.push(format!("DescribeKeyPairs: {e}")),
+    }
+    let groups = || {
+        ec2.describe_security_groups()
+            .filters(named("group-name"))
+            .send()
+    };
+    match with_retry(deadline, groups).await {
+        Ok(r) => ids.extend(r.security_groups().iter().filter_map(|g| tag(g.tags()))),
+        Err(e) => failed.push(format!("DescribeSecurityGroups: {e}")),
+    }
+    match list_bucket_names(c, deadline).await {
+        Ok(names) => {
+            for name in names {
+                let Some(run) = run_of_name(&name) else {
+                    continue;
+                };
+                match marker_of(c, &name, deadline).await {
+                    Ok(Some(m)) if m == run => {
+                        ids.insert(m);
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed.push(e),
+                }
+            }
+        }
+        Err(e) => failed.push(e),
+    }
     ids.retain(|i| valid_run_id(i));
     (ids, failed)
 }
@@ -173,23 +182,71 @@ fn summary(m: &BTreeMap<Kind, u64>) -> String {
         .join(", ")
 }
 
+/// Reads a run's journal into the tracker, reporting lines it cannot read
+/// (they are skipped: the sweep by tag, marker and journal still runs).
+fn load_journal(tracker: &Tracker, run_id: &str) {
+    let journal = tracker.dir().join("journal.jsonl");
+    if !journal.exists() {
+        return;
+    }
+    match resources::replay(&journal) {
+        Ok(r) => {
+            for (kind, ids) in r.alive {
+                for id in ids {
+                    tracker.adopt(kind, &id);
+                }
+            }
+            for (kind, name) in &r.named {
+                tracker.adopt_name(*kind, name);
+            }
+            if !r.unreadable.is_empty() {
+                let lines: Vec<String> = r.unreadable.iter().map(|n| n.to_string()).collect();
+                println!(
+                    "run {run_id}: journal {}: skipped {} unreadable line(s) ({}); looking for the rest by tag and marker",
+                    journal.display(),
+                    lines.len(),
+                    lines.join(", ")
+                );
+            }
+            if r.unanswered > 0 {
+                println!(
+                    "run {run_id}: {} create call(s) never answered in the journal; looking for them by tag, marker and name",
+                    r.unanswered
+                );
+            }
+        }
+        Err(e) => println!("run {run_id}: {e:#}; looking for its resources by tag and marker"),
+    }
+}
+
+/// Prints what a clean-up of the run would delete and why, deleting nothing.
+async fn dry_run(c: &Clients, state: &Path, run_id: &str) -> Result<usize> {
+    let tracker = Tracker::open(state, run_id)?;
+    load_journal(&tracker, run_id);
+    let found: Found = list_run(c, &tracker, services(state, run_id), Instant::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud: {e}"))?;
+    let mut n = 0;
+    for (kind, ids) in &found {
+        for (id, proof) in ids {
+            println!(
+                "run {run_id}: would delete {} {id} ({})",
+                kind.as_str(),
+                proof.as_str()
+            );
+            n += 1;
+        }
+    }
+    if n == 0 {
+        println!("run {run_id}: nothing of the run in the cloud");
+    }
+    Ok(n)
+}
+
 /// Cleans up one run; returns how many resources remain.
 async fn cleanup_run(c: &Clients, state: &Path, run_id: &str, timeout: Duration) -> Result<usize> {
     let tracker = Tracker::open(state, run_id)?;
-    let journal = tracker.dir().join("journal.jsonl");
-    if journal.exists() {
-        let (alive, unanswered) = resources::replay(&journal)?;
-        for (kind, ids) in alive {
-            for id in ids {
-                tracker.adopt(kind, &id);
-            }
-        }
-        if unanswered > 0 {
-            println!(
-                "run {run_id}: {unanswered} create call(s) never answered in the journal; looking for them by tag and name"
-            );
-        }
-    }
+    load_journal(&tracker, run_id);
     let progress = |m: &str| println!("run {run_id}: {m}");
     let (report, left) = sweep(c, &tracker, services(state, run_id), timeout, &progress).await;
     println!("run {run_id}: deleted {}", summary(&report.deleted));
@@ -199,10 +256,13 @@ async fn cleanup_run(c: &Clients, state: &Path, run_id: &str, timeout: Duration)
             kind.as_str()
         );
     }
-    let left = left.map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud: {e}"))?;
+    let left = left.map_err(|e| {
+        anyhow::anyhow!("run {run_id}: cannot list the cloud, so what is left is unknown: {e}")
+    })?;
     let n: usize = left.values().map(Vec::len).sum();
     if n > 0 {
         for (kind, ids) in &left {
+            let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
             println!(
                 "run {run_id}: still there: {} {}",
                 kind.as_str(),
@@ -249,7 +309,12 @@ pub async fn cleanup(args: CleanupArgs) -> Result<i32> {
     let mut left = 0;
     let mut failed = false;
     for r in &runs {
-        match cleanup_run(&c, &state, r, args.timeout).await {
+        let outcome = if args.dry_run {
+            dry_run(&c, &state, r).await
+        } else {
+            cleanup_run(&c, &state, r, args.timeout).await
+        };
+        match outcome {
             Ok(n) => left += n,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -257,7 +322,15 @@ pub async fn cleanup(args: CleanupArgs) -> Result<i32> {
             }
         }
     }
-    if left > 0 || failed {
+    if args.dry_run {
+        println!("dry run: {left} resource(s) would be deleted; nothing was");
+        Ok(if failed { 1 } else { 0 })
+    } else if failed {
+        println!(
+            "{left} resource(s) remain, and some could not be counted; run cleanup again once the cloud allows it"
+        );
+        Ok(1)
+    } else if left > 0 {
         println!("{left} resource(s) remain; run cleanup again once the cloud allows it");
         Ok(1)
     } else {

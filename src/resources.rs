@@ -88,6 +88,10 @@ pub struct KindCounts {
 struct Inner {
     /// Alive tracked resources: kind → ids.
     alive: BTreeMap<Kind, std::collections::BTreeSet<String>>,
+    /// Names the journal holds intents for (buckets, key pairs, security
+    /// groups, instance labels): a resource with one of these names was made
+    /// by this run, even when its id never reached the journal.
+    named: std::collections::BTreeSet<(Kind, String)>,
     counts: BTreeMap<Kind, KindCounts>,
     /// Creates sent and not answered yet, per kind (they count against caps).
     pending: BTreeMap<Kind, u64>,
@@ -121,7 +125,9 @@ impl ObjectCounts {
 pub struct Tracker {
     run_id: String,
     dir: PathBuf,
-    journal: Arc<Mutex<File>>,
+    /// None for a run with no journal on this machine (found in the cloud by
+    /// its tag or marker): its deletes are not written anywhere.
+    journal: Arc<Mutex<Option<File>>>,
     seq: Arc<AtomicU64>,
     inner: Arc<Mutex<Inner>>,
     objects: Arc<ObjectCounts>,
@@ -147,23 +153,29 @@ impl Tracker {
         Ok(Tracker {
             run_id: run_id.to_string(),
             dir,
-            journal: Arc::new(Mutex::new(journal)),
+            journal: Arc::new(Mutex::new(Some(journal))),
             seq: Arc::new(AtomicU64::new(0)),
             inner: Arc::default(),
             objects: Arc::default(),
         })
     }
 
-    /// Opens (or creates) a run's journal to append to, e.g. for `cloudswarm cleanup`.
+    /// Opens a run's journal to append to, e.g. for `cloudswarm cleanup`.
+    /// Creates nothing: a run with no journal here (found in the cloud by its
+    /// tag or marker) gets a tracker that records in memory only.
     pub fn open(state_dir: &Path, run_id: &str) -> Result<Tracker> {
         let dir = state_dir.join("runs").join(run_id);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-        let journal = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("journal.jsonl"))
-            .with_context(|| format!("cannot open journal in {}", dir.display()))?;
+        let path = dir.join("journal.jsonl");
+        let journal = if path.exists() {
+            Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open journal {}", path.display()))?,
+            )
+        } else {
+            None
+        };
         Ok(Tracker {
             run_id: run_id.to_string(),
             dir,
@@ -182,6 +194,19 @@ impl Tracker {
         }
     }
 
+    /// Takes over a name the journal holds an intent for.
+    pub fn adopt_name(&self, kind: Kind, name: &str) {
+        self.lock().named.insert((kind, name.to_string()));
+    }
+
+    /// True when the journal proves `id_or_name` is this run's: it is alive
+    /// in the tracker, or an intent of this run named it.
+    pub fn knows(&self, kind: Kind, id_or_name: &str) -> bool {
+        let g = self.lock();
+        g.alive.get(&kind).is_some_and(|s| s.contains(id_or_name))
+            || g.named.contains(&(kind, id_or_name.to_string()))
+    }
+
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
@@ -196,6 +221,9 @@ impl Tracker {
             let mut line = serde_json::to_vec(&ev).expect("journal event serialises");
             line.push(b'\n');
             let mut f = journal.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = f.as_mut() else {
+                return Ok(());
+            };
             f.write_all(&line)?;
             if sync {
                 f.sync_data()?;
@@ -233,6 +261,9 @@ impl Tracker {
     /// means the intent is not on disk: the create must not be sent.
     pub async fn intent(&self, kind: Kind, name: Option<&str>) -> Result<u64, String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(n) = name {
+            self.adopt_name(kind, n);
+        }
         self.write(
             JournalEvent::Intent {
                 seq,
@@ -393,37 +424,58 @@ impl Tracker {
     }
 }
 
-/// Reads a journal back: ids created and not deleted, per kind, plus the
-/// intents that never got an answer (their resource may exist untracked).
-pub fn replay(path: &Path) -> Result<(BTreeMap<Kind, Vec<String>>, usize)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read journal {}", path.display()))?;
-    let mut alive: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
+/// What a journal says, read back.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Ids created and not deleted, per kind.
+    pub alive: BTreeMap<Kind, Vec<String>>,
+    /// Intents that never got an answer (their resource may exist untracked).
+    pub unanswered: usize,
+    /// Every name an intent gave (kind, name): proof that a resource with
+    /// that name is the run's.
+    pub named: Vec<(Kind, String)>,
+    /// Line numbers (from 1) that could not be read: not UTF-8, not JSON, or
+    /// cut short by a crash. They are skipped; the rest still counts.
+    pub unreadable: Vec<usize>,
+}
+
+/// Reads a journal back. Fails only when the file cannot be read at all.
+pub fn replay(path: &Path) -> Result<Replayed> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read journal {}", path.display()))?;
+    let mut out = Replayed::default();
     let mut open = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        // A crash may cut the last line short: skip what does not parse.
-        let Ok(ev) = serde_json::from_str::<JournalEvent>(line) else {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok(ev) = serde_json::from_slice::<JournalEvent>(line) else {
+            out.unreadable.push(i + 1);
             continue;
         };
         match ev {
-            JournalEvent::Intent { seq, .. } => {
+            JournalEvent::Intent { seq, kind, name } => {
                 open.insert(seq);
+                if let Some(n) = name {
+                    out.named.push((kind, n));
+                }
             }
             JournalEvent::Created { seq, kind, id } => {
                 open.remove(&seq);
-                alive.entry(kind).or_default().push(id);
+                out.alive.entry(kind).or_default().push(id);
             }
             JournalEvent::Failed { seq } => {
                 open.remove(&seq);
             }
             JournalEvent::Deleted { kind, id } => {
-                if let Some(v) = alive.get_mut(&kind) {
+                if let Some(v) = out.alive.get_mut(&kind) {
                     v.retain(|x| x != &id);
                 }
             }
         }
     }
-    Ok((alive, open.len()))
+    out.unanswered = open.len();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -485,8 +537,8 @@ mod tests {
         let t = Tracker::create(dir.path(), "abc", &serde_json::json!({})).unwrap();
         let s1 = t.intent(Kind::Instance, None).await.unwrap();
         // The intent is on disk before the create call would be sent.
-        let (_, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
-        assert_eq!(open, 1);
+        let r = replay(&t.dir().join("journal.jsonl")).unwrap();
+        assert_eq!(r.unanswered, 1);
         t.created(s1, Kind::Instance, "i-1").await;
         let s2 = t.intent(Kind::Bucket, Some("cs-abc-1")).await.unwrap();
         t.created(s2, Kind::Bucket, "cs-abc-1").await;
@@ -494,10 +546,14 @@ mod tests {
         t.failed(s3, Kind::Volume, 1).await;
         let _s4 = t.intent(Kind::Volume, None).await.unwrap(); // crash before the answer
         t.deleted(Kind::Instance, "i-1").await;
-        let (alive, open) = replay(&t.dir().join("journal.jsonl")).unwrap();
-        assert_eq!(alive.get(&Kind::Instance).map(Vec::len), Some(0));
-        assert_eq!(alive[&Kind::Bucket], vec!["cs-abc-1".to_string()]);
-        assert_eq!(open, 1);
+        let r = replay(&t.dir().join("journal.jsonl")).unwrap();
+        assert_eq!(r.alive.get(&Kind::Instance).map(Vec::len), Some(0));
+        assert_eq!(r.alive[&Kind::Bucket], vec!["cs-abc-1".to_string()]);
+        assert_eq!(r.unanswered, 1);
+        assert_eq!(r.named, vec![(Kind::Bucket, "cs-abc-1".to_string())]);
+        assert!(r.unreadable.is_empty());
+        assert!(t.knows(Kind::Bucket, "cs-abc-1"));
+        assert!(!t.knows(Kind::Bucket, "cs-abc-2"));
         assert!(t.reserve(Kind::Volume, 1, 2));
         assert!(t.reserve(Kind::Volume, 1, 2));
         assert!(
@@ -519,5 +575,46 @@ mod tests {
             }
         );
         assert_eq!(t.alive(Kind::Bucket), vec!["cs-abc-1".to_string()]);
+    }
+
+    #[test]
+    fn unreadable_journal_lines_are_skipped_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut text = Vec::new();
+        text.extend_from_slice(
+            b"{\"ev\":\"intent\",\"seq\":1,\"kind\":\"bucket\",\"name\":\"cs-abc-1\"}\n",
+        );
+        text.extend_from_slice(b"\xff\xfe not utf-8 \x80\n");
+        text.extend_from_slice(
+            b"{\"ev\":\"created\",\"seq\":1,\"kind\":\"bucket\",\"id\":\"cs-abc-1\"}\n",
+        );
+        text.extend_from_slice(
+            b"{\"ev\":\"intent\",\"seq\":2,\"kind\":\"instance\",\"name\":\"cs-abc-2\"}\n",
+        );
+        text.extend_from_slice(b"{\"ev\":\"created\",\"seq\":2,\"kind\":\"instance\",\"id\":\"i-1");
+        std::fs::write(&path, text).unwrap();
+        let r = replay(&path).unwrap();
+        assert_eq!(r.alive[&Kind::Bucket], vec!["cs-abc-1".to_string()]);
+        assert_eq!(
+            r.unreadable,
+            vec![2, 5],
+            "the bad line and the cut-short last line"
+        );
+        assert_eq!(r.unanswered, 1, "the instance's answer was cut short");
+        assert_eq!(r.named.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn opening_a_run_with_no_journal_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracker::open(dir.path(), "abcd1234").unwrap();
+        t.adopt(Kind::Bucket, "cs-abcd1234-1");
+        t.deleted(Kind::Bucket, "cs-abcd1234-1").await;
+        assert!(
+            !dir.path().join("runs").exists(),
+            "no folder for a run with no journal"
+        );
+        assert!(t.alive(Kind::Bucket).is_empty());
     }
 }

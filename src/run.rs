@@ -366,6 +366,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             "--keep-resources: created resources stay (journal {})",
             tracker.dir().display()
         );
+        leaked = Some(session.live_resources().iter().map(|(_, n)| n).sum());
     } else {
         engine.set_state(RunState::CleaningUp);
         let progress = |m: &str| eprintln!("clean-up: {m}");
@@ -380,7 +381,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                     eprintln!("clean-up: still in the cloud: {k} {}", ids.join(" "));
                 }
                 if let Some(e) = &o.list_error {
-                    eprintln!("clean-up: cannot list the cloud to check: {e}");
+                    eprintln!(
+                        "clean-up: cannot list the cloud to check, so what is left is unknown: {e}; run `cloudswarm cleanup --run-id {run_id}`"
+                    );
                 }
                 let done: Vec<String> = o.deleted.iter().map(|(k, n)| format!("{n} {k}")).collect();
                 if !done.is_empty() {

@@ -167,8 +167,8 @@ impl Session {
         })
     }
 
-    /// Deletes what the run holds, then what the cloud still lists for its
-    /// tag and prefix; `progress` hears each step.
+    /// Deletes what the run holds, then what the cloud still shows to be the
+    /// run's (tag, marker, journal); `progress` hears each step.
     pub async fn clean_up(
         &self,
         timeout: std::time::Duration,
@@ -201,7 +201,10 @@ impl Session {
                 out.left = left
                     .into_iter()
                     .filter(|(_, ids)| !ids.is_empty())
-                    .map(|(k, ids)| (k.as_str().to_string(), ids))
+                    .map(|(k, ids)| {
+                        let ids = ids.into_iter().map(|(id, _)| id).collect();
+                        (k.as_str().to_string(), ids)
+                    })
                     .collect();
             }
             Err(e) => out.list_error = Some(e.to_string()),

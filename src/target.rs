@@ -482,6 +482,11 @@ fn explain(service: &str, endpoint: &str, f: &Failure, creds: &str) -> String {
             "{service} at {endpoint} rejected the credentials ({creds}): {}: {}; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the AWS profile or the eucarc",
             f.code, f.message
         )
+    } else if f.throttled {
+        format!(
+            "{service} at {endpoint} kept throttling the preflight call for a minute ({}: {}); try again later or ask the cloud's operator for a higher rate limit",
+            f.code, f.message
+        )
     } else if matches!(
         f.code.as_str(),
         "refused" | "reset" | "dns" | "tls" | "timeout" | "connect"
@@ -498,26 +503,63 @@ fn explain(service: &str, endpoint: &str, f: &Failure, creds: &str) -> String {
     }
 }
 
+/// How long the preflight keeps trying through throttling (and 5xx
+/// answers) before it gives up.
+const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Sends a preflight call, again with backoff while the cloud throttles or
+/// answers 5xx, until [`PREFLIGHT_PATIENCE`] is spent. Each try may take 30
+/// s. Err(None): no answer at all in time.
+async fn patiently<T, E, F, Fut>(mut send: F) -> Result<T, Option<Failure>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+            Output = Result<
+                T,
+                aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+            >,
+        >,
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let deadline = tokio::time::Instant::now() + PREFLIGHT_PATIENCE;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let f = match tokio::time::timeout(Duration::from_secs(30), send()).await {
+            Err(_) => return Err(None),
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => classify(&e),
+        };
+        let again = f.throttled
+            || matches!(
+                f.code.as_str(),
+                "HTTP 500" | "HTTP 502" | "HTTP 504" | "InternalError" | "ServiceUnavailable"
+            );
+        let jitter = Duration::from_millis(rand::random_range(0..=pause.as_millis() as u64 / 2));
+        if !again || tokio::time::Instant::now() + pause + jitter > deadline {
+            return Err(Some(f));
+        }
+        tracing::info!("preflight: {} ({}); trying again", f.code, f.message);
+        tokio::time::sleep(pause + jitter).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// A cheap call per service used by the profile; an error names the problem.
-/// Returns the first availability zone when EC2 was checked.
+/// Throttling is waited out (for a minute at most). Returns the first
+/// availability zone when EC2 was checked.
 pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String>> {
     let mut az = None;
     if ec2 {
-        match tokio::time::timeout(
-            Duration::from_secs(30),
-            c.ec2.describe_availability_zones().send(),
-        )
-        .await
-        {
-            Err(_) => bail!(
+        match patiently(|| c.ec2.describe_availability_zones().send()).await {
+            Err(None) => bail!(
                 "cannot reach EC2 at {}: no answer in 30s",
                 c.info.ec2_endpoint
             ),
-            Ok(Err(e)) => {
+            Err(Some(f)) => {
                 let creds = credentials_hint(c.creds.clone()).await;
-                bail!(explain("EC2", &c.info.ec2_endpoint, &classify(&e), &creds))
+                bail!(explain("EC2", &c.info.ec2_endpoint, &f, &creds))
             }
-            Ok(Ok(out)) => {
+            Ok(out) => {
                 az = out
                     .availability_zones()
                     .iter()
@@ -528,16 +570,16 @@ pub async fn preflight(c: &Clients, ec2: bool, s3: bool) -> Result<Option<String
         }
     }
     if s3 {
-        match tokio::time::timeout(Duration::from_secs(30), c.s3.list_buckets().send()).await {
-            Err(_) => bail!(
+        match patiently(|| c.s3.list_buckets().send()).await {
+            Err(None) => bail!(
                 "cannot reach S3 at {}: no answer in 30s",
                 c.info.s3_endpoint
             ),
-            Ok(Err(e)) => {
+            Err(Some(f)) => {
                 let creds = credentials_hint(c.creds.clone()).await;
-                bail!(explain("S3", &c.info.s3_endpoint, &classify(&e), &creds))
+                bail!(explain("S3", &c.info.s3_endpoint, &f, &creds))
             }
-            Ok(Ok(_)) => {}
+            Ok(_) => {}
         }
     }
     Ok(az)

@@ -436,13 +436,18 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
         .send()
         .await
         .unwrap();
-    s3.put_object()
-        .bucket(&orphan_bucket)
-        .key("k")
-        .body(b"x".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    for (key, body) in [("k", "x".to_string()), (".cloudswarm-run", run_id.clone())] {
+        s3.put_object()
+            .bucket(&orphan_bucket)
+            .key(key)
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    // Shaped like the run's, but with no marker and not in the journal: not ours.
+    let lookalike = format!("cs-{run_id}-888888");
+    s3.create_bucket().bucket(&lookalike).send().await.unwrap();
     let journal = std::fs::read_to_string(runs.join(&run_id).join("journal.jsonl")).unwrap();
     assert!(!journal.contains(&orphan) && !journal.contains(&orphan_bucket));
 
@@ -464,7 +469,7 @@ async fn kill_9_mid_run_then_cleanup_leaves_nothing_and_spares_the_rest() {
     );
     let (i, v, b) = run_leftovers(&moto, &run_id).await;
     assert!(
-        i.is_empty() && v.is_empty() && b.is_empty(),
+        i.is_empty() && v.is_empty() && b == vec![lookalike.clone()],
         "{i:?} {v:?} {b:?}"
     );
     let run_tag = || {
@@ -563,7 +568,7 @@ async fn budget_caps_hold_under_a_greedy_profile() {
 object_size = "1MiB"
 [[user]]
 name = "greedy"
-wait = { constant = 0.05 }
+wait = { constant = 0.5 }
 [[user.task]]
 op = "ec2:RunInstances"
 [[user.task]]
@@ -968,63 +973,129 @@ fn alive_kinds(journal: &str) -> std::collections::BTreeSet<String> {
 
 /// A run whose state directory is gone (another machine, a wiped disk) is
 /// still found by `cleanup --all-runs` from what it left in the cloud: a
-/// tagged address, a key pair and a bucket named `cs-<runid>-<n>`. Names
-/// that only look a little like cloudswarm's are left alone.
+/// bucket holding its marker, a tagged key pair, security group and
+/// address. What only looks like cloudswarm's (the `cs-<id>-<n>` shape with
+/// no tag and no marker, or a marker naming another run) survives, with its
+/// objects, and no journal folder is made for runs that were never ours.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_runs_finds_a_run_with_no_journal_by_its_tags_and_names() {
+async fn all_runs_finds_runs_by_tag_and_marker_and_spares_lookalikes() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let moto = Moto::start();
     let (ec2, s3) = clients(&moto).await;
     let bucket_run = "q7runaaa";
     let tag_run = "q7runbbb";
-    s3.create_bucket()
-        .bucket(format!("cs-{bucket_run}-1"))
-        .send()
-        .await
-        .unwrap();
-    s3.put_object()
-        .bucket(format!("cs-{bucket_run}-1"))
-        .key("k")
-        .body(b"x".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    let tags = |rt: ResourceType, run: &str| {
+        TagSpecification::builder()
+            .resource_type(rt)
+            .tags(Tag::builder().key("cloudswarm:run-id").value(run).build())
+            .build()
+    };
+    let put = |bucket: &str, key: &str, body: &str| {
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+    };
+    // Run q7runaaa's: a bucket with its marker, a tagged key pair and group.
+    let ours = format!("cs-{bucket_run}-1");
+    s3.create_bucket().bucket(&ours).send().await.unwrap();
+    put(&ours, ".cloudswarm-run", bucket_run).await.unwrap();
+    put(&ours, "u1/o1", "x").await.unwrap();
     ec2.create_key_pair()
         .key_name(format!("cs-{bucket_run}-2"))
+        .tag_specifications(tags(ResourceType::KeyPair, bucket_run))
         .send()
         .await
         .unwrap();
-    let tag = aws_sdk_ec2::types::TagSpecification::builder()
-        .resource_type(aws_sdk_ec2::types::ResourceType::ElasticIp)
-        .tags(
-            aws_sdk_ec2::types::Tag::builder()
-                .key("cloudswarm:run-id")
-                .value(tag_run)
-                .build(),
-        )
-        .build();
+    ec2.create_security_group()
+        .group_name(format!("cs-{bucket_run}-5"))
+        .description("cloudswarm run")
+        .tag_specifications(tags(ResourceType::SecurityGroup, bucket_run))
+        .send()
+        .await
+        .unwrap();
+    // Run q7runbbb's: a tagged address.
     ec2.allocate_address()
         .domain(aws_sdk_ec2::types::DomainType::Vpc)
-        .tag_specifications(tag)
+        .tag_specifications(tags(ResourceType::ElasticIp, tag_run))
         .send()
         .await
         .unwrap();
-    for keep in ["cs-data-2024", "cs-q7runaaa-backup"] {
-        s3.create_bucket().bucket(keep).send().await.unwrap();
+    // Lookalikes, made by hand: the right shape, no tag, no marker (or a
+    // marker that names another run).
+    let lookalike_buckets = [
+        "cs-research-2024",
+        "cs-q7runaaa-3",
+        "cs-q7runccc-1",
+        "cs-data-2024",
+    ];
+    for b in lookalike_buckets {
+        s3.create_bucket().bucket(b).send().await.unwrap();
+        put(b, "precious", "keep me").await.unwrap();
     }
-    ec2.create_key_pair()
-        .key_name("cs-ops-1")
+    put("cs-q7runccc-1", ".cloudswarm-run", "q7runddd")
+        .await
+        .unwrap();
+    let lookalike_keys = ["cs-deploy01-1", "cs-q7runaaa-4", "cs-ops-1"];
+    for k in lookalike_keys {
+        ec2.create_key_pair().key_name(k).send().await.unwrap();
+    }
+    let webtier = ec2
+        .create_security_group()
+        .group_name("cs-webtier1-1")
+        .description("hand-made")
         .send()
         .await
         .unwrap();
+    let webtier = webtier.group_id().unwrap().to_string();
 
-    let empty = tempfile::tempdir().unwrap();
-    let out = cloudswarm()
-        .args(["cleanup", "--all-runs", "--timeout", "1m", "--state-dir"])
-        .arg(empty.path())
-        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let state = tempfile::tempdir().unwrap();
+    let cleanup = |extra: &[&str]| {
+        cloudswarm()
+            .args(["cleanup", "--timeout", "1m", "--state-dir"])
+            .arg(state.path())
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    // The dry run says what would go and why, and deletes nothing.
+    let out = cleanup(&["--all-runs", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for line in [
+        format!("run {bucket_run}: would delete buckets {ours} (marker)"),
+        format!("run {bucket_run}: would delete key pairs cs-{bucket_run}-2 (tag)"),
+        format!("run {tag_run}: would delete addresses "),
+    ] {
+        assert!(stdout.contains(&line), "{line}\n{}", text(&out));
+    }
+    assert!(stdout.contains("security groups sg-"), "{}", text(&out));
+    for other in [
+        "research",
+        "deploy01",
+        "webtier1",
+        "q7runccc",
+        "q7runddd",
+        "cs-q7runaaa-3",
+        "cs-q7runaaa-4",
+        "ops",
+    ] {
+        assert!(
+            !stdout.contains(other),
+            "{other} is not ours:\n{}",
+            text(&out)
+        );
+    }
+    assert!(
+        s3.head_bucket().bucket(&ours).send().await.is_ok(),
+        "dry run deleted"
+    );
+
+    let out = cleanup(&["--all-runs"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for run in [bucket_run, tag_run] {
         assert!(
@@ -1038,6 +1109,20 @@ async fn all_runs_finds_a_run_with_no_journal_by_its_tags_and_names() {
         "{}",
         text(&out)
     );
+    // A lookalike's run id given by hand is no proof either.
+    for run in ["research", "q7runccc"] {
+        let out = cleanup(&["--run-id", run]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("run {run}: deleted nothing")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(
+        !state.path().join("runs").exists(),
+        "no journal folder for runs with no journal here"
+    );
 
     let buckets: Vec<String> = s3
         .list_buckets()
@@ -1048,12 +1133,11 @@ async fn all_runs_finds_a_run_with_no_journal_by_its_tags_and_names() {
         .iter()
         .filter_map(|b| b.name().map(str::to_string))
         .collect();
-    assert!(
-        !buckets.contains(&format!("cs-{bucket_run}-1")),
-        "{buckets:?}"
-    );
-    for keep in ["cs-data-2024", "cs-q7runaaa-backup"] {
-        assert!(buckets.iter().any(|b| b == keep), "{keep}: {buckets:?}");
+    assert!(!buckets.contains(&ours), "{buckets:?}");
+    for keep in lookalike_buckets {
+        let o = s3.get_object().bucket(keep).key("precious").send().await;
+        let body = o.unwrap().body.collect().await.unwrap().into_bytes();
+        assert_eq!(&body[..], b"keep me", "{keep} lost its object");
     }
     let keys = ec2.describe_key_pairs().send().await.unwrap();
     let keys: Vec<&str> = keys
@@ -1061,10 +1145,177 @@ async fn all_runs_finds_a_run_with_no_journal_by_its_tags_and_names() {
         .iter()
         .filter_map(|k| k.key_name())
         .collect();
+    assert!(!keys.contains(&"cs-q7runaaa-2"), "{keys:?}");
+    for k in lookalike_keys {
+        assert!(keys.contains(&k), "{k} was deleted: {keys:?}");
+    }
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let groups: Vec<&str> = groups
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id())
+        .collect();
+    assert!(groups.contains(&webtier.as_str()), "{groups:?}");
+    let names = ec2.describe_security_groups().send().await.unwrap();
     assert!(
-        !keys.contains(&"cs-q7runaaa-2") && keys.contains(&"cs-ops-1"),
-        "{keys:?}"
+        !names
+            .security_groups()
+            .iter()
+            .any(|g| g.group_name() == Some("cs-q7runaaa-5")),
+        "the tagged group is gone"
     );
     let addrs = ec2.describe_addresses().send().await.unwrap();
     assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
+}
+
+/// A journal with a byte that is not UTF-8 in the middle still drives the
+/// clean-up: the bad line is reported and skipped, what the other lines and
+/// the cloud's tags and markers prove is deleted, and the count at the end
+/// is what a fresh listing of the cloud says (nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_byte_in_the_journal_is_skipped_and_the_run_still_cleaned_up() {
+    let moto = Moto::start();
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(
+        &profile,
+        r#"
+[params]
+object_size = "1KiB"
+[[user]]
+name = "mixed"
+wait = { constant = 0.5 }
+[[user.task]]
+sequence = ["s3:CreateBucket", "s3:PutObject", "ec2:CreateKeyPair", "ec2:CreateSecurityGroup", "ec2:AllocateAddress"]
+"#,
+    )
+    .unwrap();
+    let out = run_against(
+        &moto,
+        state.path(),
+        &[
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "3",
+            "-r",
+            "3",
+            "-t",
+            "4s",
+            "--keep-resources",
+            "--max-buckets",
+            "1000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runs: Vec<_> = std::fs::read_dir(state.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    let (ec2, _) = clients(&moto).await;
+    let (keys, groups) = tagged_keys_and_groups(&ec2, run).await;
+    let (_, _, buckets) = run_leftovers(&moto, run).await;
+    assert!(
+        !keys.is_empty() && !groups.is_empty() && !buckets.is_empty(),
+        "the run left resources: {keys:?} {groups:?} {buckets:?}"
+    );
+    // Break the journal: a line of bytes that are not UTF-8 after the first.
+    let journal = state.path().join("runs").join(run).join("journal.jsonl");
+    let bytes = std::fs::read(&journal).unwrap();
+    let first = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut broken = bytes[..first].to_vec();
+    broken.extend_from_slice(b"\xff\xfe\x80 garbage\n");
+    broken.extend_from_slice(&bytes[first..]);
+    std::fs::write(&journal, broken).unwrap();
+
+    let out = cloudswarm()
+        .args(["cleanup", "--run-id", run, "--timeout", "2m", "--state-dir"])
+        .arg(state.path())
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout.contains("skipped 1 unreadable line(s) (2)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains(&format!("run {run}: nothing left in the cloud")),
+        "{}",
+        text(&out)
+    );
+    let (keys, groups) = tagged_keys_and_groups(&ec2, run).await;
+    let (_, _, buckets) = run_leftovers(&moto, run).await;
+    assert!(
+        keys.is_empty() && groups.is_empty() && buckets.is_empty(),
+        "{keys:?} {groups:?} {buckets:?}"
+    );
+    let addrs = ec2.describe_addresses().send().await.unwrap();
+    assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
+}
+
+/// When the cloud cannot be listed at the end, nobody knows what is left:
+/// `cleanup` says so and exits 1, never 0 with a guess.
+#[test]
+fn cleanup_that_cannot_list_the_cloud_says_unknown_and_exits_1() {
+    let state = tempfile::tempdir().unwrap();
+    let run = state.path().join("runs").join("q7dead01");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("journal.jsonl"),
+        "{\"ev\":\"intent\",\"seq\":1,\"kind\":\"bucket\",\"name\":\"cs-q7dead01-1\"}\n\
+         {\"ev\":\"created\",\"seq\":1,\"kind\":\"bucket\",\"id\":\"cs-q7dead01-1\"}\n",
+    )
+    .unwrap();
+    std::fs::write(run.join("run.json"), r#"{"services":["s3"]}"#).unwrap();
+    // Nothing listens on this port.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = cloudswarm()
+        .args([
+            "cleanup",
+            "--run-id",
+            "q7dead01",
+            "--timeout",
+            "2s",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .args(["--ec2-endpoint", &dead, "--s3-endpoint", &dead])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("what is left is unknown"), "{all}");
+    assert!(all.contains("ListBuckets"), "{all}");
+}
+
+/// Names of the key pairs and ids of the security groups tagged with `run`.
+async fn tagged_keys_and_groups(
+    ec2: &aws_sdk_ec2::Client,
+    run: &str,
+) -> (Vec<String>, Vec<String>) {
+    let tagged = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter()
+            .any(|t| t.key() == Some("cloudswarm:run-id") && t.value() == Some(run))
+    };
+    let keys = ec2.describe_key_pairs().send().await.unwrap();
+    let keys = keys
+        .key_pairs()
+        .iter()
+        .filter(|k| tagged(k.tags()))
+        .filter_map(|k| k.key_name().map(str::to_string))
+        .collect();
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    let groups = groups
+        .security_groups()
+        .iter()
+        .filter(|g| tagged(g.tags()))
+        .filter_map(|g| g.group_id().map(str::to_string))
+        .collect();
+    (keys, groups)
 }

@@ -541,3 +541,119 @@ fn a_report_that_cannot_be_saved_at_the_end_spares_the_others_and_exits_2() {
     );
     assert_eq!(report["resources"]["leaked"], 0, "{report}");
 }
+
+/// A bucket the cloud loses mid-run (deleted behind the run's back) is
+/// forgotten by the users, who make a new one and go on; the failures are
+/// the few requests that met the gone bucket, not every request after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_whose_bucket_is_lost_make_a_new_one() {
+    for mode in ["shared", "per-user"] {
+        let moto = Moto::start();
+        let (_, s3) = clients(&moto).await;
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("lost.toml");
+        std::fs::write(
+            &profile,
+            format!(
+                r#"
+[params]
+object_size = "1KiB"
+bucket = "{mode}"
+[[user]]
+name = "s"
+wait = {{ constant = 0.1 }}
+[[user.task]]
+op = "s3:PutObject"
+"#
+            ),
+        )
+        .unwrap();
+        let json = dir.path().join("r.json");
+        let child = cloudswarm()
+            .arg("run")
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .args(["--state-dir", dir.path().to_str().unwrap()])
+            .args([
+                "-f",
+                profile.to_str().unwrap(),
+                "-u",
+                "2",
+                "-r",
+                "10",
+                "-t",
+                "10s",
+            ])
+            .args(["--json", json.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the run's buckets to hold objects, then take them away.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let lost = loop {
+            let names: Vec<String> = s3
+                .list_buckets()
+                .send()
+                .await
+                .unwrap()
+                .buckets()
+                .iter()
+                .filter_map(|b| b.name().map(str::to_string))
+                .collect();
+            let mut full = Vec::new();
+            for n in &names {
+                let l = s3.list_objects_v2().bucket(n).send().await.unwrap();
+                if l.key_count().unwrap_or(0) >= 3 {
+                    full.push(n.clone());
+                }
+            }
+            if !full.is_empty() {
+                break full;
+            }
+            assert!(std::time::Instant::now() < deadline, "no objects put");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        for b in &lost {
+            // Empty and delete, as someone else would; the run's puts may
+            // still land meanwhile, so try until the bucket is gone.
+            for _ in 0..50 {
+                let l = s3.list_objects_v2().bucket(b).send().await.unwrap();
+                for o in l.contents() {
+                    let _ = s3
+                        .delete_object()
+                        .bucket(b)
+                        .key(o.key().unwrap())
+                        .send()
+                        .await;
+                }
+                if s3.delete_bucket().bucket(b).send().await.is_ok() {
+                    break;
+                }
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let r = read_json(&json);
+        let put = find_entry(&r, "s3:PutObject").unwrap();
+        let made = find_entry(&r, "s3:CreateBucket").unwrap()["num_requests"]
+            .as_u64()
+            .unwrap();
+        assert!(made > lost.len() as u64, "{mode}: new buckets made: {r:#}");
+        let gone: u64 = r["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["code"] == "NoSuchBucket")
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum();
+        assert!(
+            (1..=4).contains(&gone),
+            "{mode}: a few puts met the gone bucket, then users went on: {gone} {r:#}"
+        );
+        assert!(
+            put["num_requests"].as_u64().unwrap() > 3 * gone + 20,
+            "{mode}: {r:#}"
+        );
+        assert_eq!(r["resources"]["leaked"], 0, "{mode}: {r:#}");
+    }
+}

@@ -334,7 +334,9 @@ pub struct RunFacts<'a> {
     pub duration_s: f64,
     pub users: u64,
     pub resources: &'a BTreeMap<Kind, KindCounts>,
-    /// What a listing of the cloud found left after clean-up, when it could list.
+    /// What a listing of the cloud found left after clean-up; None (`null`
+    /// in the report) when nobody knows: the listing failed or clean-up was
+    /// interrupted. With `--keep-resources`, what the run holds on purpose.
     pub leaked: Option<u64>,
 }
 
@@ -342,13 +344,9 @@ pub struct RunFacts<'a> {
 pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
     let created: u64 = f.resources.values().map(|c| c.created).sum();
     let deleted: u64 = f.resources.values().map(|c| c.deleted).sum();
-    let tracked: u64 = f
-        .resources
-        .iter()
-        .filter(|(k, _)| **k != Kind::Object)
-        .map(|(_, c)| c.alive)
-        .sum();
-    let leaked = f.leaked.unwrap_or(tracked).max(tracked);
+    // What a listing of the cloud found; null when it could not list (or
+    // never did): unknown, not a guess.
+    let leaked = f.leaked;
     let by_kind: BTreeMap<&str, &KindCounts> =
         f.resources.iter().map(|(k, v)| (k.as_str(), v)).collect();
     serde_json::json!({

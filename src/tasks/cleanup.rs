@@ -10,19 +10,54 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
+use super::ec2::run_filter;
 use super::errors::classify;
-use crate::resources::{Kind, RUN_TAG};
+use crate::resources::{Kind, RUN_TAG, Tracker};
 use crate::target::Clients;
 
 /// What a clean-up did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct CleanupReport {
+    /// Deleted by this clean-up (not what was gone already).
     pub deleted: BTreeMap<Kind, u64>,
     /// (kind, id, why) of what is left.
     pub failed: Vec<(Kind, String, String)>,
 }
 
-/// True when `name` is one of run `run_id`'s names (`cs-<runid>-<n>`).
+/// Why a resource found in the cloud is taken to be a run's. A name that
+/// merely looks like the run's (`cs-<runid>-<n>`) is never proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proof {
+    /// The run's journal names it (its id, or the name an intent gave).
+    Journal,
+    /// It carries the `cloudswarm:run-id` tag with the run's id.
+    Tag,
+    /// A bucket holding the marker object with the run's id.
+    Marker,
+}
+
+impl Proof {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proof::Journal => "journal",
+            Proof::Tag => "tag",
+            Proof::Marker => "marker",
+        }
+    }
+}
+
+/// What of a run the cloud holds: per kind, (id, why it is the run's).
+pub type Found = BTreeMap<Kind, Vec<(String, Proof)>>;
+
+/// The key of the marker object cloudswarm writes into each bucket it makes,
+/// right after creating it; its body is the run id. Buckets cannot be
+/// tagged everywhere (Eucalyptus), so this is what proves a bucket is a
+/// run's when the journal is gone.
+pub const MARKER_KEY: &str = ".cloudswarm-run";
+
+/// True when `name` is one of run `run_id`'s names (`cs-<runid>-<n>`). A
+/// shape only: it narrows listings, it never proves ownership.
 pub fn is_run_name(name: &str, run_id: &str) -> bool {
     !run_id.is_empty()
         && name
@@ -32,26 +67,22 @@ pub fn is_run_name(name: &str, run_id: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// The run a name such as `cs-k3x9q2ab-12` belongs to, if it has exactly
-/// the shape cloudswarm gives names (a run id as `new_run_id` makes them:
-/// 8 lowercase letters and digits, a letter first; then a number). Finding
-/// runs by name is stricter than cleaning one up, so that a bucket such as
-/// `cs-data-2024` is not taken for a run.
+/// The run id a name such as `cs-k3x9q2ab-12` is shaped for, if any. A
+/// shape only: a bucket so named is a run's only if its marker says so.
 pub fn run_of_name(name: &str) -> Option<&str> {
     let (run_id, _) = name.strip_prefix("cs-")?.split_once('-')?;
-    let shaped = run_id.len() == 8
-        && run_id.starts_with(|c: char| c.is_ascii_lowercase())
+    let shaped = (1..=32).contains(&run_id.len())
         && run_id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     (shaped && is_run_name(name, run_id)).then_some(run_id)
 }
 
-fn tag_filter(run_id: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{RUN_TAG}"))
-        .values(run_id)
-        .build()
+/// The value of the run tag among `tags`, if any.
+pub fn run_tag_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|t| t.key() == Some(RUN_TAG))
+        .and_then(|t| t.value())
 }
 
 fn err_text<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
@@ -62,146 +93,338 @@ where
     format!("{}: {}", f.code, f.message)
 }
 
-/// Lists what of run `run_id` the cloud still holds: tagged EC2 resources
-/// that are not gone, and buckets with the run's name prefix. `ec2` / `s3`
-/// say which services to look at. Errors name the listing that failed.
+/// Listings get at least this long to get past throttling, even when the
+/// clean-up's own deadline has passed.
+const LISTING_GRACE: Duration = Duration::from_secs(60);
+
+/// Reads a bucket's marker: Some(run id) when it holds one, None when it
+/// does not (or is gone, or is not ours to read); an error when the cloud
+/// would not say (throttled past the deadline, down).
+pub async fn marker_of(
+    c: &Clients,
+    bucket: &str,
+    deadline: Instant,
+) -> Result<Option<String>, String> {
+    let got = with_retry(deadline, || {
+        c.s3.get_object().bucket(bucket).key(MARKER_KEY).send()
+    })
+    .await;
+    match got {
+        Ok(o) => {
+            let body = o
+                .body
+                .collect()
+                .await
+                .map_err(|e| format!("GetObject {bucket}/{MARKER_KEY}: {e}"))?;
+            let text = String::from_utf8_lossy(&body.into_bytes())
+                .trim()
+                .to_string();
+            Ok(Some(text))
+        }
+        Err(why)
+            if [
+                "NoSuchKey",
+                "NoSuchBucket",
+                "AccessDenied",
+                "HTTP 404",
+                "HTTP 403",
+            ]
+            .iter()
+            .any(|c| why.starts_with(c)) =>
+        {
+            Ok(None)
+        }
+        Err(why) => Err(format!("GetObject {bucket}/{MARKER_KEY}: {why}")),
+    }
+}
+
+/// Lists what of the tracker's run the cloud still holds, each with its
+/// proof: EC2 resources carrying the run tag (checked on each answer, not
+/// only by the filter, in case a cloud ignores filters) or whose id or name
+/// the journal holds; buckets whose marker names the run or whose name the
+/// journal holds. `services` says which of EC2 / S3 to look at. Throttled
+/// or failing listings are retried with backoff until `deadline` (at least
+/// a minute); an error names the listing that still failed.
 pub async fn list_run(
     c: &Clients,
-    run_id: &str,
-    ec2: bool,
-    s3: bool,
-) -> Result<BTreeMap<Kind, Vec<String>>, String> {
+    tracker: &Tracker,
+    services: (bool, bool),
+    deadline: Instant,
+) -> Result<Found, String> {
+    let run_id = tracker.run_id();
     assert!(!run_id.is_empty(), "a run id is needed to filter by");
-    let mut out: BTreeMap<Kind, Vec<String>> = BTreeMap::new();
-    if ec2 {
-        let live = Filter::builder()
-            .name("instance-state-name")
-            .values("pending")
-            .values("running")
-            .values("stopping")
-            .values("stopped")
-            .build();
-        let mut pages = c
-            .ec2
-            .describe_instances()
-            .filters(tag_filter(run_id))
-            .filters(live)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| format!("DescribeInstances: {}", err_text(&e)))?;
-            for i in page.reservations().iter().flat_map(|r| r.instances()) {
-                if let Some(id) = i.instance_id() {
-                    out.entry(Kind::Instance).or_default().push(id.to_string());
+    let deadline = deadline.max(Instant::now() + LISTING_GRACE);
+    let mut out = Found::new();
+    let mut add = |kind: Kind, id: &str, proof: Proof| {
+        out.entry(kind).or_default().push((id.to_string(), proof));
+    };
+    // Tag first; the journal where the tag is missing.
+    let proof = |kind: Kind, tags: &[aws_sdk_ec2::types::Tag], ids: &[&str]| {
+        if run_tag_of(tags) == Some(run_id) {
+            Some(Proof::Tag)
+        } else if ids.iter().any(|i| tracker.knows(kind, i)) {
+            Some(Proof::Journal)
+        } else {
+            None
+        }
+    };
+    if services.0 {
+        let ec2 = &c.ec2;
+        let live = || {
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopping")
+                .values("stopped")
+                .build()
+        };
+        // By tag, then by the journal's ids (a cloud that dropped the tags).
+        for by in [
+            Some(run_filter(run_id)),
+            id_filter("instance-id", &tracker.alive(Kind::Instance)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut token = None;
+            loop {
+                let page = with_retry(deadline, || {
+                    ec2.describe_instances()
+                        .filters(by.clone())
+                        .filters(live())
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| format!("DescribeInstances: {e}"))?;
+                for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    if let Some(id) = i.instance_id()
+                        && let Some(p) = proof(Kind::Instance, i.tags(), &[id])
+                    {
+                        add(Kind::Instance, id, p);
+                    }
+                }
+                token = page
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
                 }
             }
         }
-        let vols = c
-            .ec2
-            .describe_volumes()
-            .filters(tag_filter(run_id))
-            .send()
-            .await
-            .map_err(|e| format!("DescribeVolumes: {}", err_text(&e)))?;
-        for v in vols.volumes() {
-            let going = matches!(
-                v.state(),
-                Some(
-                    aws_sdk_ec2::types::VolumeState::Deleting
-                        | aws_sdk_ec2::types::VolumeState::Deleted
-                )
-            );
-            if let Some(id) = v.volume_id().filter(|_| !going) {
-                out.entry(Kind::Volume).or_default().push(id.to_string());
+        for by in [
+            Some(run_filter(run_id)),
+            id_filter("volume-id", &tracker.alive(Kind::Volume)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut token = None;
+            loop {
+                let page = with_retry(deadline, || {
+                    ec2.describe_volumes()
+                        .filters(by.clone())
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| format!("DescribeVolumes: {e}"))?;
+                for v in page.volumes() {
+                    let going = matches!(
+                        v.state(),
+                        Some(
+                            aws_sdk_ec2::types::VolumeState::Deleting
+                                | aws_sdk_ec2::types::VolumeState::Deleted
+                        )
+                    );
+                    if let Some(id) = v.volume_id().filter(|_| !going)
+                        && let Some(p) = proof(Kind::Volume, v.tags(), &[id])
+                    {
+                        add(Kind::Volume, id, p);
+                    }
+                }
+                token = page
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
             }
         }
-        let snaps = c
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(tag_filter(run_id))
-            .send()
-            .await
-            .map_err(|e| format!("DescribeSnapshots: {}", err_text(&e)))?;
-        for s in snaps.snapshots() {
-            if let Some(id) = s.snapshot_id() {
-                out.entry(Kind::Snapshot).or_default().push(id.to_string());
+        for by in [
+            Some(run_filter(run_id)),
+            id_filter("snapshot-id", &tracker.alive(Kind::Snapshot)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut token = None;
+            loop {
+                let page = with_retry(deadline, || {
+                    ec2.describe_snapshots()
+                        .owner_ids("self")
+                        .filters(by.clone())
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| format!("DescribeSnapshots: {e}"))?;
+                for s in page.snapshots() {
+                    if let Some(id) = s.snapshot_id()
+                        && let Some(p) = proof(Kind::Snapshot, s.tags(), &[id])
+                    {
+                        add(Kind::Snapshot, id, p);
+                    }
+                }
+                token = page
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
             }
         }
-        let addrs = c
-            .ec2
-            .describe_addresses()
-            .filters(tag_filter(run_id))
-            .send()
+        // Addresses: by tag; the journal's are looked for among all of them
+        // (their key is an allocation id or, on classic clouds, a public IP).
+        let journal_addresses = !tracker.alive(Kind::Address).is_empty();
+        for by in [Some(run_filter(run_id)), None] {
+            if by.is_none() && !journal_addresses {
+                continue;
+            }
+            let addrs = with_retry(deadline, || {
+                ec2.describe_addresses()
+                    .set_filters(by.clone().map(|f| vec![f]))
+                    .send()
+            })
             .await
-            .map_err(|e| format!("DescribeAddresses: {}", err_text(&e)))?;
-        for a in addrs.addresses() {
-            if let Some(id) = a.allocation_id().or(a.public_ip()) {
-                out.entry(Kind::Address).or_default().push(id.to_string());
+            .map_err(|e| format!("DescribeAddresses: {e}"))?;
+            for a in addrs.addresses() {
+                let ids: Vec<&str> = [a.allocation_id(), a.public_ip()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if let Some(key) = ids.first()
+                    && let Some(p) = proof(Kind::Address, a.tags(), &ids)
+                {
+                    add(Kind::Address, key, p);
+                }
             }
         }
-        let keys = c
-            .ec2
-            .describe_key_pairs()
-            .filters(
-                Filter::builder()
-                    .name("key-name")
-                    .values(format!("cs-{run_id}-*"))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| format!("DescribeKeyPairs: {}", err_text(&e)))?;
+        // Key pairs and groups: the name narrows the listing, the tag or the
+        // journal proves.
+        let named = |n: &str| {
+            Filter::builder()
+                .name(n)
+                .values(format!("cs-{run_id}-*"))
+                .build()
+        };
+        let keys = with_retry(deadline, || {
+            ec2.describe_key_pairs().filters(named("key-name")).send()
+        })
+        .await
+        .map_err(|e| format!("DescribeKeyPairs: {e}"))?;
         for k in keys.key_pairs() {
-            if let Some(n) = k.key_name().filter(|n| is_run_name(n, run_id)) {
-                out.entry(Kind::KeyPair).or_default().push(n.to_string());
+            if let Some(n) = k.key_name()
+                && let Some(p) = proof(Kind::KeyPair, k.tags(), &[n])
+            {
+                add(Kind::KeyPair, n, p);
             }
         }
-        let groups = c
-            .ec2
-            .describe_security_groups()
-            .filters(
-                Filter::builder()
-                    .name("group-name")
-                    .values(format!("cs-{run_id}-*"))
-                    .build(),
-            )
-            .send()
+        let mut token = None;
+        loop {
+            let page = with_retry(deadline, || {
+                ec2.describe_security_groups()
+                    .filters(named("group-name"))
+                    .set_next_token(token.clone())
+                    .send()
+            })
             .await
-            .map_err(|e| format!("DescribeSecurityGroups: {}", err_text(&e)))?;
-        for g in groups.security_groups() {
-            if let (Some(id), Some(name)) = (g.group_id(), g.group_name())
-                && is_run_name(name, run_id)
-            {
-                out.entry(Kind::SecurityGroup)
-                    .or_default()
-                    .push(id.to_string());
+            .map_err(|e| format!("DescribeSecurityGroups: {e}"))?;
+            for g in page.security_groups() {
+                let ids: Vec<&str> = [g.group_id(), g.group_name()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if let Some(id) = g.group_id()
+                    && let Some(p) = proof(Kind::SecurityGroup, g.tags(), &ids)
+                {
+                    add(Kind::SecurityGroup, id, p);
+                }
+            }
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
             }
         }
     }
-    if s3 {
-        let buckets =
-            c.s3.list_buckets()
-                .send()
-                .await
-                .map_err(|e| format!("ListBuckets: {}", err_text(&e)))?;
-        for b in buckets.buckets() {
-            if let Some(n) = b.name().filter(|n| is_run_name(n, run_id)) {
-                out.entry(Kind::Bucket).or_default().push(n.to_string());
+    if services.1 {
+        for name in list_bucket_names(c, deadline).await? {
+            if !is_run_name(&name, run_id) {
+                continue;
+            }
+            if tracker.knows(Kind::Bucket, &name) {
+                add(Kind::Bucket, &name, Proof::Journal);
+            } else if marker_of(c, &name, deadline).await?.as_deref() == Some(run_id) {
+                add(Kind::Bucket, &name, Proof::Marker);
             }
         }
     }
     for v in out.values_mut() {
         v.sort();
-        v.dedup();
+        v.dedup_by(|a, b| a.0 == b.0);
     }
     Ok(out)
+}
+
+/// A filter on `name` for `ids`, or None when there are none.
+fn id_filter(name: &str, ids: &[String]) -> Option<Filter> {
+    (!ids.is_empty()).then(|| {
+        Filter::builder()
+            .name(name)
+            .set_values(Some(ids.to_vec()))
+            .build()
+    })
+}
+
+/// Every bucket's name (following continuation tokens where the server
+/// gives them), retried through throttling until `deadline`.
+pub async fn list_bucket_names(c: &Clients, deadline: Instant) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = with_retry(deadline, || {
+            c.s3.list_buckets()
+                .set_continuation_token(token.clone())
+                .send()
+        })
+        .await
+        .map_err(|e| format!("ListBuckets: {e}"))?;
+        names.extend(
+            page.buckets()
+                .iter()
+                .filter_map(|b| b.name().map(str::to_string)),
+        );
+        token = page
+            .continuation_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if token.is_none() {
+            return Ok(names);
+        }
+    }
 }
 
 /// Records one delete's outcome: gone (deleted now, or `already_gone` says
 /// the cloud no longer has it) or failed with the reason.
 async fn settle(
-    tracker: &crate::resources::Tracker,
+    tracker: &Tracker,
     report: &mut CleanupReport,
     kind: Kind,
     id: String,
@@ -221,7 +444,7 @@ async fn settle(
 /// Deletes everything `tracker` holds as alive; gives up on a resource at the deadline.
 pub async fn delete_tracked(
     c: &Clients,
-    tracker: &crate::resources::Tracker,
+    tracker: &Tracker,
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> CleanupReport {
@@ -263,7 +486,7 @@ pub async fn delete_tracked(
                 }
             }
         }
-        let res = retry(deadline, || {
+        let res = with_retry(deadline, || {
             let req = c.ec2.release_address();
             let req = if is_alloc {
                 req.allocation_id(&id)
@@ -289,7 +512,7 @@ pub async fn delete_tracked(
         for id in chunk {
             req = req.instance_ids(id);
         }
-        match retry(deadline, || req.clone().send()).await {
+        match with_retry(deadline, || req.clone().send()).await {
             Ok(_) => {
                 for id in chunk {
                     tracker.deleted(Kind::Instance, id).await;
@@ -299,7 +522,7 @@ pub async fn delete_tracked(
             Err(why) if chunk.len() > 1 && why.starts_with("InvalidInstanceID") => {
                 // One id is gone already: go one by one.
                 for id in chunk {
-                    let res = retry(deadline, || {
+                    let res = with_retry(deadline, || {
                         c.ec2.terminate_instances().instance_ids(id).send()
                     })
                     .await
@@ -331,7 +554,7 @@ pub async fn delete_tracked(
     }
     for id in volumes {
         // Volumes still attached to an instance that is going detach with it; retry meanwhile.
-        let res = retry(deadline, || c.ec2.delete_volume().volume_id(&id).send())
+        let res = with_retry(deadline, || c.ec2.delete_volume().volume_id(&id).send())
             .await
             .map(drop);
         settle(tracker, &mut report, Kind::Volume, id, res, |w| {
@@ -345,7 +568,7 @@ pub async fn delete_tracked(
         progress(&format!("deleting {} snapshot(s)", snapshots.len()));
     }
     for id in snapshots {
-        let res = retry(deadline, || c.ec2.delete_snapshot().snapshot_id(&id).send())
+        let res = with_retry(deadline, || c.ec2.delete_snapshot().snapshot_id(&id).send())
             .await
             .map(drop);
         settle(tracker, &mut report, Kind::Snapshot, id, res, |w| {
@@ -360,7 +583,7 @@ pub async fn delete_tracked(
     }
     for name in keys {
         // DeleteKeyPair succeeds for a missing key too: idempotent.
-        let res = retry(deadline, || c.ec2.delete_key_pair().key_name(&name).send())
+        let res = with_retry(deadline, || c.ec2.delete_key_pair().key_name(&name).send())
             .await
             .map(drop);
         settle(tracker, &mut report, Kind::KeyPair, name, res, |_| false).await;
@@ -372,7 +595,7 @@ pub async fn delete_tracked(
     }
     for id in groups {
         // DependencyViolation while terminated instances still hold it: retried.
-        let res = retry(deadline, || {
+        let res = with_retry(deadline, || {
             c.ec2.delete_security_group().group_id(&id).send()
         })
         .await
@@ -392,11 +615,17 @@ pub async fn delete_tracked(
     }
     for b in buckets {
         match delete_bucket(c, &b, deadline).await {
-            Ok((objects, bytes)) => {
+            Ok(Emptied {
+                objects,
+                bytes,
+                gone_already,
+            }) => {
                 tracker.deleted(Kind::Bucket, &b).await;
                 tracker.objects_gone(objects);
                 tracker.release_bytes(bytes);
-                done(&mut report, Kind::Bucket, 1);
+                if !gone_already {
+                    done(&mut report, Kind::Bucket, 1);
+                }
                 done(&mut report, Kind::Object, objects);
             }
             Err(why) => report.failed.push((Kind::Bucket, b, why)),
@@ -405,33 +634,35 @@ pub async fn delete_tracked(
     report
 }
 
-/// What is left of a run after a sweep, by listing the cloud; the error
-/// names the listing that failed.
-pub type Leftovers = Result<BTreeMap<Kind, Vec<String>>, String>;
+/// What is left of a run after a sweep, by a fresh listing of the cloud;
+/// the error names the listing that failed (then nobody knows what is left).
+pub type Leftovers = Result<Found, String>;
 
 /// The whole clean-up of a run: deletes what the tracker holds, lists the
-/// cloud for the run's tag and name prefix (resources whose id never reached
-/// the tracker: a create cut short by the stop timeout or answered by a
-/// timeout), deletes those too, and lists once more.
+/// cloud for what proves to be the run's (its tag, its marker, or a name or
+/// id its journal holds: resources whose id never reached the tracker, from
+/// a create cut short by the stop timeout or answered by a timeout),
+/// deletes those too, and lists once more.
 pub async fn sweep(
     c: &Clients,
-    tracker: &crate::resources::Tracker,
+    tracker: &Tracker,
     services: (bool, bool),
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> (CleanupReport, Leftovers) {
-    let run_id = tracker.run_id().to_string();
     let deadline = Instant::now() + timeout;
     let mut report = delete_tracked(c, tracker, timeout, progress).await;
-    let found = match list_run(c, &run_id, services.0, services.1).await {
+    let found = match list_run(c, tracker, services, deadline).await {
         Ok(f) => f,
         Err(e) => return (report, Err(e)),
     };
     let extra: usize = found.values().map(Vec::len).sum();
     if extra > 0 {
-        progress(&format!("{extra} more found in the cloud by tag and name"));
+        progress(&format!(
+            "{extra} more found in the cloud by the run's tag, marker or journal"
+        ));
         for (kind, ids) in &found {
-            for id in ids {
+            for (id, _) in ids {
                 tracker.adopt(*kind, id);
             }
         }
@@ -442,7 +673,7 @@ pub async fn sweep(
         }
         report.failed = again.failed;
     }
-    let left = list_run(c, &run_id, services.0, services.1).await;
+    let left = list_run(c, tracker, services, deadline).await;
     (report, left)
 }
 
@@ -470,7 +701,7 @@ fn transient(code: &str) -> bool {
 }
 
 /// Sends until success, a permanent error, or the deadline; errors as "CODE: message".
-async fn retry<T, E, F, Fut>(deadline: Instant, mut send: F) -> Result<T, String>
+pub async fn with_retry<T, E, F, Fut>(deadline: Instant, mut send: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<
@@ -499,16 +730,30 @@ where
     }
 }
 
-/// Aborts the uploads, deletes every object of one of the run's buckets, then
-/// the bucket; returns how many objects and bytes went.
+/// What emptying and deleting a bucket did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Emptied {
+    /// Objects deleted (the marker not counted: it is not a user's object).
+    pub objects: u64,
+    pub bytes: u64,
+    /// The cloud no longer had the bucket: nothing was deleted now.
+    pub gone_already: bool,
+}
+
+/// Aborts the uploads, deletes every object of one of the run's buckets
+/// (its marker last, with the bucket), then the bucket.
 pub(super) async fn delete_bucket(
     c: &Clients,
     bucket: &str,
     deadline: Instant,
-) -> Result<(u64, u64), String> {
+) -> Result<Emptied, String> {
+    let gone = Emptied {
+        gone_already: true,
+        ..Emptied::default()
+    };
     let s3 = &c.s3;
-    let (mut deleted, mut bytes) = (0u64, 0u64);
-    match retry(deadline, || {
+    let mut done = Emptied::default();
+    match with_retry(deadline, || {
         s3.list_multipart_uploads().bucket(bucket).send()
     })
     .await
@@ -526,14 +771,14 @@ pub(super) async fn delete_bucket(
                 }
             }
         }
-        Err(why) if why.starts_with("NoSuchBucket") => return Ok((0, 0)),
+        Err(why) if why.starts_with("NoSuchBucket") => return Ok(gone),
         Err(why) => tracing::debug!("list uploads of {bucket}: {why}"),
     }
     let mut v1 = false;
     loop {
         // (key, size) of the first page; ListObjects V1 where V2 is not known.
         let listed: Result<Vec<(String, u64)>, String> = if v1 {
-            retry(deadline, || s3.list_objects().bucket(bucket).send())
+            with_retry(deadline, || s3.list_objects().bucket(bucket).send())
                 .await
                 .map(|p| {
                     p.contents()
@@ -544,7 +789,7 @@ pub(super) async fn delete_bucket(
                         .collect()
                 })
         } else {
-            retry(deadline, || s3.list_objects_v2().bucket(bucket).send())
+            with_retry(deadline, || s3.list_objects_v2().bucket(bucket).send())
                 .await
                 .map(|p| {
                     p.contents()
@@ -557,7 +802,10 @@ pub(super) async fn delete_bucket(
         };
         let listed = match listed {
             Ok(p) => p,
-            Err(why) if why.starts_with("NoSuchBucket") => return Ok((deleted, bytes)),
+            Err(why) if why.starts_with("NoSuchBucket") => {
+                done.gone_already = done.objects == 0;
+                return Ok(done);
+            }
             Err(why)
                 if !v1
                     && [
@@ -581,14 +829,15 @@ pub(super) async fn delete_bucket(
         if keys.is_empty() {
             break;
         }
-        let n = keys.len() as u64;
-        let size: u64 = listed.iter().map(|(_, s)| s).sum();
+        let ours = |k: &str| k != MARKER_KEY;
+        let n = listed.iter().filter(|(k, _)| ours(k)).count() as u64;
+        let size: u64 = listed.iter().filter(|(k, _)| ours(k)).map(|(_, s)| s).sum();
         let delete = Delete::builder()
             .set_objects(Some(keys))
             .quiet(true)
             .build()
             .map_err(|e| e.to_string())?;
-        let out = retry(deadline, || {
+        let out = with_retry(deadline, || {
             s3.delete_objects()
                 .bucket(bucket)
                 .delete(delete.clone())
@@ -602,12 +851,15 @@ pub(super) async fn delete_bucket(
                 e.message().unwrap_or("an object could not be deleted")
             ));
         }
-        deleted += n;
-        bytes += size;
+        done.objects += n;
+        done.bytes += size;
     }
-    match retry(deadline, || s3.delete_bucket().bucket(bucket).send()).await {
-        Ok(_) => Ok((deleted, bytes)),
-        Err(why) if why.starts_with("NoSuchBucket") => Ok((deleted, bytes)),
+    match with_retry(deadline, || s3.delete_bucket().bucket(bucket).send()).await {
+        Ok(_) => Ok(done),
+        Err(why) if why.starts_with("NoSuchBucket") => {
+            done.gone_already = done.objects == 0;
+            Ok(done)
+        }
         Err(why) => Err(why),
     }
 }
@@ -628,18 +880,19 @@ mod tests {
     }
 
     #[test]
-    fn runs_are_found_only_from_names_cloudswarm_gives() {
+    fn names_shaped_for_a_run_are_recognised_as_shapes_only() {
         assert_eq!(run_of_name("cs-abcd1234-1"), Some("abcd1234"));
         assert_eq!(run_of_name("cs-k3x9q2ab-120"), Some("k3x9q2ab"));
+        // A shape is all this says: `cs-research-2024` is shaped like run
+        // `research`'s; only its marker could make it one.
+        assert_eq!(run_of_name("cs-research-2024"), Some("research"));
         for other in [
-            "cs-data-2024",   // too short for a run id
-            "cs-1bcd1234-1",  // a run id starts with a letter
-            "cs-abcd1234-",   // no number
-            "cs-abcd1234-1a", // not a number
-            "cs-abcd1234",    // no number at all
-            "cs-Abcd1234-1",  // upper case
-            "cs-abcd12345-1", // too long
-            "ops-abcd1234-1", // another prefix
+            "cs-abcd1234-",                           // no number
+            "cs-abcd1234-1a",                         // not a number
+            "cs-abcd1234",                            // no number at all
+            "cs-Abcd1234-1",                          // upper case
+            "cs-abcdefghijklmnopqrstuvwxyz0123456-1", // too long for a run id
+            "ops-abcd1234-1",                         // another prefix
             "cs--1",
         ] {
             assert_eq!(run_of_name(other), None, "{other}");

@@ -127,13 +127,21 @@ ops! {
 }
 
 /// Entries recorded that are not ops of their own: parts of an op.
-pub const SUB_ENTRIES: [&str; 5] = [
+pub const SUB_ENTRIES: [&str; 7] = [
     "s3:GetObject:ttfb",
     "s3:CreateMultipartUpload",
     "s3:UploadPart",
     "s3:CompleteMultipartUpload",
     "s3:AbortMultipartUpload",
+    PUT_RUN_MARKER,
+    DELETE_RUN_MARKER,
 ];
+
+/// The PutObject of a bucket's marker (see [`cleanup::MARKER_KEY`]), right
+/// after s3:CreateBucket.
+pub const PUT_RUN_MARKER: &str = "s3:PutRunMarker";
+/// The DeleteObject of a bucket's marker, right before s3:DeleteBucket.
+pub const DELETE_RUN_MARKER: &str = "s3:DeleteRunMarker";
 
 /// True for a name reports can carry (an op or a sub-entry).
 pub fn is_known_entry(name: &str) -> bool {
@@ -164,8 +172,11 @@ pub struct RunCtx {
     pub default_az: Option<String>,
     /// The image `image_id = "auto"` stands for.
     pub auto_image: Option<String>,
-    /// The run's one bucket for `bucket = "shared"`, created on first need.
-    shared_bucket: tokio::sync::OnceCell<Arc<str>>,
+    /// The run's one bucket for `bucket = "shared"`, created on first need
+    /// (again if the cloud loses it).
+    shared_bucket: arc_swap::ArcSwapOption<Arc<str>>,
+    /// One creator of the shared bucket at a time.
+    shared_bucket_creation: tokio::sync::Mutex<()>,
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
     list_v1: AtomicBool,
@@ -193,7 +204,8 @@ impl RunCtx {
             caps,
             default_az: None,
             auto_image: None,
-            shared_bucket: tokio::sync::OnceCell::new(),
+            shared_bucket: arc_swap::ArcSwapOption::empty(),
+            shared_bucket_creation: tokio::sync::Mutex::new(()),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),
             inflight: tokio::sync::Semaphore::new(DEFAULT_MAX_INFLIGHT),

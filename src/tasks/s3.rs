@@ -14,7 +14,11 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::{MAX_REMEMBERED_OBJECTS, Obj, Op, RunCtx, StepError, StepResult, User, sdk};
+use super::cleanup::MARKER_KEY;
+use super::{
+    DELETE_RUN_MARKER, MAX_REMEMBERED_OBJECTS, Obj, Op, PUT_RUN_MARKER, RunCtx, StepError,
+    StepResult, User, sdk,
+};
 use crate::profile::BucketMode;
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
@@ -42,6 +46,10 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
     match ctx.measure(Op::CreateBucket.name(), t0, res, Bytes::default()) {
         Ok(_) => {
             ctx.tracker.created(seq, Kind::Bucket, &bucket).await;
+            // The marker proves the bucket is the run's when the journal is
+            // gone. Should it fail, the bucket stays tracked (and is cleaned
+            // up) but is not used.
+            put_marker(ctx, &bucket).await?;
             Ok(bucket)
         }
         Err(f) => {
@@ -51,12 +59,46 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
     }
 }
 
+/// Puts the run's marker object into a bucket the run just made.
+async fn put_marker(ctx: &RunCtx, bucket: &str) -> Result<(), StepError> {
+    let body = bytes::Bytes::from(ctx.run_id.clone());
+    let sent = Bytes {
+        sent: body.len() as u64,
+        received: 0,
+    };
+    let t0 = Instant::now();
+    let res = sdk(|| {
+        ctx.clients
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(MARKER_KEY)
+            .body(ByteStream::from(body))
+            .send()
+    })
+    .await;
+    ctx.measure(PUT_RUN_MARKER, t0, res, sent)?;
+    Ok(())
+}
+
 /// Codes with which a server says it does not know ListObjectsV2.
 fn v2_unsupported(f: &Failure) -> bool {
     matches!(
         f.code.as_str(),
         "NotImplemented" | "HTTP 501" | "InvalidArgument" | "UnsupportedArgument"
     )
+}
+
+/// The run's shared bucket, made by the first user that needs it (one at
+/// a time; after a failure the next user tries again).
+async fn shared_bucket(ctx: &RunCtx) -> Result<Arc<str>, StepError> {
+    let _one = ctx.shared_bucket_creation.lock().await;
+    if let Some(b) = &*ctx.shared_bucket.load() {
+        return Ok(Arc::clone(b));
+    }
+    let b: Arc<str> = create_bucket_named(ctx).await?.into();
+    ctx.shared_bucket.store(Some(Arc::new(b.clone())));
+    Ok(b)
 }
 
 impl User {
@@ -71,20 +113,50 @@ impl User {
         // Creating is rare: its future goes in a box of its own, so the ops
         // that ask for a bucket on every call stay small.
         if self.params.bucket == BucketMode::Shared {
-            if let Some(b) = ctx.shared_bucket.get() {
-                return Ok(b.clone());
+            if let Some(b) = &*ctx.shared_bucket.load() {
+                return Ok(Arc::clone(b));
             }
-            // One creator at a time; after a failure the next user tries again.
-            let b = Box::pin(
-                ctx.shared_bucket
-                    .get_or_try_init(|| async { create_bucket_named(ctx).await.map(Arc::from) }),
-            )
-            .await?;
-            return Ok(b.clone());
+            return Box::pin(shared_bucket(ctx)).await;
         }
         match self.buckets.last() {
             Some(b) => Ok(b.clone()),
             None => Box::pin(self.create_bucket(ctx)).await,
+        }
+    }
+
+    /// After `f`, an op's failure on `bucket`: when the cloud says the
+    /// bucket is gone (lost, or deleted behind the run's back), the user
+    /// forgets it and its objects, so the next op makes a new one instead of
+    /// failing for ever.
+    async fn check_lost(&mut self, ctx: &RunCtx, bucket: &Arc<str>, f: Failure) -> StepError {
+        if f.code == "NoSuchBucket" {
+            self.forget_bucket(ctx, bucket).await;
+        }
+        f.into()
+    }
+
+    /// Forgets a bucket the cloud no longer has, with its objects.
+    async fn forget_bucket(&mut self, ctx: &RunCtx, bucket: &Arc<str>) {
+        {
+            tracing::warn!("bucket {bucket} is gone from the cloud: the user makes a new one");
+            ctx.shared_bucket.rcu(|cur| match cur {
+                Some(b) if **b == *bucket => None,
+                other => other.clone(),
+            });
+            self.buckets.retain(|b| b != bucket);
+            let before = self.objects.len();
+            let mut bytes = 0;
+            self.objects.retain(|o| {
+                let keep = o.bucket != *bucket;
+                if !keep {
+                    bytes += o.size;
+                }
+                keep
+            });
+            ctx.tracker
+                .objects_gone((before - self.objects.len()) as u64);
+            ctx.tracker.release_bytes(bytes);
+            ctx.tracker.deleted(Kind::Bucket, bucket).await;
         }
     }
 
@@ -132,7 +204,7 @@ impl User {
         };
         if let Err(f) = ctx.measure(Op::PutObject.name(), t0, res, sent) {
             ctx.tracker.release_bytes(size);
-            return Err(f.into());
+            return Err(self.check_lost(ctx, &bucket, f).await);
         }
         ctx.tracker.count_objects(1);
         self.remember(bucket, n, size);
@@ -168,8 +240,8 @@ impl User {
         let out = match res {
             Ok(o) => o,
             Err(e) => {
-                let f = super::errors::classify(&e);
-                return Err(ctx.fail(name, ttfb, f).into());
+                let f = ctx.fail(name, ttfb, super::errors::classify(&e));
+                return Err(self.check_lost(ctx, &bucket, f).await);
             }
         };
         ctx.stats
@@ -203,8 +275,12 @@ impl User {
                 .send()
         })
         .await;
-        ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default())?;
-        Ok(())
+        match ctx.measure(Op::HeadObject.name(), t0, res, Bytes::default()) {
+            Ok(_) => Ok(()),
+            // HEAD answers carry no error code: a gone bucket is a bare 404,
+            // like a gone key, so only the other ops notice a lost bucket.
+            Err(f) => Err(f.into()),
+        }
     }
 
     pub(super) async fn list_buckets(&mut self, ctx: &RunCtx) -> StepResult {
@@ -218,8 +294,15 @@ impl User {
         let bucket = self.object_bucket(ctx).await?;
         let t0 = Instant::now();
         let res = sdk(|| ctx.clients.s3.head_bucket().bucket(&*bucket).send()).await;
-        ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default())?;
-        Ok(())
+        match ctx.measure(Op::HeadBucket.name(), t0, res, Bytes::default()) {
+            Ok(_) => Ok(()),
+            // A HEAD on a gone bucket is a bare 404 (no error code to read).
+            Err(f) if ["HTTP 404", "NotFound", "NoSuchBucket"].contains(&f.code.as_str()) => {
+                self.forget_bucket(ctx, &bucket).await;
+                Err(f.into())
+            }
+            Err(f) => Err(f.into()),
+        }
     }
 
     pub(super) async fn list_objects(&mut self, ctx: &RunCtx) -> StepResult {
@@ -246,7 +329,8 @@ impl User {
                 Err(e) => {
                     let f = super::errors::classify(&e);
                     if !v2_unsupported(&f) {
-                        return Err(ctx.fail(name, t0.elapsed(), f).into());
+                        let f = ctx.fail(name, t0.elapsed(), f);
+                        return Err(self.check_lost(ctx, &bucket, f).await);
                     }
                     if !ctx.list_v1.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
@@ -268,8 +352,10 @@ impl User {
                 .send()
         })
         .await;
-        ctx.measure(name, t0, res, Bytes::default())?;
-        Ok(())
+        match ctx.measure(name, t0, res, Bytes::default()) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(self.check_lost(ctx, &bucket, f).await),
+        }
     }
 
     pub(super) async fn delete_object(&mut self, ctx: &RunCtx) -> StepResult {
@@ -296,8 +382,9 @@ impl User {
                 Ok(())
             }
             Err(f) => {
+                let bucket = obj.bucket.clone();
                 self.objects.push_front(obj);
-                Err(f.into())
+                Err(self.check_lost(ctx, &bucket, f).await)
             }
         }
     }
@@ -353,7 +440,7 @@ impl User {
                 for o in batch.into_iter().rev() {
                     self.objects.push_front(o);
                 }
-                Err(f.into())
+                Err(self.check_lost(ctx, &bucket, f).await)
             }
         }
     }
@@ -380,7 +467,7 @@ impl User {
             Ok(c) => c,
             Err(f) => {
                 ctx.tracker.release_bytes(total);
-                return Err(f.into());
+                return Err(self.check_lost(ctx, &bucket, f).await);
             }
         };
         let Some(upload_id) = created.upload_id().map(str::to_string) else {
@@ -482,6 +569,26 @@ impl User {
                 return Err(e);
             }
         }
+        // The marker goes last but one: until then the bucket is provably
+        // the run's (and after, its journal entry still says so).
+        let t0 = Instant::now();
+        let res = sdk(|| {
+            ctx.clients
+                .s3
+                .delete_object()
+                .bucket(&*bucket)
+                .key(MARKER_KEY)
+                .send()
+        })
+        .await;
+        if let Err(f) = ctx.measure(DELETE_RUN_MARKER, t0, res, Bytes::default()) {
+            if f.code == "NoSuchBucket" {
+                self.buckets.insert(0, bucket.clone());
+                return Err(self.check_lost(ctx, &bucket, f).await);
+            }
+            self.buckets.insert(0, bucket);
+            return Err(f.into());
+        }
         let t0 = Instant::now();
         let res = sdk(|| ctx.clients.s3.delete_bucket().bucket(&*bucket).send()).await;
         match ctx.measure(Op::DeleteBucket.name(), t0, res, Bytes::default()) {
@@ -489,16 +596,20 @@ impl User {
                 ctx.tracker.deleted(Kind::Bucket, &bucket).await;
                 Ok(())
             }
+            Err(f) if f.code == "NoSuchBucket" => {
+                self.buckets.insert(0, bucket.clone());
+                Err(self.check_lost(ctx, &bucket, f).await)
+            }
             Err(f) if f.code == "BucketNotEmpty" => {
                 // Objects the user no longer remembers: empty it the clean-up way
                 // (not measured) so the bucket does not stay behind for ever.
                 let deadline = Instant::now() + std::time::Duration::from_secs(120);
-                if let Ok((n, bytes)) =
+                if let Ok(gone) =
                     super::cleanup::delete_bucket(&ctx.clients, &bucket, deadline).await
                 {
                     ctx.tracker.deleted(Kind::Bucket, &bucket).await;
-                    ctx.tracker.objects_gone(n);
-                    ctx.tracker.release_bytes(bytes);
+                    ctx.tracker.objects_gone(gone.objects);
+                    ctx.tracker.release_bytes(gone.bytes);
                     self.objects.retain(|o| o.bucket != bucket);
                 } else {
                     self.buckets.insert(0, bucket);
