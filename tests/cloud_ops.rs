@@ -1259,6 +1259,63 @@ sequence = ["s3:CreateBucket", "s3:PutObject", "ec2:CreateKeyPair", "ec2:CreateS
     assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
 }
 
+/// What the journal holds but the cloud no longer has (deleted by hand, or
+/// by an earlier clean-up that could not write its journal) is not counted
+/// as deleted by this clean-up; it is only marked gone.
+#[test]
+fn resources_already_gone_are_not_counted_as_deleted() {
+    let moto = Moto::start();
+    let state = tempfile::tempdir().unwrap();
+    let run = state.path().join("runs").join("q7gone01");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("journal.jsonl"),
+        "{\"ev\":\"intent\",\"seq\":1,\"kind\":\"bucket\",\"name\":\"cs-q7gone01-1\"}\n\
+         {\"ev\":\"created\",\"seq\":1,\"kind\":\"bucket\",\"id\":\"cs-q7gone01-1\"}\n\
+         {\"ev\":\"intent\",\"seq\":2,\"kind\":\"volume\",\"name\":\"cs-q7gone01-2\"}\n\
+         {\"ev\":\"created\",\"seq\":2,\"kind\":\"volume\",\"id\":\"vol-0123456789abcdef0\"}\n",
+    )
+    .unwrap();
+    let cleanup = || {
+        cloudswarm()
+            .args([
+                "cleanup",
+                "--run-id",
+                "q7gone01",
+                "--timeout",
+                "30s",
+                "--state-dir",
+            ])
+            .arg(state.path())
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .output()
+            .unwrap()
+    };
+    let out = cleanup();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("run q7gone01: deleted nothing"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("nothing left in the cloud"),
+        "{}",
+        text(&out)
+    );
+    // Marked gone in the journal: the next clean-up has nothing to try.
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    assert_eq!(journal.matches("\"deleted\"").count(), 2, "{journal}");
+    let again = cleanup();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("deleting"),
+        "{}",
+        text(&again)
+    );
+}
+
 /// When the cloud cannot be listed at the end, nobody knows what is left:
 /// `cleanup` says so and exits 1, never 0 with a guess.
 #[test]

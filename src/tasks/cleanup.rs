@@ -451,7 +451,9 @@ pub async fn delete_tracked(
     let deadline = Instant::now() + timeout;
     let mut report = CleanupReport::default();
     let done = |report: &mut CleanupReport, kind: Kind, n: u64| {
-        *report.deleted.entry(kind).or_default() += n;
+        if n > 0 {
+            *report.deleted.entry(kind).or_default() += n;
+        }
     };
 
     let addresses = tracker.alive(Kind::Address);
