@@ -14,6 +14,7 @@ pub mod cli;
 pub mod endpoint;
 pub mod engine;
 pub mod metrics;
+pub mod naming;
 pub mod output;
 pub mod profile;
 pub mod reclaim;

@@ -152,7 +152,7 @@ pub fn observe(engine: &Engine, profile: &str) {
         counter!("cloudswarm_resources_deleted_total", "kind" => kind).absolute(c.deleted);
     }
     gauge!("cloudswarm_object_bytes").set(tracker.object_bytes() as f64);
-    let now = (engine.ctx.run_id.clone(), profile.to_string());
+    let now = (engine.ctx.run_id.to_string(), profile.to_string());
     let mut run = RUN.lock().unwrap_or_else(|p| p.into_inner());
     if run.as_ref() != Some(&now) {
         if let Some((id, p)) = run.take() {

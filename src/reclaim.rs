@@ -11,16 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use aws_sdk_ec2::types::Filter;
 use clap::Args;
 
-use crate::resources::{self, Kind, RUN_TAG, Tracker};
+use crate::naming::{RUN_TAG, RunId, RunMeta, run_of_name, run_tag_of, runs_on_disk};
+use crate::resources::{self, Kind, Tracker};
 use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
-use crate::tasks::cleanup::{
-    Found, list_bucket_names, list_run, marker_of, run_of_name, run_tag_of, sweep, with_retry,
-};
+use crate::tasks::cleanup::{Found, list_bucket_names, list_run, marker_of, sweep, with_retry};
 
 /// Flags of `cloudswarm cleanup`.
 #[derive(Args, Debug, Clone)]
@@ -48,35 +47,18 @@ pub struct CleanupArgs {
     pub target: TargetArgs,
 }
 
-fn valid_run_id(id: &str) -> bool {
-    (1..=32).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-}
-
-/// Run ids with a journal in the state directory.
-fn runs_on_disk(state: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(state.join("runs")) else {
-        return vec![];
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| valid_run_id(n))
-        .collect()
-}
-
 /// Run ids the cloud proves: the `cloudswarm:run-id` tags of instances,
 /// volumes, snapshots, addresses, key pairs and security groups, and the
 /// markers of buckets (a bucket named like a run's counts only if its
 /// marker names that run). A name alone never finds a run. A run whose
 /// journal is gone is still found by what it left. Each listing that fails
 /// is named; the others still count.
-async fn runs_in_cloud(c: &Clients) -> (BTreeSet<String>, Vec<String>) {
+async fn runs_in_cloud(c: &Clients) -> (BTreeSet<RunId>, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let has_tag = || Filter::builder().name("tag-key").values(RUN_TAG).build();
     let named = |n: &str| Filter::builder().name(n).values("cs-*").build();
-    let tag = |tags: &[aws_sdk_ec2::types::Tag]| run_tag_of(tags).map(str::to_string);
+    let tag =
+        |tags: &[aws_sdk_ec2::types::Tag]| run_tag_of(tags).and_then(|t| RunId::parse(t).ok());
     let mut ids = BTreeSet::new();
     let mut failed = Vec::new();
     let ec2 = &c.ec2;
@@ -143,8 +125,8 @@ async fn runs_in_cloud(c: &Clients) -> (BTreeSet<String>, Vec<String>) {
                     continue;
                 };
                 match marker_of(c, &name, deadline).await {
-                    Ok(Some(m)) if m == run => {
-                        ids.insert(m);
+                    Ok(Some(m)) if m == run.as_str() => {
+                        ids.insert(run);
                     }
                     Ok(_) => {}
                     Err(e) => failed.push(e),
@@ -153,23 +135,7 @@ async fn runs_in_cloud(c: &Clients) -> (BTreeSet<String>, Vec<String>) {
         }
         Err(e) => failed.push(e),
     }
-    ids.retain(|i| valid_run_id(i));
     (ids, failed)
-}
-
-/// Which services a run used, from its run.json (both when unknown).
-fn services(state: &Path, run_id: &str) -> (bool, bool) {
-    let meta = std::fs::read_to_string(state.join("runs").join(run_id).join("run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    match meta
-        .as_ref()
-        .and_then(|m| m.get("services"))
-        .and_then(|s| s.as_array())
-    {
-        Some(s) => (s.iter().any(|v| v == "ec2"), s.iter().any(|v| v == "s3")),
-        None => (true, true),
-    }
 }
 
 fn summary(m: &BTreeMap<Kind, u64>) -> String {
@@ -184,8 +150,8 @@ fn summary(m: &BTreeMap<Kind, u64>) -> String {
 
 /// Reads a run's journal into the tracker, reporting lines it cannot read
 /// (they are skipped: the sweep by tag, marker and journal still runs).
-fn load_journal(tracker: &Tracker, run_id: &str) {
-    let journal = tracker.dir().join("journal.jsonl");
+fn load_journal(tracker: &Tracker, run_id: &RunId) {
+    let journal = tracker.journal_path();
     if !journal.exists() {
         return;
     }
@@ -220,10 +186,11 @@ fn load_journal(tracker: &Tracker, run_id: &str) {
 }
 
 /// Prints what a clean-up of the run would delete and why, deleting nothing.
-async fn dry_run(c: &Clients, state: &Path, run_id: &str) -> Result<usize> {
+async fn dry_run(c: &Clients, state: &Path, run_id: &RunId) -> Result<usize> {
     let tracker = Tracker::open(state, run_id)?;
     load_journal(&tracker, run_id);
-    let found: Found = list_run(c, &tracker, services(state, run_id), Instant::now())
+    let services = RunMeta::services_of(state, run_id);
+    let found: Found = list_run(c, &tracker, services, Instant::now())
         .await
         .map_err(|e| anyhow::anyhow!("run {run_id}: cannot list the cloud: {e}"))?;
     let mut n = 0;
@@ -244,11 +211,17 @@ async fn dry_run(c: &Clients, state: &Path, run_id: &str) -> Result<usize> {
 }
 
 /// Cleans up one run; returns how many resources remain.
-async fn cleanup_run(c: &Clients, state: &Path, run_id: &str, timeout: Duration) -> Result<usize> {
+async fn cleanup_run(
+    c: &Clients,
+    state: &Path,
+    run_id: &RunId,
+    timeout: Duration,
+) -> Result<usize> {
     let tracker = Tracker::open(state, run_id)?;
     load_journal(&tracker, run_id);
     let progress = |m: &str| println!("run {run_id}: {m}");
-    let (report, left) = sweep(c, &tracker, services(state, run_id), timeout, &progress).await;
+    let services = RunMeta::services_of(state, run_id);
+    let (report, left) = sweep(c, &tracker, services, timeout, &progress).await;
     println!("run {run_id}: deleted {}", summary(&report.deleted));
     for (kind, id, why) in &report.failed {
         println!(
@@ -283,17 +256,10 @@ pub async fn cleanup(args: CleanupArgs) -> Result<i32> {
         .clients()
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
-    let runs: Vec<String> = match &args.run_id {
-        Some(id) => {
-            if !valid_run_id(id) {
-                bail!(ConfigError(format!(
-                    "`{id}` is not a run id (lowercase letters and digits, as printed at the start of a run)"
-                )));
-            }
-            vec![id.clone()]
-        }
+    let runs: Vec<RunId> = match &args.run_id {
+        Some(id) => vec![RunId::parse(id).map_err(ConfigError)?],
         None => {
-            let mut all: BTreeSet<String> = runs_on_disk(&state).into_iter().collect();
+            let mut all: BTreeSet<RunId> = runs_on_disk(&state).into_iter().collect();
             let (ids, failed) = runs_in_cloud(&c).await;
             all.extend(ids);
             for e in failed {
@@ -327,7 +293,7 @@ pub async fn cleanup(args: CleanupArgs) -> Result<i32> {
         Ok(if failed { 1 } else { 0 })
     } else if failed {
         println!(
-            "{left} resource(s) remain, and some could not be counted; run cleanup again once the cloud allows it"
+            "what is left is unknown ({left} resource(s) seen); run cleanup again once the cloud can be listed"
         );
         Ok(1)
     } else if left > 0 {

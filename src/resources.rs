@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The tag key every tagged resource carries, with the run id as its value.
-pub const RUN_TAG: &str = "cloudswarm:run-id";
+use crate::naming::{RunId, RunMeta};
 
 /// Kinds of tracked resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -43,6 +42,20 @@ impl Kind {
         Kind::Bucket,
         Kind::Object,
     ];
+
+    /// One of the kind, as error codes name it (`no-key-pair`).
+    pub fn one(self) -> &'static str {
+        match self {
+            Kind::Instance => "instance",
+            Kind::Volume => "volume",
+            Kind::Snapshot => "snapshot",
+            Kind::Address => "address",
+            Kind::KeyPair => "key-pair",
+            Kind::SecurityGroup => "security-group",
+            Kind::Bucket => "bucket",
+            Kind::Object => "object",
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,7 +136,7 @@ impl ObjectCounts {
 /// The run's record of what it created.
 #[derive(Clone)]
 pub struct Tracker {
-    run_id: String,
+    run_id: RunId,
     dir: PathBuf,
     /// None for a run with no journal on this machine (found in the cloud by
     /// its tag or marker): its deletes are not written anywhere.
@@ -134,24 +147,25 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Creates the run's state directory and journal.
-    pub fn create(state_dir: &Path, run_id: &str, meta: &serde_json::Value) -> Result<Tracker> {
-        let dir = state_dir.join("runs").join(run_id);
+    /// Creates the run's state directory, its `run.json` and its journal.
+    pub fn create(state_dir: &Path, run_id: &RunId, meta: &RunMeta) -> Result<Tracker> {
+        let dir = run_id.dir(state_dir);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-        std::fs::write(dir.join("run.json"), serde_json::to_vec_pretty(meta)?)
-            .with_context(|| format!("cannot write {}", dir.join("run.json").display()))?;
+        let meta_path = run_id.meta(state_dir);
+        std::fs::write(&meta_path, serde_json::to_vec_pretty(meta)?)
+            .with_context(|| format!("cannot write {}", meta_path.display()))?;
         let journal = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("journal.jsonl"))
+            .open(run_id.journal(state_dir))
             .with_context(|| format!("cannot open journal in {}", dir.display()))?;
         journal.sync_all()?;
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
         Ok(Tracker {
-            run_id: run_id.to_string(),
+            run_id: run_id.clone(),
             dir,
             journal: Arc::new(Mutex::new(Some(journal))),
             seq: Arc::new(AtomicU64::new(0)),
@@ -163,9 +177,9 @@ impl Tracker {
     /// Opens a run's journal to append to, e.g. for `cloudswarm cleanup`.
     /// Creates nothing: a run with no journal here (found in the cloud by its
     /// tag or marker) gets a tracker that records in memory only.
-    pub fn open(state_dir: &Path, run_id: &str) -> Result<Tracker> {
-        let dir = state_dir.join("runs").join(run_id);
-        let path = dir.join("journal.jsonl");
+    pub fn open(state_dir: &Path, run_id: &RunId) -> Result<Tracker> {
+        let dir = run_id.dir(state_dir);
+        let path = run_id.journal(state_dir);
         let journal = if path.exists() {
             Some(
                 OpenOptions::new()
@@ -177,7 +191,7 @@ impl Tracker {
             None
         };
         Ok(Tracker {
-            run_id: run_id.to_string(),
+            run_id: run_id.clone(),
             dir,
             journal: Arc::new(Mutex::new(journal)),
             seq: Arc::new(AtomicU64::new(1_000_000_000)),
@@ -207,12 +221,17 @@ impl Tracker {
             || g.named.contains(&(kind, id_or_name.to_string()))
     }
 
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The journal's path.
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join(crate::naming::JOURNAL)
     }
 
     async fn write(&self, ev: JournalEvent, sync: bool) -> Result<(), String> {
@@ -482,10 +501,20 @@ pub fn replay(path: &Path) -> Result<Replayed> {
 mod tests {
     use super::*;
 
+    fn test_meta() -> RunMeta {
+        RunMeta::new(
+            &RunId::parse("abc").unwrap(),
+            Path::new("p.toml"),
+            0.0,
+            serde_json::json!({}),
+            crate::naming::Services::ALL,
+        )
+    }
+
     #[test]
     fn object_bytes_stay_under_the_cap_and_objects_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tracker::open(dir.path(), "objs").unwrap();
+        let t = Tracker::open(dir.path(), &RunId::parse("objs").unwrap()).unwrap();
         assert!(
             !t.counts().contains_key(&Kind::Object),
             "no object moved yet"
@@ -517,7 +546,7 @@ mod tests {
         std::fs::create_dir_all(&run).unwrap();
         // Every write to /dev/full fails with "no space left on device".
         std::os::unix::fs::symlink("/dev/full", run.join("journal.jsonl")).unwrap();
-        let t = Tracker::open(dir.path(), "full").unwrap();
+        let t = Tracker::open(dir.path(), &RunId::parse("full").unwrap()).unwrap();
         let e = t
             .intent(Kind::Instance, Some("cs-full-1"))
             .await
@@ -534,10 +563,10 @@ mod tests {
     #[tokio::test]
     async fn journal_records_intent_before_id_and_replays() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tracker::create(dir.path(), "abc", &serde_json::json!({})).unwrap();
+        let t = Tracker::create(dir.path(), &RunId::parse("abc").unwrap(), &test_meta()).unwrap();
         let s1 = t.intent(Kind::Instance, None).await.unwrap();
         // The intent is on disk before the create call would be sent.
-        let r = replay(&t.dir().join("journal.jsonl")).unwrap();
+        let r = replay(&t.journal_path()).unwrap();
         assert_eq!(r.unanswered, 1);
         t.created(s1, Kind::Instance, "i-1").await;
         let s2 = t.intent(Kind::Bucket, Some("cs-abc-1")).await.unwrap();
@@ -546,7 +575,7 @@ mod tests {
         t.failed(s3, Kind::Volume, 1).await;
         let _s4 = t.intent(Kind::Volume, None).await.unwrap(); // crash before the answer
         t.deleted(Kind::Instance, "i-1").await;
-        let r = replay(&t.dir().join("journal.jsonl")).unwrap();
+        let r = replay(&t.journal_path()).unwrap();
         assert_eq!(r.alive.get(&Kind::Instance).map(Vec::len), Some(0));
         assert_eq!(r.alive[&Kind::Bucket], vec!["cs-abc-1".to_string()]);
         assert_eq!(r.unanswered, 1);
@@ -608,7 +637,7 @@ mod tests {
     #[tokio::test]
     async fn opening_a_run_with_no_journal_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tracker::open(dir.path(), "abcd1234").unwrap();
+        let t = Tracker::open(dir.path(), &RunId::parse("abcd1234").unwrap()).unwrap();
         t.adopt(Kind::Bucket, "cs-abcd1234-1");
         t.deleted(Kind::Bucket, "cs-abcd1234-1").await;
         assert!(

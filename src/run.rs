@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use rand::Rng;
 
 use crate::engine::{Engine, RunState};
 use crate::output::{self, RunFacts, sla::Sla};
@@ -179,19 +178,6 @@ pub fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cloudswarm-state"))
 }
 
-/// A run id: 8 characters, a letter then letters and digits (valid in bucket names).
-pub fn new_run_id() -> String {
-    let mut rng = rand::rng();
-    let letters = b"abcdefghijklmnopqrstuvwxyz";
-    let chars = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut s = String::with_capacity(8);
-    s.push(letters[rng.random_range(0..letters.len())] as char);
-    for _ in 0..7 {
-        s.push(chars[rng.random_range(0..chars.len())] as char);
-    }
-    s
-}
-
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     // Take over SIGTERM and Ctrl-C now (tokio keeps a handler once installed),
@@ -275,7 +261,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         ctx.clients.info.ec2_endpoint,
         ctx.clients.info.s3_endpoint,
         ctx.clients.info.region,
-        tracker.dir().join("journal.jsonl").display()
+        tracker.journal_path().display()
     );
 
     if let Some(addr) = args.metrics_bind {
@@ -410,7 +396,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         eprintln!(
             "WARNING: resources of run {run_id} are left: {}; delete them with `cloudswarm cleanup --run-id {run_id}` (journal {})",
             live.join(", "),
-            tracker.dir().join("journal.jsonl").display()
+            tracker.journal_path().display()
         );
         for (k, id, why) in &cleanup_failed {
             eprintln!("  {k} {id}: {why}");
@@ -535,18 +521,5 @@ mod tests {
         assert!(parse_stages("x:30s").is_err());
         assert!(parse_stages("10:soon").is_err());
         assert!(parse_stages("").is_err());
-    }
-
-    #[test]
-    fn run_ids_fit_bucket_names() {
-        for _ in 0..100 {
-            let id = new_run_id();
-            assert_eq!(id.len(), 8);
-            assert!(id.chars().next().unwrap().is_ascii_lowercase());
-            assert!(
-                id.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            );
-        }
     }
 }

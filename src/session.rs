@@ -10,9 +10,10 @@ use anyhow::{Result, bail};
 use aws_sdk_ec2::types::Filter;
 
 use crate::engine::Engine;
+use crate::naming::{RunId, RunMeta, Services};
 use crate::profile::Profile;
 use crate::resources::{Kind, Tracker};
-use crate::run::{ConfigError, new_run_id};
+use crate::run::ConfigError;
 use crate::stats::Stats;
 use crate::target::{self, Clients};
 use crate::tasks::{Caps, Op, RunCtx, Service, cleanup};
@@ -32,7 +33,7 @@ pub struct Spec<'a> {
 
 /// A prepared run: the engine and what it writes into.
 pub struct Session {
-    pub run_id: String,
+    pub run_id: RunId,
     pub profile_path: PathBuf,
     pub engine: Arc<Engine>,
     pub ctx: Arc<RunCtx>,
@@ -40,8 +41,8 @@ pub struct Session {
     /// Unix seconds when the run began.
     pub started_at: f64,
     pub t0: Instant,
-    /// The services the profile uses (ec2, s3).
-    pub services: (bool, bool),
+    /// The services the profile uses.
+    pub services: Services,
 }
 
 /// What clean-up did.
@@ -125,22 +126,17 @@ impl Session {
             None
         };
 
-        let run_id = new_run_id();
+        let run_id = RunId::new();
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let services: Vec<&str> = [need_ec2.then_some("ec2"), need_s3.then_some("s3")]
-            .into_iter()
-            .flatten()
-            .collect();
-        let meta = serde_json::json!({
-            "run_id": run_id,
-            "profile": spec.profile_path.display().to_string(),
-            "started_at": started_at,
-            "target": spec.clients.info,
-            "services": services,
-        });
+        let services = Services {
+            ec2: need_ec2,
+            s3: need_s3,
+        };
+        let target = serde_json::to_value(&spec.clients.info).unwrap_or_default();
+        let meta = RunMeta::new(&run_id, spec.profile_path, started_at, target, services);
         let tracker = Tracker::create(&spec.state_dir, &run_id, &meta)
             .map_err(|e| config_err(format!("{e:#}")))?;
         let mut ctx = RunCtx::new(
@@ -163,7 +159,7 @@ impl Session {
             tracker,
             started_at,
             t0: Instant::now(),
-            services: (need_ec2, need_s3),
+            services,
         })
     }
 

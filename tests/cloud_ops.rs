@@ -1348,7 +1348,11 @@ fn cleanup_that_cannot_list_the_cloud_says_unknown_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("what is left is unknown"), "{all}");
-    assert!(all.contains("ListBuckets"), "{all}");
+    assert!(
+        all.contains("ListBuckets: refused"),
+        "only S3 is listed (run.json): {all}"
+    );
+    assert!(!all.contains("nothing left"), "{all}");
 }
 
 /// Names of the key pairs and ids of the security groups tagged with `run`.

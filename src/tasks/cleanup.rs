@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use super::ec2::run_filter;
 use super::errors::classify;
-use crate::resources::{Kind, RUN_TAG, Tracker};
+use crate::naming::{MARKER_KEY, Services, is_run_name, run_tag_of};
+use crate::resources::{Kind, Tracker};
 use crate::target::Clients;
 
 /// What a clean-up did.
@@ -50,41 +50,6 @@ impl Proof {
 /// What of a run the cloud holds: per kind, (id, why it is the run's).
 pub type Found = BTreeMap<Kind, Vec<(String, Proof)>>;
 
-/// The key of the marker object cloudswarm writes into each bucket it makes,
-/// right after creating it; its body is the run id. Buckets cannot be
-/// tagged everywhere (Eucalyptus), so this is what proves a bucket is a
-/// run's when the journal is gone.
-pub const MARKER_KEY: &str = ".cloudswarm-run";
-
-/// True when `name` is one of run `run_id`'s names (`cs-<runid>-<n>`). A
-/// shape only: it narrows listings, it never proves ownership.
-pub fn is_run_name(name: &str, run_id: &str) -> bool {
-    !run_id.is_empty()
-        && name
-            .strip_prefix("cs-")
-            .and_then(|r| r.strip_prefix(run_id))
-            .and_then(|r| r.strip_prefix('-'))
-            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-}
-
-/// The run id a name such as `cs-k3x9q2ab-12` is shaped for, if any. A
-/// shape only: a bucket so named is a run's only if its marker says so.
-pub fn run_of_name(name: &str) -> Option<&str> {
-    let (run_id, _) = name.strip_prefix("cs-")?.split_once('-')?;
-    let shaped = (1..=32).contains(&run_id.len())
-        && run_id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    (shaped && is_run_name(name, run_id)).then_some(run_id)
-}
-
-/// The value of the run tag among `tags`, if any.
-pub fn run_tag_of(tags: &[aws_sdk_ec2::types::Tag]) -> Option<&str> {
-    tags.iter()
-        .find(|t| t.key() == Some(RUN_TAG))
-        .and_then(|t| t.value())
-}
-
 fn err_text<E>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -95,7 +60,7 @@ where
 
 /// Listings get at least this long to get past throttling, even when the
 /// clean-up's own deadline has passed.
-const LISTING_GRACE: Duration = Duration::from_secs(60);
+const LISTING_GRACE: Duration = Duration::from_secs(30);
 
 /// Reads a bucket's marker: Some(run id) when it holds one, None when it
 /// does not (or is gone, or is not ours to read); an error when the cloud
@@ -148,11 +113,11 @@ pub async fn marker_of(
 pub async fn list_run(
     c: &Clients,
     tracker: &Tracker,
-    services: (bool, bool),
+    services: Services,
     deadline: Instant,
 ) -> Result<Found, String> {
-    let run_id = tracker.run_id();
-    assert!(!run_id.is_empty(), "a run id is needed to filter by");
+    let run = tracker.run_id();
+    let run_id = run.as_str();
     let deadline = deadline.max(Instant::now() + LISTING_GRACE);
     let mut out = Found::new();
     let mut add = |kind: Kind, id: &str, proof: Proof| {
@@ -168,7 +133,7 @@ pub async fn list_run(
             None
         }
     };
-    if services.0 {
+    if services.ec2 {
         let ec2 = &c.ec2;
         let live = || {
             Filter::builder()
@@ -181,7 +146,7 @@ pub async fn list_run(
         };
         // By tag, then by the journal's ids (a cloud that dropped the tags).
         for by in [
-            Some(run_filter(run_id)),
+            Some(run.tag_filter()),
             id_filter("instance-id", &tracker.alive(Kind::Instance)),
         ]
         .into_iter()
@@ -215,7 +180,7 @@ pub async fn list_run(
             }
         }
         for by in [
-            Some(run_filter(run_id)),
+            Some(run.tag_filter()),
             id_filter("volume-id", &tracker.alive(Kind::Volume)),
         ]
         .into_iter()
@@ -255,7 +220,7 @@ pub async fn list_run(
             }
         }
         for by in [
-            Some(run_filter(run_id)),
+            Some(run.tag_filter()),
             id_filter("snapshot-id", &tracker.alive(Kind::Snapshot)),
         ]
         .into_iter()
@@ -291,7 +256,7 @@ pub async fn list_run(
         // Addresses: by tag; the journal's are looked for among all of them
         // (their key is an allocation id or, on classic clouds, a public IP).
         let journal_addresses = !tracker.alive(Kind::Address).is_empty();
-        for by in [Some(run_filter(run_id)), None] {
+        for by in [Some(run.tag_filter()), None] {
             if by.is_none() && !journal_addresses {
                 continue;
             }
@@ -364,7 +329,7 @@ pub async fn list_run(
             }
         }
     }
-    if services.1 {
+    if services.s3 {
         for name in list_bucket_names(c, deadline).await? {
             if !is_run_name(&name, run_id) {
                 continue;
@@ -648,7 +613,7 @@ pub type Leftovers = Result<Found, String>;
 pub async fn sweep(
     c: &Clients,
     tracker: &Tracker,
-    services: (bool, bool),
+    services: Services,
     timeout: Duration,
     progress: &(dyn Fn(&str) + Sync),
 ) -> (CleanupReport, Leftovers) {
@@ -863,41 +828,5 @@ pub(super) async fn delete_bucket(
             Ok(done)
         }
         Err(why) => Err(why),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_names_match_exactly() {
-        assert!(is_run_name("cs-abcd1234-1", "abcd1234"));
-        assert!(is_run_name("cs-abcd1234-42", "abcd1234"));
-        assert!(!is_run_name("cs-abcd1234-", "abcd1234"));
-        assert!(!is_run_name("cs-abcd1234-x", "abcd1234"));
-        assert!(!is_run_name("cs-abcd12345-1", "abcd1234"));
-        assert!(!is_run_name("cs-abcd1234-1", ""));
-        assert!(!is_run_name("operator-data", "abcd1234"));
-    }
-
-    #[test]
-    fn names_shaped_for_a_run_are_recognised_as_shapes_only() {
-        assert_eq!(run_of_name("cs-abcd1234-1"), Some("abcd1234"));
-        assert_eq!(run_of_name("cs-k3x9q2ab-120"), Some("k3x9q2ab"));
-        // A shape is all this says: `cs-research-2024` is shaped like run
-        // `research`'s; only its marker could make it one.
-        assert_eq!(run_of_name("cs-research-2024"), Some("research"));
-        for other in [
-            "cs-abcd1234-",                           // no number
-            "cs-abcd1234-1a",                         // not a number
-            "cs-abcd1234",                            // no number at all
-            "cs-Abcd1234-1",                          // upper case
-            "cs-abcdefghijklmnopqrstuvwxyz0123456-1", // too long for a run id
-            "ops-abcd1234-1",                         // another prefix
-            "cs--1",
-        ] {
-            assert_eq!(run_of_name(other), None, "{other}");
-        }
     }
 }

@@ -5,25 +5,24 @@
 //! creates one, measured under its own name.
 
 pub mod cleanup;
-mod ec2;
-mod ec2_net;
+mod ctx;
 pub mod errors;
+mod instances;
+mod network;
 mod s3;
+mod volumes;
+
+pub use ctx::RunCtx;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::profile::Params;
-use crate::resources::Tracker;
-use crate::stats::{Bytes, Failure, Stats};
-use crate::target::Clients;
+use crate::stats::{Bytes, Failure};
 
 /// `size` random bytes, cut from one buffer per power-of-two size class (4
 /// KiB and up) that lives as long as the process: taking a slice locks
@@ -161,131 +160,6 @@ pub struct Caps {
 /// Ops in flight at once per engine, unless told otherwise.
 pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 
-/// What every user of a run shares.
-pub struct RunCtx {
-    pub run_id: String,
-    pub clients: Clients,
-    pub stats: Stats,
-    pub tracker: Tracker,
-    pub caps: Caps,
-    /// First availability zone of the region, for `availability_zone = "auto"`.
-    pub default_az: Option<String>,
-    /// The image `image_id = "auto"` stands for.
-    pub auto_image: Option<String>,
-    /// The run's one bucket for `bucket = "shared"`, created on first need
-    /// (again if the cloud loses it).
-    shared_bucket: arc_swap::ArcSwapOption<Arc<str>>,
-    /// One creator of the shared bucket at a time.
-    shared_bucket_creation: tokio::sync::Mutex<()>,
-    names: AtomicU64,
-    /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
-    list_v1: AtomicBool,
-    /// Slots for ops in flight: bounds the engine's memory and connections
-    /// when users outrun what the machine can send.
-    pub inflight: tokio::sync::Semaphore,
-    /// Times a user had to wait for a slot since the last status line took
-    /// the count (the engine is saturated).
-    pub saturated: AtomicU64,
-}
-
-impl RunCtx {
-    pub fn new(
-        run_id: String,
-        clients: Clients,
-        stats: Stats,
-        tracker: Tracker,
-        caps: Caps,
-    ) -> RunCtx {
-        RunCtx {
-            run_id,
-            clients,
-            stats,
-            tracker,
-            caps,
-            default_az: None,
-            auto_image: None,
-            shared_bucket: arc_swap::ArcSwapOption::empty(),
-            shared_bucket_creation: tokio::sync::Mutex::new(()),
-            names: AtomicU64::new(0),
-            list_v1: AtomicBool::new(false),
-            inflight: tokio::sync::Semaphore::new(DEFAULT_MAX_INFLIGHT),
-            saturated: AtomicU64::new(0),
-        }
-    }
-
-    /// A fresh name with the run's prefix: `cs-<runid>-<n>`.
-    pub fn new_name(&self) -> String {
-        let n = self.names.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("cs-{}-{n}", self.run_id)
-    }
-
-    /// A payload of `size` random bytes: a slice of a buffer shared by the
-    /// whole process (see [`payload`]).
-    fn payload(&self, size: u64) -> bytes::Bytes {
-        payload(size as usize)
-    }
-
-    /// Records a finished SDK call; returns the value on success.
-    fn measure<T, E>(
-        &self,
-        name: &'static str,
-        t0: Instant,
-        res: Result<T, SdkError<E, HttpResponse>>,
-        bytes: Bytes,
-    ) -> Result<T, Failure>
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        let took = t0.elapsed();
-        match res {
-            Ok(v) => {
-                self.stats.record(name, took, bytes, None);
-                Ok(v)
-            }
-            Err(e) => {
-                let f = errors::classify(&e);
-                self.stats.record(
-                    name,
-                    took,
-                    Bytes {
-                        sent: bytes.sent,
-                        received: 0,
-                    },
-                    Some(&f),
-                );
-                Err(f)
-            }
-        }
-    }
-
-    /// Journals the intent to create (durably, before the call is sent). If
-    /// the journal cannot be written the create is not sent: the op fails as
-    /// `journal` and gives back the `reserved` room under the caps.
-    async fn intent(
-        &self,
-        kind: crate::resources::Kind,
-        name: &str,
-        op: &'static str,
-        reserved: u64,
-    ) -> Result<u64, StepError> {
-        match self.tracker.intent(kind, Some(name)).await {
-            Ok(seq) => Ok(seq),
-            Err(msg) => {
-                self.tracker.release(kind, reserved);
-                Err(self
-                    .fail(op, Duration::ZERO, Failure::new("journal", msg))
-                    .into())
-            }
-        }
-    }
-
-    /// Records a failure that is not an SDK error (a wait that timed out).
-    fn fail(&self, name: &'static str, took: Duration, f: Failure) -> Failure {
-        self.stats.record(name, took, Bytes::default(), Some(&f));
-        f
-    }
-}
-
 /// The state a held resource is heading for, which the matching wait op measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -337,6 +211,24 @@ impl Held {
         self.since = Instant::now();
         self.ready = false;
         self.waited = false;
+    }
+}
+
+/// The lists of held resources a provisioning wait can be about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    Instances,
+    Volumes,
+    Snapshots,
+}
+
+impl Pool {
+    fn what(self) -> &'static str {
+        match self {
+            Pool::Instances => "instance",
+            Pool::Volumes => "volume",
+            Pool::Snapshots => "snapshot",
+        }
     }
 }
 
@@ -430,6 +322,83 @@ impl User {
         &mut self.rng
     }
 
+    fn pool(&mut self, pool: Pool) -> &mut VecDeque<Held> {
+        match pool {
+            Pool::Instances => &mut self.instances,
+            Pool::Volumes => &mut self.volumes,
+            Pool::Snapshots => &mut self.snapshots,
+        }
+    }
+
+    /// Makes a resource heading for `want`, for a wait that has none.
+    async fn make_for_wait(&mut self, ctx: &RunCtx, pool: Pool, want: Want) -> StepResult {
+        // Boxed: these reach back into waits (stopping first waits for running).
+        match (pool, want) {
+            (Pool::Instances, Want::Stopped) => Box::pin(self.stop_instance(ctx)).await,
+            (Pool::Instances, _) => self.run_instances(ctx).await,
+            (Pool::Volumes, Want::InUse) => Box::pin(self.attach_volume(ctx)).await,
+            (Pool::Volumes, _) => self.create_volume(ctx).await,
+            (Pool::Snapshots, _) => self.create_snapshot(ctx).await,
+        }
+    }
+
+    /// Asks the cloud once where a resource is on its way to `want`.
+    async fn poll(
+        &self,
+        ctx: &RunCtx,
+        pool: Pool,
+        id: &str,
+        want: Want,
+    ) -> Result<ctx::Poll, Failure> {
+        match pool {
+            Pool::Instances => {
+                let state = match want {
+                    Want::Stopped => aws_sdk_ec2::types::InstanceStateName::Stopped,
+                    _ => aws_sdk_ec2::types::InstanceStateName::Running,
+                };
+                self.poll_instance(ctx, id, state).await
+            }
+            Pool::Volumes => self.poll_volume(ctx, id, want).await,
+            Pool::Snapshots => self.poll_snapshot(ctx, id).await,
+        }
+    }
+
+    /// The wait protocol for what the user holds: measures the newest move
+    /// of one of `pool`'s resources to `want` that no wait has measured yet
+    /// (making one first if there is none), recorded under `name`. A
+    /// resource whose call's answer already showed the state is recorded as
+    /// a wait of zero, whatever its kind: the state was there at the answer.
+    async fn wait_held(
+        &mut self,
+        ctx: &RunCtx,
+        pool: Pool,
+        want: Want,
+        name: &'static str,
+    ) -> StepResult {
+        let unwaited = |l: &VecDeque<Held>| l.iter().rposition(|h| h.want == want && !h.waited);
+        if unwaited(self.pool(pool)).is_none() {
+            self.make_for_wait(ctx, pool, want).await?;
+        }
+        let list = self.pool(pool);
+        let idx = unwaited(list).ok_or_else(|| ctx::none(pool.what(), "the create call"))?;
+        list[idx].waited = true;
+        let held = list[idx].clone();
+        if held.ready {
+            ctx.stats
+                .record(name, std::time::Duration::ZERO, Bytes::default(), None);
+        } else {
+            let what = format!("{} {}", pool.what(), held.id);
+            ctx.wait_for(&self.params, name, &what, held.since, || {
+                self.poll(ctx, pool, &held.id, want)
+            })
+            .await?;
+        }
+        if let Some(h) = self.pool(pool).iter_mut().find(|h| h.id == held.id) {
+            h.ready = true;
+        }
+        Ok(())
+    }
+
     /// Runs one op, recording every request it makes.
     pub async fn run(&mut self, ctx: &RunCtx, op: Op) -> StepResult {
         let r = match op {
@@ -491,8 +460,9 @@ mod tests {
     /// future is smaller than one PutObject send future (3 KB against 9.6 KB
     /// in a release build; 20.7 KB before the boxing). Building the clients
     /// sends nothing.
-    #[tokio::test]
-    async fn no_op_future_holds_an_sdk_future_inline() {
+    /// A run context whose clients point at a closed port: building them
+    /// sends nothing, and the tests below send nothing either.
+    async fn offline_ctx(dir: &std::path::Path) -> RunCtx {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -508,15 +478,28 @@ mod tests {
             "us-east-1",
         ]);
         let clients = cli.target.clients().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = Tracker::create(dir.path(), "sizes", &serde_json::json!({})).unwrap();
+        let run = crate::naming::RunId::parse("sizes").unwrap();
+        let meta = crate::naming::RunMeta::new(
+            &run,
+            std::path::Path::new("p.toml"),
+            0.0,
+            serde_json::json!({}),
+            crate::naming::Services::ALL,
+        );
+        let tracker = crate::resources::Tracker::create(dir, &run, &meta).unwrap();
         let caps = Caps {
             max_instances: 1,
             max_volumes: 1,
             max_buckets: 1,
             max_bytes: 1,
         };
-        let ctx = RunCtx::new("sizes".into(), clients, Stats::new(), tracker, caps);
+        RunCtx::new(run, clients, crate::stats::Stats::new(), tracker, caps)
+    }
+
+    #[tokio::test]
+    async fn no_op_future_holds_an_sdk_future_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = offline_ctx(dir.path()).await;
         let send = std::mem::size_of_val(&ctx.clients.s3.put_object().send());
         let mut user = User::new(1, Arc::new(Params::default()));
         // One type for every op: as large as the largest op's future.
@@ -526,6 +509,45 @@ mod tests {
             "an op's future is {op_future} bytes, a PutObject send future {send}: \
              some op awaits an SDK call outside `sdk(|| ...)`"
         );
+    }
+
+    /// A wait on a resource whose create call's answer already showed the
+    /// wanted state records the same for every kind: a wait of zero (the
+    /// state was there at the answer), not the time the user spent since.
+    #[tokio::test]
+    async fn a_wait_on_what_is_already_ready_records_zero_for_every_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = offline_ctx(dir.path()).await;
+        let mut user = User::new(1, Arc::new(Params::default()));
+        let long_ago = Instant::now() - std::time::Duration::from_secs(3);
+        let ready = |want| {
+            let mut h = Held::new("r-1", want);
+            h.since = long_ago;
+            h.ready = true;
+            h
+        };
+        user.instances.push_back(ready(Want::Running));
+        user.volumes.push_back(ready(Want::Available));
+        user.snapshots.push_back(ready(Want::Completed));
+        for op in [
+            Op::InstanceRunning,
+            Op::VolumeAvailable,
+            Op::SnapshotCompleted,
+        ] {
+            assert!(user.run(&ctx, op).await.is_ok(), "{op:?}");
+        }
+        let snap = ctx.stats.snapshot();
+        for name in [
+            "ec2:instance-running",
+            "ec2:volume-available",
+            "ec2:snapshot-completed",
+        ] {
+            let e = snap.entries.iter().find(|e| e.name == name).expect(name);
+            assert_eq!((e.num_requests, e.num_failures), (1, 0), "{name}");
+            assert!(e.max_ms < 1.0, "{name} recorded {} ms", e.max_ms);
+        }
+        // Each is measured once: a second wait has a new resource to make.
+        assert!(user.instances.iter().all(|h| h.waited && h.ready));
     }
 
     #[test]

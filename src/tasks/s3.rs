@@ -14,54 +14,48 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::cleanup::MARKER_KEY;
 use super::{
     DELETE_RUN_MARKER, MAX_REMEMBERED_OBJECTS, Obj, Op, PUT_RUN_MARKER, RunCtx, StepError,
     StepResult, User, sdk,
 };
+use crate::naming::MARKER_KEY;
 use crate::profile::BucketMode;
 use crate::resources::Kind;
 use crate::stats::{Bytes, Failure};
 
-/// Creates a bucket with the run's prefix, tracked; returns its name.
+/// Creates a bucket with the run's prefix, tracked, and puts the run's
+/// marker in it; returns its name.
 pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepError> {
-    if !ctx.tracker.reserve(Kind::Bucket, 1, ctx.caps.max_buckets) {
-        return Err(StepError::Capped);
-    }
-    let bucket = ctx.new_name();
-    let seq = ctx
-        .intent(Kind::Bucket, &bucket, Op::CreateBucket.name(), 1)
-        .await?;
-    let mut req = ctx.clients.s3.create_bucket().bucket(&bucket);
     let region = ctx.clients.info.region.as_str();
-    if region != "us-east-1" {
-        req = req.create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    let t0 = Instant::now();
-    let res = sdk(|| req.send()).await;
-    match ctx.measure(Op::CreateBucket.name(), t0, res, Bytes::default()) {
-        Ok(_) => {
-            ctx.tracker.created(seq, Kind::Bucket, &bucket).await;
-            // The marker proves the bucket is the run's when the journal is
-            // gone. Should it fail, the bucket stays tracked (and is cleaned
-            // up) but is not used.
-            put_marker(ctx, &bucket).await?;
-            Ok(bucket)
+    let send = |bucket: String| {
+        let mut req = ctx.clients.s3.create_bucket().bucket(bucket);
+        if region != "us-east-1" {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
         }
-        Err(f) => {
-            ctx.tracker.failed(seq, Kind::Bucket, 1).await;
-            Err(f.into())
-        }
-    }
+        req.send()
+    };
+    let made = |_: &aws_sdk_s3::operation::create_bucket::CreateBucketOutput, name: &str| {
+        vec![name.to_string()]
+    };
+    let reserve = Some((1, ctx.caps.max_buckets));
+    let (_, mut names) = ctx
+        .create(Op::CreateBucket, Kind::Bucket, reserve, send, made)
+        .await?;
+    let bucket = names.remove(0);
+    // The marker proves the bucket is the run's when the journal is gone.
+    // Should it fail, the bucket stays tracked (and is cleaned up) but is
+    // not used.
+    put_marker(ctx, &bucket).await?;
+    Ok(bucket)
 }
 
 /// Puts the run's marker object into a bucket the run just made.
 async fn put_marker(ctx: &RunCtx, bucket: &str) -> Result<(), StepError> {
-    let body = bytes::Bytes::from(ctx.run_id.clone());
+    let body = bytes::Bytes::from(ctx.run_id.to_string());
     let sent = Bytes {
         sent: body.len() as u64,
         received: 0,

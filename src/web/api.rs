@@ -298,7 +298,7 @@ impl App {
         session.engine.start();
         let run_id = session.run_id.clone();
         tracing::info!(
-            run_id,
+            run_id = %run_id,
             profile = name,
             users = f.user_count,
             "swarm started"
@@ -409,7 +409,7 @@ impl App {
             )),
             ..Default::default()
         });
-        tracing::info!(run_id = live.session.run_id, ?outcome.leaked, "clean-up done");
+        tracing::info!(run_id = %live.session.run_id, ?outcome.leaked, "clean-up done");
         let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
         c.running = false;
         c.outcome = Some(outcome);

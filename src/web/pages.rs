@@ -167,7 +167,7 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
     let points: Vec<serde_json::Value> = history.iter().map(history_point).collect();
     let data = serde_json::json!({ "history": points }).to_string();
     let page = Report {
-        run_id: s.run_id.clone(),
+        run_id: s.run_id.to_string(),
         profile: live.profile.clone(),
         started: humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(s.started_at),

@@ -1,56 +1,39 @@
 //! EC2 access and networking ops: Elastic IPs (VPC allocation ids or
-//! classic public IPs), key pairs, security groups and their ingress rules,
-//! and the read-only image and zone listings.
+//! classic public IPs), key pairs, security groups and their ingress rules.
 
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType};
 
-use super::ec2::run_tags;
-use super::{Address, Op, RunCtx, StepError, StepResult, User, sdk};
+use super::ctx::none;
+use super::{Address, Op, RunCtx, StepResult, User, sdk};
 use crate::resources::Kind;
-use crate::stats::{Bytes, Failure};
-
-fn none(what: &str, op: &str) -> StepError {
-    Failure::new(format!("no-{what}"), format!("{op} returned no {what}")).into()
-}
+use crate::stats::Bytes;
 
 impl User {
     pub(super) async fn allocate_address(&mut self, ctx: &RunCtx) -> StepResult {
-        let label = ctx.new_name();
-        let seq = ctx
-            .intent(Kind::Address, &label, Op::AllocateAddress.name(), 0)
-            .await?;
-        let t0 = Instant::now();
-        let res = sdk(|| {
+        let send = |label: String| {
             ctx.clients
                 .ec2
                 .allocate_address()
-                .tag_specifications(run_tags(ctx, ResourceType::ElasticIp, &label))
+                .tag_specifications(ctx.run_id.tags(ResourceType::ElasticIp, &label))
                 .send()
-        })
-        .await;
-        match ctx.measure(Op::AllocateAddress.name(), t0, res, Bytes::default()) {
-            Ok(out) => {
-                let a = Address {
-                    allocation_id: out.allocation_id().map(str::to_string),
-                    public_ip: out.public_ip().map(str::to_string),
-                    association_id: None,
-                    instance: None,
-                };
-                if a.key().is_empty() {
-                    ctx.tracker.failed(seq, Kind::Address, 0).await;
-                    return Err(none("address", "AllocateAddress"));
-                }
-                ctx.tracker.created(seq, Kind::Address, &a.key()).await;
-                self.addresses.push_back(a);
-                Ok(())
-            }
-            Err(f) => {
-                ctx.tracker.failed(seq, Kind::Address, 0).await;
-                Err(f.into())
-            }
-        }
+        };
+        let made = |out: &aws_sdk_ec2::operation::allocate_address::AllocateAddressOutput,
+                    _: &str| {
+            let key = out.allocation_id().or(out.public_ip());
+            key.map(str::to_string).into_iter().collect()
+        };
+        let (out, _) = ctx
+            .create(Op::AllocateAddress, Kind::Address, None, send, made)
+            .await?;
+        self.addresses.push_back(Address {
+            allocation_id: out.allocation_id().map(str::to_string),
+            public_ip: out.public_ip().map(str::to_string),
+            association_id: None,
+            instance: None,
+        });
+        Ok(())
     }
 
     pub(super) async fn associate_address(&mut self, ctx: &RunCtx) -> StepResult {
@@ -140,32 +123,22 @@ impl User {
     }
 
     pub(super) async fn create_key_pair(&mut self, ctx: &RunCtx) -> StepResult {
-        let name = ctx.new_name();
-        let seq = ctx
-            .intent(Kind::KeyPair, &name, Op::CreateKeyPair.name(), 0)
-            .await?;
-        let t0 = Instant::now();
-        let res = sdk(|| {
+        let send = |name: String| {
             ctx.clients
                 .ec2
                 .create_key_pair()
-                .key_name(&name)
-                .tag_specifications(run_tags(ctx, ResourceType::KeyPair, &name))
+                .tag_specifications(ctx.run_id.tags(ResourceType::KeyPair, &name))
+                .key_name(name)
                 .send()
-        })
-        .await;
+        };
         // The private key in the answer is dropped here, never stored or logged.
-        match ctx.measure(Op::CreateKeyPair.name(), t0, res, Bytes::default()) {
-            Ok(_) => {
-                ctx.tracker.created(seq, Kind::KeyPair, &name).await;
-                self.key_pairs.push_back(name);
-                Ok(())
-            }
-            Err(f) => {
-                ctx.tracker.failed(seq, Kind::KeyPair, 0).await;
-                Err(f.into())
-            }
-        }
+        let made = |_: &aws_sdk_ec2::operation::create_key_pair::CreateKeyPairOutput,
+                    name: &str| vec![name.to_string()];
+        let (_, names) = ctx
+            .create(Op::CreateKeyPair, Kind::KeyPair, None, send, made)
+            .await?;
+        self.key_pairs.extend(names);
+        Ok(())
     }
 
     pub(super) async fn delete_key_pair(&mut self, ctx: &RunCtx) -> StepResult {
@@ -191,41 +164,30 @@ impl User {
     }
 
     pub(super) async fn create_security_group(&mut self, ctx: &RunCtx) -> StepResult {
-        let name = ctx.new_name();
-        let seq = ctx
-            .intent(
-                Kind::SecurityGroup,
-                &name,
-                Op::CreateSecurityGroup.name(),
-                0,
-            )
-            .await?;
-        let t0 = Instant::now();
-        let res = sdk(|| {
+        let send = |name: String| {
             ctx.clients
                 .ec2
                 .create_security_group()
-                .group_name(&name)
                 .description(format!("cloudswarm run {}", ctx.run_id))
-                .tag_specifications(run_tags(ctx, ResourceType::SecurityGroup, &name))
+                .tag_specifications(ctx.run_id.tags(ResourceType::SecurityGroup, &name))
+                .group_name(name)
                 .send()
-        })
-        .await;
-        match ctx.measure(Op::CreateSecurityGroup.name(), t0, res, Bytes::default()) {
-            Ok(out) => {
-                let Some(id) = out.group_id() else {
-                    ctx.tracker.failed(seq, Kind::SecurityGroup, 0).await;
-                    return Err(none("security-group", "CreateSecurityGroup"));
-                };
-                ctx.tracker.created(seq, Kind::SecurityGroup, id).await;
-                self.security_groups.push_back((id.to_string(), 0));
-                Ok(())
-            }
-            Err(f) => {
-                ctx.tracker.failed(seq, Kind::SecurityGroup, 0).await;
-                Err(f.into())
-            }
-        }
+        };
+        let made =
+            |out: &aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput,
+             _: &str| { out.group_id().map(str::to_string).into_iter().collect() };
+        let (_, ids) = ctx
+            .create(
+                Op::CreateSecurityGroup,
+                Kind::SecurityGroup,
+                None,
+                send,
+                made,
+            )
+            .await?;
+        self.security_groups
+            .extend(ids.into_iter().map(|id| (id, 0)));
+        Ok(())
     }
 
     pub(super) async fn authorize_ingress(&mut self, ctx: &RunCtx) -> StepResult {
@@ -298,29 +260,5 @@ impl User {
                 Err(f.into())
             }
         }
-    }
-
-    pub(super) async fn describe_images(&mut self, ctx: &RunCtx) -> StepResult {
-        let mut req = ctx.clients.ec2.describe_images();
-        req = match self.image(ctx) {
-            Ok(img) => req.image_ids(img),
-            Err(_) => req.owners("self"),
-        };
-        let t0 = Instant::now();
-        let res = sdk(|| req.send()).await;
-        ctx.measure(Op::DescribeImages.name(), t0, res, Bytes::default())?;
-        Ok(())
-    }
-
-    pub(super) async fn describe_zones(&mut self, ctx: &RunCtx) -> StepResult {
-        let t0 = Instant::now();
-        let res = sdk(|| ctx.clients.ec2.describe_availability_zones().send()).await;
-        ctx.measure(
-            Op::DescribeAvailabilityZones.name(),
-            t0,
-            res,
-            Bytes::default(),
-        )?;
-        Ok(())
     }
 }
