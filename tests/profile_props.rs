@@ -392,6 +392,7 @@ fn what_check_accepts_runs_without_panicking() {
             let profile = match profile::parse(Path::new("gen.toml"), &text) {
                 Ok(p) => p,
                 Err(e) => {
+                    // PROP_DEBUG=1 shows why profiles were refused, to tune the generator.
                     if std::env::var_os("PROP_DEBUG").is_some() {
                         eprintln!("REJECTED {}", e.message);
                     }
