@@ -4,8 +4,12 @@
 //! timeout. Control is by absolute targets so a coordinator can later drive
 //! many engines the same way.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rand::distr::Distribution;
@@ -15,8 +19,9 @@ use tokio::sync::{SemaphorePermit, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::profile::{Params, Profile, Task, WaitTime};
-use crate::tasks::{RunCtx, User};
+use crate::profile::{Params, Profile, Task, UserClass, WaitTime};
+use crate::stats::Failure;
+use crate::tasks::{Op, RunCtx, User};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,11 +91,42 @@ struct ClassRt {
     name: String,
     wait: WaitTime,
     tasks: Vec<Task>,
-    pick: WeightedIndex<u32>,
+    /// Over u64: the sum of the tasks' u32 weights cannot overflow it.
+    pick: WeightedIndex<u64>,
     params: Arc<Params>,
+    /// Users of the class whose task panicked, for the hatcher to replace.
+    dead: Mutex<Vec<u64>>,
+    has_dead: AtomicBool,
+}
+
+impl ClassRt {
+    fn new(c: &UserClass) -> ClassRt {
+        ClassRt {
+            name: c.name.clone(),
+            wait: c.wait,
+            tasks: c.tasks.clone(),
+            // Validation gives every class a task and every task a weight of
+            // 1 or more: the only errors WeightedIndex has (none, all zero,
+            // overflow) cannot happen with u64 sums.
+            pick: WeightedIndex::new(c.tasks.iter().map(|t| t.weight as u64))
+                .expect("a validated class has tasks with weights of 1 or more"),
+            params: Arc::new(c.params.clone()),
+            dead: Mutex::new(Vec::new()),
+            has_dead: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the ids of the users that died since the last call.
+    fn take_dead(&self) -> Vec<u64> {
+        if !self.has_dead.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.dead.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 struct UserHandle {
+    id: u64,
     token: CancellationToken,
     join: JoinHandle<()>,
 }
@@ -126,16 +162,7 @@ impl Engine {
         let classes: Vec<Arc<ClassRt>> = profile
             .users
             .iter()
-            .map(|c| {
-                Arc::new(ClassRt {
-                    name: c.name.clone(),
-                    wait: c.wait,
-                    tasks: c.tasks.clone(),
-                    pick: WeightedIndex::new(c.tasks.iter().map(|t| t.weight))
-                        .expect("validated task weights"),
-                    params: Arc::new(c.params.clone()),
-                })
-            })
+            .map(|c| Arc::new(ClassRt::new(c)))
             .collect();
         let n = classes.len();
         Arc::new(Engine {
@@ -270,6 +297,14 @@ impl Engine {
             last = now;
             let mut c = self.ctl();
             c.retiring.retain(|h| !h.is_finished());
+            // Users whose task panicked are gone: drop their handles, so the
+            // class is below its target and hatching replaces them.
+            for (i, class) in self.classes.iter().enumerate() {
+                let dead = class.take_dead();
+                if !dead.is_empty() {
+                    c.users[i].retain(|h| !dead.contains(&h.id));
+                }
+            }
             let pending: u64 = c
                 .targets
                 .iter()
@@ -338,7 +373,27 @@ impl Engine {
         let token = self.root.child_token();
         let ctx = self.ctx.clone();
         let join = tokio::spawn(user_loop(ctx, k, user, token.clone()));
-        UserHandle { token, join }
+        UserHandle { id, token, join }
+    }
+
+    /// Runs task `task` of class `class` (profile order) once, as a new
+    /// user of the class would: a pick, the steps in order until one fails,
+    /// then the wait that would follow. Outside the hatcher and with no
+    /// panic caught, for tests (the property test runs every task of
+    /// generated profiles this way). Returns the wait.
+    #[doc(hidden)]
+    pub async fn run_task_once(&self, class: usize, task: usize) -> Duration {
+        let k = &self.classes[class];
+        let id = self.next_user.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut user = User::new(id, k.params.clone());
+        let _ = k.pick.sample(user.rng());
+        let t0 = Instant::now();
+        for &op in &k.tasks[task].steps {
+            if user.run(&self.ctx, op).await.is_err() {
+                break;
+            }
+        }
+        k.wait.next_wait(t0.elapsed(), user.rng())
     }
 
     /// Abandons every user at once (a second Ctrl-C): their tasks are
@@ -424,6 +479,55 @@ enum Pause {
     Stop,
 }
 
+/// Polls a future and turns a panic inside it into `Err(message)`.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, String>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    }
+}
+
+/// The text a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// A user's task panicked: counts it as an error of kind `panic` under the
+/// op it was in (or `user:<class>` outside an op), logs it, and marks the
+/// user dead so the hatcher replaces it.
+fn user_panicked(ctx: &RunCtx, class: &ClassRt, id: u64, op: Option<Op>, message: String) {
+    let name = match op {
+        Some(op) => op.name().to_string(),
+        None => format!("user:{}", class.name),
+    };
+    tracing::error!(
+        "a user of class `{}` panicked in {name}: {message}; it is replaced",
+        class.name
+    );
+    ctx.stats
+        .lock()
+        .record_panic(&name, &Failure::new("panic", message));
+    class
+        .dead
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(id);
+    class.has_dead.store(true, Ordering::Release);
+}
+
 async fn user_loop(
     ctx: Arc<RunCtx>,
     class: Arc<ClassRt>,
@@ -431,13 +535,33 @@ async fn user_loop(
     token: CancellationToken,
 ) {
     let mut resume = None;
+    let id = user.id;
+    // The op the user is in, for a panic's report.
+    let mut at: Option<Op> = None;
     loop {
         // The ops' state (the SDK's futures, several KiB) lives in this box
         // only while the user is busy: a user that waits (its wait time, or
         // for a slot) holds just its own small state. A user that never
         // waits stays in one box for good, so the hot loop neither allocates
-        // nor copies it per request.
-        match Box::pin(busy(&ctx, &class, &mut user, &token, resume.take())).await {
+        // nor copies it per request. A panic inside ends the user (its state
+        // may be half-changed); the hatcher starts a new one.
+        let busy = Box::pin(busy(
+            &ctx,
+            &class,
+            &mut user,
+            &token,
+            resume.take(),
+            &mut at,
+        ));
+        let result = CatchPanic(busy).await;
+        let pause = match result {
+            Ok(p) => p,
+            Err(message) => {
+                user_panicked(&ctx, &class, id, at, message);
+                return;
+            }
+        };
+        match pause {
             Pause::Stop => return,
             Pause::Wait(wait) => tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -466,6 +590,7 @@ async fn busy<'a>(
     user: &mut User,
     token: &CancellationToken,
     mut resume: Option<(Resume, SemaphorePermit<'a>)>,
+    at: &mut Option<Op>,
 ) -> Pause {
     loop {
         let (task, first, t0, mut slot) = match resume.take() {
@@ -484,7 +609,11 @@ async fn busy<'a>(
                     Err(TryAcquireError::Closed) => return Pause::Stop,
                 },
             };
+            *at = Some(op);
+            #[cfg(test)]
+            test_hooks::maybe_panic(&class.name, op);
             let failed = user.run(ctx, op).await.is_err();
+            *at = None;
             drop(permit);
             if failed {
                 break;
@@ -499,9 +628,144 @@ async fn busy<'a>(
     }
 }
 
+/// A way for unit tests to make a user's task panic (compiled into test
+/// builds only): the next `n` ops of classes named `test-panic...` panic.
+#[cfg(test)]
+mod test_hooks {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn maybe_panic(class: &str, op: crate::tasks::Op) {
+        if class.starts_with("test-panic")
+            && PANICS
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!("test panic before {}", op.name());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Tracker;
+    use crate::stats::Stats;
+    use crate::tasks::Caps;
+
+    /// An engine whose clients point at a closed port on 127.0.0.1: every
+    /// call fails at once with `refused`.
+    async fn engine_against_nothing(profile: &str) -> (Arc<Engine>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/");
+        let eucarc = dir.path().join("eucarc");
+        let keys = format!(
+            "EC2_URL={url}\nS3_URL={url}\nEC2_ACCESS_KEY=testing\nEC2_SECRET_KEY=testing\n"
+        );
+        std::fs::write(&eucarc, keys).unwrap();
+        let clients = crate::target::TargetArgs {
+            ec2_endpoint: Some(url.clone()),
+            s3_endpoint: Some(url),
+            region: Some("us-east-1".into()),
+            eucarc: Some(eucarc),
+            ca_bundle: None,
+            insecure: false,
+            retries: 0,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(5),
+        }
+        .clients()
+        .await
+        .unwrap();
+        let run = crate::naming::RunId::parse("enginet1").unwrap();
+        let meta = crate::naming::RunMeta::default();
+        let tracker = Tracker::create(dir.path(), &run, &meta).unwrap();
+        let caps = Caps {
+            max_instances: 1,
+            max_volumes: 1,
+            max_buckets: 1,
+            max_bytes: 1,
+        };
+        let ctx = RunCtx::new(run, clients, Stats::new(), tracker, caps);
+        let profile = crate::profile::parse(std::path::Path::new("t.toml"), profile).unwrap();
+        (Engine::new(Arc::new(ctx), Arc::new(profile)), dir)
+    }
+
+    /// Waits (a generous minute at most) until `ok` holds.
+    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(Instant::now() < deadline, "gave up waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_whose_task_panics_is_counted_logged_and_replaced() {
+        let (engine, _dir) = engine_against_nothing(
+            "[[user]]\nname = \"test-panic\"\nwait = { constant = 0.05 }\n\
+             [[user.task]]\nop = \"ec2:DescribeAvailabilityZones\"\n",
+        )
+        .await;
+        let stats = engine.ctx.stats.clone();
+        let requests = || stats.snapshot().total.num_requests;
+        engine.start();
+        engine.set_target(3, 1000.0).unwrap();
+        until("3 users run", || engine.user_count() == 3 && requests() > 0).await;
+
+        test_hooks::PANICS.store(2, Ordering::SeqCst);
+        until("2 users panicked", || stats.lock().user_panics == 2).await;
+        let snap = stats.snapshot();
+        let e = snap
+            .errors
+            .iter()
+            .find(|e| e.code == "panic")
+            .expect("a panic error");
+        assert_eq!(e.name, "ec2:DescribeAvailabilityZones");
+        assert_eq!(e.count, 2);
+        assert_eq!(e.message, "test panic before ec2:DescribeAvailabilityZones");
+        assert_eq!(test_hooks::PANICS.load(Ordering::SeqCst), 0);
+
+        // Both were replaced by new users (ids 4 and 5): back at the target.
+        until("the 2 users are replaced", || {
+            engine.next_user.load(Ordering::Relaxed) == 5 && engine.user_count() == 3
+        })
+        .await;
+        assert_eq!(engine.target().0, 3);
+        let line = crate::run::status_line(&engine, Instant::now());
+        assert!(line.contains("users 3/3"), "{line}");
+        assert!(line.contains("panics 2 (users replaced)"), "{line}");
+
+        // And the run goes on.
+        let before = requests();
+        until("more requests", || requests() >= before + 6).await;
+        assert_eq!(stats.lock().user_panics, 2);
+        engine.stop(Duration::from_secs(30)).await;
+        assert_eq!(engine.user_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn run_task_once_runs_the_steps_and_gives_the_wait() {
+        let (engine, _dir) = engine_against_nothing(
+            "[[user]]\nname = \"a\"\nwait = { constant_pacing = 3600 }\n\
+             [[user.task]]\nsequence = [\"s3:ListBuckets\", \"s3:ListBuckets\"]\n\
+             [[user.task]]\nop = \"ec2:DescribeImages\"\n",
+        )
+        .await;
+        let wait = engine.run_task_once(0, 0).await;
+        assert!(wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600));
+        // The first step failed (nothing listens): the sequence stopped there.
+        let snap = engine.ctx.stats.snapshot();
+        assert_eq!(snap.total.num_requests, 1);
+        assert_eq!(snap.errors[0].name, "s3:ListBuckets");
+        assert_eq!(snap.errors[0].code, "refused");
+    }
 
     #[test]
     fn distribute_by_weight_with_fixed_counts_first() {

@@ -41,6 +41,21 @@ pub struct Task {
     pub steps: Vec<Op>,
 }
 
+/// Longest wait between two tasks (a day); `constant_throughput` may not ask
+/// for fewer than one task in this time.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+/// Largest task or class weight, and largest `fixed_count`.
+pub const MAX_WEIGHT: i64 = 1_000_000;
+/// Most user classes in a profile, tasks in a class and steps in a sequence.
+pub const MAX_CLASSES: usize = 1_000;
+pub const MAX_TASKS: usize = 1_000;
+pub const MAX_STEPS: usize = 1_000;
+/// Largest object `s3:PutObject` writes and largest multipart part: S3's
+/// own limits (5 GiB per PUT and per part). The payload is held in memory.
+pub const MAX_OBJECT_SIZE: u64 = 5 << 30;
+/// Largest profile file `load` reads.
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
 /// How long a user waits between two tasks (Locust's wait_time functions).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WaitTime {
@@ -53,21 +68,21 @@ pub enum WaitTime {
 }
 
 impl WaitTime {
-    /// The pause after a task that started `elapsed` ago.
+    /// The pause after a task that started `elapsed` ago. Never panics: a
+    /// value that validation would refuse gives at most [`MAX_WAIT`].
     pub fn next_wait(&self, elapsed: Duration, rng: &mut impl rand::Rng) -> Duration {
+        let secs = |s: f64| Duration::try_from_secs_f64(s).map_or(MAX_WAIT, |d| d.min(MAX_WAIT));
         match *self {
             WaitTime::Constant(d) => d,
             WaitTime::Between(lo, hi) => {
                 if hi <= lo {
                     lo
                 } else {
-                    Duration::from_secs_f64(rng.random_range(lo.as_secs_f64()..=hi.as_secs_f64()))
+                    secs(rng.random_range(lo.as_secs_f64()..=hi.as_secs_f64()))
                 }
             }
             WaitTime::ConstantPacing(p) => p.saturating_sub(elapsed),
-            WaitTime::ConstantThroughput(n) => {
-                Duration::from_secs_f64(1.0 / n).saturating_sub(elapsed)
-            }
+            WaitTime::ConstantThroughput(n) => secs(1.0 / n).saturating_sub(elapsed),
         }
     }
 }
@@ -305,6 +320,15 @@ impl RawParams {
 
 /// Parses a size such as `1024`, `1KiB`, `4 MiB`, `1kB` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = size_bytes(s)?;
+    if !(0.0..=5e12).contains(&bytes) {
+        return Err(format!("size `{s}` is out of range (0 to 5 TB)"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A size's number times its unit, unchecked.
+fn size_bytes(s: &str) -> Result<f64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -327,11 +351,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    let bytes = n * mult;
-    if !(0.0..=5e12).contains(&bytes) {
-        return Err(format!("size `{s}` is out of range (0 to 5 TB)"));
-    }
-    Ok(bytes.round() as u64)
+    Ok(n * mult)
 }
 
 /// Parses a duration such as `30s`, `2m`, `1h30m`, `500ms`; a bare number is seconds.
@@ -354,15 +374,84 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Loads and validates a profile file.
+/// Loads and validates a profile file: a regular file of at most
+/// [`MAX_PROFILE_BYTES`] (a FIFO, a device or a directory is refused before
+/// it is opened, so `/dev/zero` or a pipe cannot fill memory or block).
 pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+    let fail = |message: String| ProfileError {
         file: path.to_path_buf(),
         line: None,
         column: None,
-        message: format!("cannot read profile: {e}"),
-    })?;
+        message,
+    };
+    let text = read_limited(path).map_err(fail)?;
     parse(path, &text)
+}
+
+/// The text of a regular file of at most [`MAX_PROFILE_BYTES`].
+fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let regular = |m: &std::fs::Metadata| -> Result<(), String> {
+        if !m.is_file() {
+            let kind = kind_of(&m.file_type());
+            return Err(format!(
+                "cannot read profile: it is {kind}, not a regular file"
+            ));
+        }
+        if m.len() > MAX_PROFILE_BYTES {
+            return Err(format!(
+                "cannot read profile: it is {} bytes, more than the limit of {MAX_PROFILE_BYTES} (1 MiB)",
+                m.len()
+            ));
+        }
+        Ok(())
+    };
+    // Stat first: opening a FIFO for reading would block until a writer comes.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read profile: {e}"))?;
+    regular(&meta)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read profile: {e}"))?;
+    // The file opened may not be the one looked at, and a file may grow:
+    // check again and never read past the limit.
+    regular(
+        &file
+            .metadata()
+            .map_err(|e| format!("cannot read profile: {e}"))?,
+    )?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PROFILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read profile: {e}"))?;
+    if bytes.len() as u64 > MAX_PROFILE_BYTES {
+        return Err(format!(
+            "cannot read profile: it is more than the limit of {MAX_PROFILE_BYTES} bytes (1 MiB)"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read profile: it is not UTF-8 text ({e})"))
+}
+
+/// "a FIFO", "a directory"...: what a file that is not regular is.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "a special file"
+    }
 }
 
 /// Parses and validates profile text; `path` is used for messages and the name.
@@ -393,6 +482,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
             "the profile has no user classes: add at least one [[user]] table".into(),
         ));
     }
+    if raw.user.len() > MAX_CLASSES {
+        return Err(locate(
+            Some(raw.user[MAX_CLASSES].span()),
+            format!(
+                "the profile has {} user classes; at most {MAX_CLASSES}",
+                raw.user.len()
+            ),
+        ));
+    }
     let mut users = Vec::new();
     let mut names = std::collections::HashSet::new();
     for su in raw.user {
@@ -415,10 +513,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
         let fixed_count = match &u.fixed_count {
             Some(w) => {
                 let v = *w.get_ref();
-                if !(0..=1_000_000).contains(&v) {
+                if !(0..=MAX_WEIGHT).contains(&v) {
                     return Err(locate(
                         Some(w.span()),
-                        format!("fixed_count must be between 0 and 1000000, got {v}"),
+                        format!("fixed_count must be between 0 and {MAX_WEIGHT}, got {v}"),
                     ));
                 }
                 Some(v as u32)
@@ -437,6 +535,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
             return Err(locate(
                 Some(user_span),
                 format!("user class `{name}` has no tasks: add a [[user.task]] table"),
+            ));
+        }
+        if u.task.len() > MAX_TASKS {
+            return Err(locate(
+                Some(u.task[MAX_TASKS].span()),
+                format!(
+                    "user class `{name}` has {} tasks; at most {MAX_TASKS}",
+                    u.task.len()
+                ),
             ));
         }
         let mut tasks = Vec::new();
@@ -466,6 +573,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
                     ));
                 }
             };
+            if steps_raw.len() > MAX_STEPS {
+                return Err(locate(
+                    Some(steps_raw[MAX_STEPS].span()),
+                    format!(
+                        "the sequence has {} steps; at most {MAX_STEPS}",
+                        steps_raw.len()
+                    ),
+                ));
+            }
             let mut steps = Vec::new();
             for s in &steps_raw {
                 let op = Op::from_name(s.get_ref().trim()).ok_or_else(|| {
@@ -523,22 +639,23 @@ fn positive(
     locate: &impl Fn(Option<std::ops::Range<usize>>, String) -> ProfileError,
 ) -> Result<u32, ProfileError> {
     let v = *w.get_ref();
-    if !(1..=1_000_000).contains(&v) {
+    if !(1..=MAX_WEIGHT).contains(&v) {
         return Err(locate(
             Some(w.span()),
-            format!("{what} must be a whole number from 1 to 1000000, got {v}"),
+            format!("{what} must be a whole number from 1 to {MAX_WEIGHT}, got {v}"),
         ));
     }
     Ok(v as u32)
 }
 
 fn wait_time(w: RawWait) -> Result<WaitTime, String> {
+    let max = MAX_WAIT.as_secs_f64();
     let secs = |v: f64, what: &str| {
-        if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        if v.is_finite() && (0.0..=max).contains(&v) {
             Ok(Duration::from_secs_f64(v))
         } else {
             Err(format!(
-                "{what} must be between 0 and 86400 seconds, got {v}"
+                "{what} must be between 0 and {max} seconds (a day), got {v}"
             ))
         }
     };
@@ -555,9 +672,11 @@ fn wait_time(w: RawWait) -> Result<WaitTime, String> {
         }
         RawWait::ConstantPacing(v) => WaitTime::ConstantPacing(secs(v, "wait.constant_pacing")?),
         RawWait::ConstantThroughput(v) => {
-            if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+            // Its pacing, 1/v seconds, must be a day at most.
+            let min = 1.0 / max;
+            if !(v.is_finite() && v >= min && v <= 1e6) {
                 return Err(format!(
-                    "wait.constant_throughput must be a positive number of tasks per second, got {v}"
+                    "wait.constant_throughput must be from {min:.7} (one task a day) to 1000000 tasks per second, got {v}"
                 ));
             }
             WaitTime::ConstantThroughput(v)
@@ -620,19 +739,33 @@ fn build_params(
         }
         p.get_range = Some(r.to_string());
     }
+    let parts_span = raw
+        .part_size
+        .as_ref()
+        .or(raw.multipart_size.as_ref())
+        .map(|v| v.span());
     if let Some(v) = raw.multipart_size {
         p.multipart_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
     }
     if let Some(v) = raw.part_size {
         p.part_size = parse_size(v.get_ref()).map_err(|m| locate(Some(v.span()), m))?;
-        if p.part_size == 0 {
-            return Err(locate(Some(v.span()), "part_size must be above 0".into()));
+        if p.part_size == 0 || p.part_size > MAX_OBJECT_SIZE {
+            return Err(locate(
+                Some(v.span()),
+                format!(
+                    "part_size must be above 0 and at most 5GiB (S3's largest part), got `{}`",
+                    v.get_ref()
+                ),
+            ));
         }
     }
-    if p.multipart_size.div_ceil(p.part_size.max(1)) > 10_000 {
+    let parts = p.multipart_size.div_ceil(p.part_size.max(1));
+    if parts > 10_000 {
         return Err(locate(
-            None,
-            "multipart_size / part_size gives more than 10000 parts".into(),
+            parts_span,
+            format!(
+                "multipart_size / part_size gives {parts} parts; S3 takes at most 10000 (raise part_size)"
+            ),
         ));
     }
     if let Some(v) = raw.delete_batch {
@@ -679,19 +812,30 @@ fn build_params(
     Ok(p)
 }
 
+/// An object size of at most [`MAX_OBJECT_SIZE`].
+fn object_size(s: &str) -> Result<u64, String> {
+    let n = size_bytes(s)?;
+    if !(n >= 0.0 && n.round() <= MAX_OBJECT_SIZE as f64) {
+        return Err(format!(
+            "object_size `{s}` is more than 5GiB, the most one S3 PUT takes (use s3:MultipartUpload for larger objects)"
+        ));
+    }
+    Ok(n.round() as u64)
+}
+
 fn size_spec(raw: RawSize) -> Result<SizeSpec, String> {
     match raw {
-        RawSize::Bytes(n) if n >= 0 => Ok(SizeSpec::Fixed(n as u64)),
-        RawSize::Bytes(n) => Err(format!("object_size must not be negative, got {n}")),
+        RawSize::Bytes(n) if n < 0 => Err(format!("object_size must not be negative, got {n}")),
+        RawSize::Bytes(n) => object_size(&n.to_string()).map(SizeSpec::Fixed),
         RawSize::Text(t) => match t.split_once("..") {
             Some((a, b)) => {
-                let (a, b) = (parse_size(a)?, parse_size(b)?);
+                let (a, b) = (object_size(a)?, object_size(b)?);
                 if a > b {
                     return Err(format!("object_size range `{t}` has its bounds swapped"));
                 }
                 Ok(SizeSpec::Range(a, b))
             }
-            None => Ok(SizeSpec::Fixed(parse_size(&t)?)),
+            None => Ok(SizeSpec::Fixed(object_size(&t)?)),
         },
         RawSize::Weighted(m) => {
             if m.is_empty() {
@@ -699,12 +843,12 @@ fn size_spec(raw: RawSize) -> Result<SizeSpec, String> {
             }
             let mut v = Vec::new();
             for (size, w) in m {
-                if !(1..=1_000_000).contains(&w) {
+                if !(1..=MAX_WEIGHT).contains(&w) {
                     return Err(format!(
-                        "object_size weight for `{size}` must be from 1 to 1000000, got {w}"
+                        "object_size weight for `{size}` must be from 1 to {MAX_WEIGHT}, got {w}"
                     ));
                 }
-                v.push((parse_size(&size)?, w as u32));
+                v.push((object_size(&size)?, w as u32));
             }
             Ok(SizeSpec::Weighted(v))
         }
@@ -852,6 +996,175 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("1e30").is_err(), "no panic on huge numbers");
         assert!(parse_duration("9999999999h").is_err());
+    }
+
+    /// A profile of one class with one task and the given extra lines.
+    fn with(class_lines: &str, params: &str) -> Result<Profile, ProfileError> {
+        p(&format!(
+            "[params]\n{params}\n[[user]]\nname = \"a\"\n{class_lines}\n[[user.task]]\nop = \"s3:PutObject\"\n"
+        ))
+    }
+
+    #[test]
+    fn every_wait_run_would_compute_is_bounded() {
+        let e = with("wait = { constant_throughput = 1e-300 }", "").unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(
+            e.message
+                .contains("wait.constant_throughput must be from 0.0000116 (one task a day)"),
+            "{e}"
+        );
+        for bad in ["5e-324", "0.0", "-1.0", "nan", "inf", "1000000.5"] {
+            assert!(with(&format!("wait = {{ constant_throughput = {bad} }}"), "").is_err());
+        }
+        let slowest = with(
+            &format!("wait = {{ constant_throughput = {} }}", 1.0 / 86_400.0),
+            "",
+        )
+        .unwrap()
+        .users[0]
+            .wait;
+        let mut rng = rand::rng();
+        assert!(slowest.next_wait(Duration::ZERO, &mut rng) <= MAX_WAIT);
+        for bad in ["86400.5", "1e300", "-0.5", "nan"] {
+            let e = with(&format!("wait = {{ constant = {bad} }}"), "").unwrap_err();
+            assert!(e.message.contains("between 0 and 86400 seconds"), "{e}");
+        }
+        // Values validation refuses never panic at run time either.
+        for w in [
+            WaitTime::ConstantThroughput(1e-300),
+            WaitTime::ConstantThroughput(0.0),
+            WaitTime::ConstantThroughput(f64::NAN),
+            WaitTime::Between(Duration::ZERO, Duration::MAX),
+        ] {
+            assert!(w.next_wait(Duration::ZERO, &mut rng) <= MAX_WAIT, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn counts_and_sizes_are_bounded_with_located_messages() {
+        // Task weights at their limit cannot sum past u32: the task count is bounded.
+        let task = "[[user.task]]\nop = \"s3:ListBuckets\"\nweight = 1000000\n";
+        let text = |n: usize| format!("[[user]]\nname = \"a\"\n{}", task.repeat(n));
+        let ok = p(&text(MAX_TASKS)).unwrap();
+        let sum: u64 = ok.users[0].tasks.iter().map(|t| t.weight as u64).sum();
+        assert!(sum <= u32::MAX as u64, "{sum}");
+        let e = p(&text(MAX_TASKS + 1)).unwrap_err();
+        assert!(e.message.contains("has 1001 tasks; at most 1000"), "{e}");
+        assert_eq!(e.line, Some(3 + 3 * MAX_TASKS), "{e}");
+
+        let seq = |n: usize| {
+            format!(
+                "[[user]]\nname = \"a\"\n[[user.task]]\nsequence = {:?}\n",
+                vec!["s3:ListBuckets"; n]
+            )
+        };
+        assert!(p(&seq(MAX_STEPS)).is_ok());
+        let e = p(&seq(MAX_STEPS + 1)).unwrap_err();
+        assert!(e.message.contains("1001 steps; at most 1000"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+
+        let classes = |n: usize| {
+            (0..n)
+                .map(|i| format!("[[user]]\nname = \"c{i}\"\n{task}"))
+                .collect::<String>()
+        };
+        assert!(p(&classes(MAX_CLASSES)).is_ok());
+        let e = p(&classes(MAX_CLASSES + 1)).unwrap_err();
+        assert!(e.message.contains("1001 user classes; at most 1000"), "{e}");
+
+        // Object and part sizes: S3's limits, so a payload is never absurd.
+        assert_eq!(
+            with("", "object_size = \"5GiB\"").unwrap().users[0]
+                .params
+                .object_size,
+            SizeSpec::Fixed(MAX_OBJECT_SIZE)
+        );
+        for bad in [
+            "\"5368709121\"",
+            "5368709121",
+            "9223372036854775807",
+            "\"1KiB..6GiB\"",
+            "{ \"1KiB\" = 1, \"6000GB\" = 1 }",
+        ] {
+            let e = with("", &format!("object_size = {bad}")).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+            assert!(e.message.contains("more than 5GiB"), "{bad}: {e}");
+        }
+        let e = with("", "multipart_size = \"20GiB\"\npart_size = \"6GiB\"").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(
+            e.message
+                .contains("part_size must be above 0 and at most 5GiB"),
+            "{e}"
+        );
+        let e = with("", "multipart_size = \"5000GB\"\npart_size = \"5MiB\"").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("gives 953675 parts"), "{e}");
+
+        let e = with("weight = 1000001", "").unwrap_err();
+        assert!(
+            e.message
+                .contains("weight must be a whole number from 1 to 1000000"),
+            "{e}"
+        );
+        let e = with("fixed_count = 4294967296", "").unwrap_err();
+        assert!(
+            e.message
+                .contains("fixed_count must be between 0 and 1000000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file() {
+        let e = load(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/dev/zero: cannot read profile: it is a character device"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(e.message.contains("it is a directory"), "{e}");
+
+        // A FIFO nobody writes to: opening it to read would block. Loaded on
+        // another thread so a regression fails the test instead of hanging it.
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&fifo).map(|_| ()).map_err(|e| e.message));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("load blocked on a FIFO");
+        assert_eq!(
+            got.unwrap_err(),
+            "cannot read profile: it is a FIFO (named pipe), not a regular file"
+        );
+
+        let big = dir.path().join("big.toml");
+        let mut text =
+            "[[user]]\nname = \"a\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n".to_string();
+        let at_limit = MAX_PROFILE_BYTES as usize - text.len();
+        text.push_str(&"#".repeat(at_limit - 1));
+        text.push('\n');
+        std::fs::write(&big, &text).unwrap();
+        assert!(load(&big).is_ok(), "exactly 1 MiB is allowed");
+        text.push('\n');
+        std::fs::write(&big, &text).unwrap();
+        let e = load(&big).unwrap_err();
+        assert_eq!(
+            e.message,
+            "cannot read profile: it is 1048577 bytes, more than the limit of 1048576 (1 MiB)"
+        );
+        std::fs::write(&big, [0xff, 0xfe]).unwrap();
+        assert!(load(&big).unwrap_err().message.contains("not UTF-8"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::engine::{Engine, RunState};
+use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
 use crate::output::{self, RunFacts, sla::Sla};
 use crate::profile;
 use crate::resources::Kind;
@@ -57,14 +57,26 @@ pub fn parse_stages(s: &str) -> Result<Shape, String> {
         let users: u64 = f[0]
             .parse()
             .map_err(|_| format!("stage `{part}`: `{}` is not a user count", f[0]))?;
+        if users > MAX_USERS {
+            return Err(format!(
+                "stage `{part}`: {users} users; at most {MAX_USERS}"
+            ));
+        }
         let duration = profile::parse_duration(f[1]).map_err(|e| format!("stage `{part}`: {e}"))?;
         let rate = match f.get(2) {
-            Some(r) => Some(
-                r.parse::<f64>()
+            Some(r) => {
+                let v = r
+                    .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite() && *v > 0.0)
-                    .ok_or_else(|| format!("stage `{part}`: `{r}` is not a hatch rate"))?,
-            ),
+                    .ok_or_else(|| format!("stage `{part}`: `{r}` is not a hatch rate"))?;
+                if v > MAX_RATE {
+                    return Err(format!(
+                        "stage `{part}`: hatch rate {r}; at most {MAX_RATE} users/s"
+                    ));
+                }
+                Some(v)
+            }
             None => None,
         };
         out.push(Stage {
@@ -119,8 +131,8 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on ADDR/metrics during the run (e.g. 127.0.0.1:9464)
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind: Option<std::net::SocketAddr>,
-    /// Seconds between status lines (0: none)
-    #[arg(long, default_value_t = 5)]
+    /// Seconds between status lines (0: none; at most 86400)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub status_every: u64,
     #[command(flatten)]
     pub target: TargetArgs,
@@ -310,14 +322,18 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         let engine = engine.clone();
         async move {
             if shape.is_empty() {
-                return std::future::pending::<()>().await;
+                return std::future::pending::<Option<String>>().await;
             }
-            for st in shape {
+            // parse_stages bounds users and rates, so a stage is refused
+            // here only if the engine changed its mind: that ends the run
+            // (exit 2), it does not go on with the last target.
+            for (i, st) in shape.iter().enumerate() {
                 if let Err(e) = engine.set_target(st.users, st.rate.unwrap_or(default_rate)) {
-                    eprintln!("stage {st:?}: {e}");
+                    return Some(format!("--stages: stage {}: {e}", i + 1));
                 }
                 tokio::time::sleep(st.duration).await;
             }
+            None
         }
     };
     let run_time = async {
@@ -326,9 +342,13 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             None => std::future::pending().await,
         }
     };
+    let mut stage_error = None;
     let reason = tokio::select! {
         _ = run_time => "run time reached",
-        _ = shape_done => "last stage done",
+        e = shape_done => {
+            stage_error = e;
+            if stage_error.is_some() { "a stage was refused" } else { "last stage done" }
+        }
         _ = shutdown_signal() => "interrupted",
     };
     status.abort();
@@ -438,6 +458,12 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             code = 1;
         }
     }
+    if let Some(e) = stage_error {
+        for u in &unwritten {
+            eprintln!("error: report not saved: {u}");
+        }
+        bail!(config_err(e));
+    }
     if !unwritten.is_empty() {
         bail!(config_err(format!(
             "reports not saved: {}",
@@ -462,7 +488,7 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
         > 0
         || engine.ctx.inflight.available_permits() == 0;
     format!(
-        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}",
+        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}{}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
         engine.state().as_str(),
         engine.user_count(),
@@ -477,6 +503,11 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
         live(Kind::Instance),
         live(Kind::Volume),
         live(Kind::Bucket),
+        if snap.user_panics > 0 {
+            format!("  panics {} (users replaced)", snap.user_panics)
+        } else {
+            String::new()
+        },
         if saturated {
             "  SATURATED: every in-flight slot is busy (--max-inflight), users are waiting"
         } else {
@@ -521,5 +552,35 @@ mod tests {
         assert!(parse_stages("x:30s").is_err());
         assert!(parse_stages("10:soon").is_err());
         assert!(parse_stages("").is_err());
+    }
+
+    #[test]
+    fn stages_beyond_the_engine_limits_are_refused_when_parsed() {
+        let s = parse_stages(&format!("{MAX_USERS}:1s:{MAX_RATE}"))
+            .unwrap()
+            .0;
+        assert_eq!((s[0].users, s[0].rate), (MAX_USERS, Some(MAX_RATE)));
+        assert_eq!(
+            parse_stages("10:1s,1000001:30s").unwrap_err(),
+            "stage `1000001:30s`: 1000001 users; at most 1000000"
+        );
+        assert_eq!(
+            parse_stages("10:1s:100000.5").unwrap_err(),
+            "stage `10:1s:100000.5`: hatch rate 100000.5; at most 100000 users/s"
+        );
+        assert!(parse_stages("18446744073709551616:1s").is_err());
+        for bad in ["10:1s:0", "10:1s:-1", "10:1s:inf", "10:1s:NaN"] {
+            assert!(
+                parse_stages(bad)
+                    .unwrap_err()
+                    .contains("is not a hatch rate"),
+                "{bad}"
+            );
+        }
+        assert!(
+            parse_stages("10:366d")
+                .unwrap_err()
+                .contains("longer than a year")
+        );
     }
 }

@@ -243,6 +243,8 @@ pub struct StatsData {
     pub errors: BTreeMap<(String, String), ErrorStat>,
     /// Ops that a budget cap kept from creating, per entry.
     pub capped: BTreeMap<String, u64>,
+    /// Users whose task panicked (each also an error of code `panic`).
+    pub user_panics: u64,
     /// Aggregated histograms of the last seconds, for current percentiles.
     window: VecDeque<(u64, Histogram<u64>)>,
     pub history: Vec<HistoryRow>,
@@ -255,6 +257,7 @@ impl Default for StatsData {
             entries: BTreeMap::new(),
             errors: BTreeMap::new(),
             capped: BTreeMap::new(),
+            user_panics: 0,
             window: VecDeque::new(),
             history: Vec::new(),
         }
@@ -298,20 +301,32 @@ impl StatsData {
             w.1.saturating_record(us.clamp(1, MAX_US));
         }
         if let Some(f) = fail {
-            let key = (name.to_string(), f.code.clone());
-            let err = self.errors.entry(key).or_insert_with(|| ErrorStat {
-                name: name.to_string(),
-                code: f.code.clone(),
-                message: truncate(&f.message, 300),
-                count: 0,
-                throttled: f.throttled,
-                first_seen: now,
-                last_seen: now,
-            });
-            err.count += 1;
-            err.last_seen = err.last_seen.max(now);
-            err.first_seen = err.first_seen.min(now);
+            self.count_error(now, name, f);
         }
+    }
+
+    fn count_error(&mut self, now: f64, name: &str, f: &Failure) {
+        let key = (name.to_string(), f.code.clone());
+        let err = self.errors.entry(key).or_insert_with(|| ErrorStat {
+            name: name.to_string(),
+            code: f.code.clone(),
+            message: truncate(&f.message, 300),
+            count: 0,
+            throttled: f.throttled,
+            first_seen: now,
+            last_seen: now,
+        });
+        err.count += 1;
+        err.last_seen = err.last_seen.max(now);
+        err.first_seen = err.first_seen.min(now);
+    }
+
+    /// Counts a user whose task panicked in `name` (an op, or `user:<class>`):
+    /// an error grouped by entry and code like the others, but no request
+    /// (whether the op had sent one is unknown).
+    pub fn record_panic(&mut self, name: &str, f: &Failure) {
+        self.user_panics += 1;
+        self.count_error(unix_now(), name, f);
     }
 
     /// Counts an op that a budget cap kept from creating.
@@ -322,6 +337,7 @@ impl StatsData {
     /// Adds another engine's statistics (or a delta of them) into these.
     pub fn merge(&mut self, o: &StatsData) {
         self.started = self.started.min(o.started);
+        self.user_panics += o.user_panics;
         for (k, n) in &o.capped {
             *self.capped.entry(k.clone()).or_default() += n;
         }
@@ -497,6 +513,7 @@ impl StatsData {
             current_percentiles_ms: self.current_percentiles(now),
             errors,
             capped: self.capped.clone(),
+            user_panics: self.user_panics,
         }
     }
 }
@@ -573,6 +590,8 @@ pub struct Snapshot {
     pub current_percentiles_ms: Vec<f64>,
     pub errors: Vec<ErrorStat>,
     pub capped: BTreeMap<String, u64>,
+    /// Users whose task panicked.
+    pub user_panics: u64,
 }
 
 /// The shared recorder of one engine.
@@ -677,6 +696,36 @@ mod tests {
         assert!(!is_request_entry("ec2:volume-available"));
         assert!(!is_request_entry("s3:GetObject:ttfb"));
         assert!(!Failure::new("AccessDenied", "").throttled);
+    }
+
+    #[test]
+    fn panics_are_errors_grouped_like_others_but_not_requests() {
+        let mut s = StatsData::default();
+        s.record("s3:PutObject", ms(5), Bytes::default(), None);
+        let p = Failure::new("panic", "index out of bounds");
+        s.record_panic("s3:PutObject", &p);
+        s.record_panic("s3:PutObject", &Failure::new("panic", "another message"));
+        s.record_panic("user:storage", &p);
+        let snap = s.snapshot();
+        assert_eq!(snap.user_panics, 3);
+        assert_eq!(snap.total.num_requests, 1);
+        assert_eq!(snap.total.num_failures, 0);
+        assert_eq!(snap.errors.len(), 2);
+        assert_eq!(
+            (
+                snap.errors[0].name.as_str(),
+                snap.errors[0].code.as_str(),
+                snap.errors[0].count
+            ),
+            ("s3:PutObject", "panic", 2)
+        );
+        assert_eq!(snap.errors[0].message, "index out of bounds");
+        assert!(!snap.errors[0].throttled);
+        let mut other = StatsData::default();
+        other.record_panic("s3:PutObject", &p);
+        other.merge(&s);
+        assert_eq!(other.user_panics, 4);
+        assert_eq!(other.snapshot().errors[0].count, 3);
     }
 
     #[test]

@@ -97,6 +97,8 @@
     $("fail-ratio").textContent = num(d.fail_ratio * 100, 1) + "%";
     $("fail-ratio").classList.toggle("bad", d.fail_ratio > 0);
     $("live-resources").textContent = d.live_resources;
+    $("user-panics").textContent = d.user_panics || 0;
+    $("panics-box").hidden = !d.user_panics;
     var running = state === "hatching" || state === "running";
     $("stop-button").hidden = !running;
     $("edit-button").hidden = !running || editing;

@@ -469,7 +469,7 @@ impl App {
                 "state": "ready", "run_id": null, "profile": null, "user_count": 0,
                 "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
-                "fail_ratio": 0, "total_throttled": 0,
+                "fail_ratio": 0, "total_throttled": 0, "user_panics": 0,
                 "current_response_time_percentiles": {},
                 "resources": self.resources_json(&Default::default(), 0),
                 "live_resources": 0, "cleanup": CleanupView::default(), "target": target,
@@ -513,6 +513,7 @@ impl App {
             "total_avg_response_time": snap.total.avg_ms,
             "fail_ratio": snap.total.failure_ratio(),
             "total_throttled": snap.total.num_throttled,
+            "user_panics": snap.user_panics,
             "current_response_time_percentiles": {
                 "response_time_percentile_0.5": cur(0.5),
                 "response_time_percentile_0.95": cur(0.95),
