@@ -472,3 +472,179 @@ fn dechunk(mut s: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Waits until something listens on 127.0.0.1:`port`.
+fn wait_listening(port: u16, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_nginx(dir: &Path) -> Child {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is missing: run scripts/setup.sh (the test command does)");
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx")
+}
+
+impl Nginx {
+    /// An nginx whose `http {}` block holds `http_body` (upstreams, maps, log
+    /// formats and as many `server {}` blocks as it likes); `{dir}` in it
+    /// stands for the nginx's own folder (for log files). `url` is
+    /// `http://127.0.0.1:<port>`; the start waits for every port of `ports`,
+    /// `port` first.
+    pub fn start_http(port: u16, ports: &[u16], http_body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let body = http_body.replace("{dir}", &d);
+        let conf = format!(
+            "master_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d};\n  \
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+             client_max_body_size 100m;\n  proxy_request_buffering off;\n  proxy_http_version 1.1;\n\
+             {body}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = spawn_nginx(dir.path());
+        let mut n = Nginx {
+            child,
+            _dir: dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        for p in std::iter::once(port).chain(ports.iter().copied()) {
+            if TcpStream::connect(("127.0.0.1", p)).is_err() {
+                let _ = n.child.try_wait().map(|s| {
+                    assert!(
+                        s.is_none(),
+                        "nginx exited: {}",
+                        std::fs::read_to_string(n.dir().join("error.log")).unwrap_or_default()
+                    )
+                });
+                wait_listening(p, "nginx", Duration::from_secs(20));
+            }
+        }
+        n
+    }
+
+    /// The folder the nginx runs in (its config, error log and `{dir}` logs).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The port of `url`.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Kills the nginx (its ports refuse connections from then on).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the nginx again with the same configuration and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_nginx(self._dir.path());
+        wait_listening(self.port(), "nginx", Duration::from_secs(20));
+    }
+}
+
+/// Everything of run `run_id` moto still holds, as `kind id` strings: live
+/// instances, volumes, snapshots, addresses, key pairs and security groups
+/// carrying the run's tag or name, buckets with its name prefix, and
+/// in-progress multipart uploads in those buckets. (`run_leftovers` looks at
+/// instances, volumes and buckets only.)
+pub async fn everything_of_run(moto: &Moto, run_id: &str) -> Vec<String> {
+    use aws_sdk_ec2::types::{InstanceStateName, Tag, VolumeState};
+    let (ec2, s3) = clients(moto).await;
+    let prefix = format!("cs-{run_id}-");
+    let ours = |tags: &[Tag]| {
+        tags.iter()
+            .any(|t| t.key() == Some("cloudswarm:run-id") && t.value() == Some(run_id))
+    };
+    let mut out = Vec::new();
+    let inst = ec2.describe_instances().send().await.unwrap();
+    for i in inst.reservations().iter().flat_map(|r| r.instances()) {
+        let gone = matches!(
+            i.state().and_then(|s| s.name()),
+            Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+        );
+        if ours(i.tags()) && !gone {
+            out.push(format!("instance {}", i.instance_id().unwrap_or("?")));
+        }
+    }
+    let vols = ec2.describe_volumes().send().await.unwrap();
+    for v in vols.volumes() {
+        let gone = matches!(
+            v.state(),
+            Some(VolumeState::Deleting | VolumeState::Deleted)
+        );
+        if ours(v.tags()) && !gone {
+            out.push(format!("volume {}", v.volume_id().unwrap_or("?")));
+        }
+    }
+    let snaps = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap();
+    for s in snaps.snapshots().iter().filter(|s| ours(s.tags())) {
+        out.push(format!("snapshot {}", s.snapshot_id().unwrap_or("?")));
+    }
+    let addrs = ec2.describe_addresses().send().await.unwrap();
+    for a in addrs.addresses().iter().filter(|a| ours(a.tags())) {
+        out.push(format!(
+            "address {}",
+            a.allocation_id().or(a.public_ip()).unwrap_or("?")
+        ));
+    }
+    let keys = ec2.describe_key_pairs().send().await.unwrap();
+    for k in keys.key_pairs() {
+        let name = k.key_name().unwrap_or("");
+        if ours(k.tags()) || name.starts_with(&prefix) {
+            out.push(format!("key-pair {name}"));
+        }
+    }
+    let groups = ec2.describe_security_groups().send().await.unwrap();
+    for g in groups.security_groups() {
+        let name = g.group_name().unwrap_or("");
+        if ours(g.tags()) || name.starts_with(&prefix) {
+            out.push(format!(
+                "security-group {} {name}",
+                g.group_id().unwrap_or("?")
+            ));
+        }
+    }
+    let buckets = s3.list_buckets().send().await.unwrap();
+    for b in buckets.buckets().iter().filter_map(|b| b.name()) {
+        if !b.starts_with(&prefix) {
+            continue;
+        }
+        out.push(format!("bucket {b}"));
+        if let Ok(u) = s3.list_multipart_uploads().bucket(b).send().await {
+            for up in u.uploads() {
+                out.push(format!("upload {b}/{}", up.key().unwrap_or("?")));
+            }
+        }
+    }
+    out
+}
