@@ -10,6 +10,7 @@
 //! from the browser dashboard; [`reclaim`] cleans up
 //! after runs; [`cli`] is the command line.
 
+pub mod cleanup;
 pub mod cli;
 pub mod endpoint;
 pub mod engine;

@@ -15,11 +15,11 @@ use anyhow::Result;
 use aws_sdk_ec2::types::Filter;
 use clap::Args;
 
+use crate::cleanup::{Found, list_bucket_names, list_run, marker_of, sweep, with_retry};
 use crate::naming::{RUN_TAG, RunId, RunMeta, run_of_name, run_tag_of, runs_on_disk};
 use crate::resources::{self, Kind, Tracker};
 use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
-use crate::tasks::cleanup::{Found, list_bucket_names, list_run, marker_of, sweep, with_retry};
 
 /// Flags of `cloudswarm cleanup`.
 #[derive(Args, Debug, Clone)]

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use aws_sdk_ec2::types::Filter;
 
+use crate::cleanup;
 use crate::engine::Engine;
 use crate::naming::{RunId, RunMeta, Services};
 use crate::profile::Profile;
@@ -16,7 +17,7 @@ use crate::resources::{Kind, Tracker};
 use crate::run::ConfigError;
 use crate::stats::Stats;
 use crate::target::{self, Clients};
-use crate::tasks::{Caps, Op, RunCtx, Service, cleanup};
+use crate::tasks::{Caps, Op, RunCtx, Service};
 
 fn config_err(msg: impl Into<String>) -> anyhow::Error {
     ConfigError(msg.into()).into()

@@ -4,7 +4,6 @@
 //! does not have yet (terminate with no instance, get with no object) first
 //! creates one, measured under its own name.
 
-pub mod cleanup;
 mod ctx;
 pub mod errors;
 mod instances;
@@ -136,7 +135,7 @@ pub const SUB_ENTRIES: [&str; 7] = [
     DELETE_RUN_MARKER,
 ];
 
-/// The PutObject of a bucket's marker (see [`cleanup::MARKER_KEY`]), right
+/// The PutObject of a bucket's marker (see [`crate::naming::MARKER_KEY`]), right
 /// after s3:CreateBucket.
 pub const PUT_RUN_MARKER: &str = "s3:PutRunMarker";
 /// The DeleteObject of a bucket's marker, right before s3:DeleteBucket.

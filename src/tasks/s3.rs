@@ -599,7 +599,7 @@ impl User {
                 // (not measured) so the bucket does not stay behind for ever.
                 let deadline = Instant::now() + std::time::Duration::from_secs(120);
                 if let Ok(gone) =
-                    super::cleanup::delete_bucket(&ctx.clients, &bucket, deadline).await
+                    crate::cleanup::delete_bucket(&ctx.clients, &bucket, deadline).await
                 {
                     ctx.tracker.deleted(Kind::Bucket, &bucket).await;
                     ctx.tracker.objects_gone(gone.objects);
