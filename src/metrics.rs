@@ -183,7 +183,8 @@ pub fn response() -> axum::response::Response {
         .into_response()
 }
 
-/// Serves `/metrics` alone on `listener` (headless runs), observing `engine` at each scrape.
+/// Serves `/metrics` alone on `listener` (headless runs), observing `engine`
+/// at each scrape, for as long as the run lasts.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: std::sync::Arc<Engine>,
@@ -199,9 +200,8 @@ pub async fn serve(
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("metrics server: {e}");
-    }
+    // The dashboard's server: the same timeouts and connection cap.
+    crate::web::server::serve(listener, app, std::future::pending()).await;
 }
 
 #[cfg(test)]

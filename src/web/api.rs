@@ -55,6 +55,8 @@ pub struct App {
     current: Mutex<Option<Arc<Live>>>,
     /// Serialises starts (a start preflights the cloud, which takes a while).
     starting: tokio::sync::Mutex<()>,
+    /// Set at shutdown: no new swarm starts.
+    closing: AtomicBool,
 }
 
 fn unix_now() -> f64 {
@@ -167,6 +169,7 @@ impl App {
             static_dir,
             current: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -202,6 +205,13 @@ impl App {
     /// Starts a run, or retunes the running one.
     async fn start_or_edit(self: &Arc<Self>, f: SwarmForm) -> Response {
         let _one = self.starting.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return bad(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the dashboard is shutting down",
+            );
+        }
         if let Some(live) = self.current() {
             let mut state = live.session.engine.state();
             if live.stopping.load(Ordering::SeqCst)
@@ -280,17 +290,41 @@ impl App {
             Ok(p) => p,
             Err(e) => return bad(StatusCode::BAD_REQUEST, Some("profile"), e.to_string()),
         };
-        let spec = Spec {
-            profile_path: &path,
-            clients: self.clients.clone(),
-            state_dir: self.limits.state_dir(),
-            caps: self.limits.caps(),
-            max_inflight: self.limits.max_inflight as usize,
-        };
-        let session = match Session::prepare(profile, spec).await {
-            Ok(s) => s,
+        let (clients, state_dir, caps) = (
+            self.clients.clone(),
+            self.limits.state_dir(),
+            self.limits.caps(),
+        );
+        let max_inflight = self.limits.max_inflight as usize;
+        let p = path.clone();
+        // In a task of its own: a panic while preparing is answered, not a
+        // dropped connection.
+        let prepared = tokio::spawn(async move {
+            let spec = Spec {
+                profile_path: &p,
+                clients,
+                state_dir,
+                caps,
+                max_inflight,
+            };
+            Session::prepare(profile, spec).await
+        })
+        .await;
+        let session = match prepared {
+            Ok(Ok(s)) => s,
             // The cloud did not answer or refused us: not the form's fault.
-            Err(e) => return bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}")),
+            Ok(Err(e)) => return bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}")),
+            Err(e) => {
+                let why = panic_message(e);
+                tracing::error!(profile = name, "starting a swarm failed: {why}");
+                return bad(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    format!(
+                        "starting the swarm failed (a bug in cloudswarm, please report it): {why}"
+                    ),
+                );
+            }
         };
         if let Err(e) = session.engine.set_target(f.user_count, f.spawn_rate) {
             return bad(StatusCode::BAD_REQUEST, None, e);
@@ -417,8 +451,11 @@ impl App {
         live.session.engine.set_state(RunState::Stopped);
     }
 
-    /// On shutdown: stop the run and wait for its clean-up.
+    /// On shutdown: refuse new starts, let one being started finish, stop
+    /// the run and wait for its clean-up.
     pub async fn shutdown(self: &Arc<Self>) {
+        self.closing.store(true, Ordering::SeqCst);
+        drop(self.starting.lock().await);
         let Some(live) = self.current() else { return };
         self.stop(&live);
         while !matches!(live.session.engine.state(), RunState::Stopped)
@@ -566,6 +603,18 @@ impl App {
         };
         Some(output::json_report(&facts, &snap))
     }
+}
+
+/// What a task that did not finish says: its panic's message.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// One row of the statistics table (Locust's field names, plus ours).

@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod pages;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Args;
 
@@ -90,9 +92,23 @@ pub fn check_exposure(bind: &SocketAddr, token: Option<&str>) -> Result<()> {
     }
 }
 
+/// Longest path under `/static/` looked up: no asset's is near it, and a
+/// longer one would make the file system answer "name too long" (a 500).
+const MAX_ASSET_PATH: usize = 256;
+
+/// Answers 404 for an asset path too long to name any file.
+async fn short_asset_paths(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path().len() > MAX_ASSET_PATH {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(req).await
+}
+
 /// The router: pages, API and assets, behind the token check.
 pub fn router(app: Arc<App>) -> Router {
-    let assets = tower_http::services::ServeDir::new(app.static_dir.clone());
+    let assets = Router::new()
+        .fallback_service(tower_http::services::ServeDir::new(app.static_dir.clone()))
+        .layer(axum::middleware::from_fn(short_asset_paths));
     Router::new()
         .route("/", get(pages::index))
         .route("/report", get(pages::report))
@@ -165,21 +181,26 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             ""
         }
     );
+    // Serve until the first signal, and during the clean-up after it (the
+    // page shows its progress); then close the connections.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve(listener, router(app.clone()), async {
+        let _ = stop_rx.await;
+    }));
     let mut first = signals.clone();
-    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
-        let _ = first.wait_for(|n| *n >= 1).await;
-    });
+    tokio::select! {
+        _ = first.wait_for(|n| *n >= 1) => {}
+        ended = &mut server => {
+            // It stops only when told to: this is a bug. Still clean up.
+            eprintln!("the dashboard's server stopped ({ended:?}): stopping the swarm and cleaning up");
+            app.shutdown().await;
+            return Ok(1);
+        }
+    }
     let second = async move {
         let _ = signals.wait_for(|n| *n >= 2).await;
     };
     tokio::pin!(second);
-    tokio::select! {
-        r = server => r.context("serving the dashboard")?,
-        _ = &mut second => {
-            eprintln!("interrupted again: leaving the rest to `cloudswarm cleanup`");
-            return Ok(1);
-        }
-    }
     eprintln!("shutting down: stopping the swarm and cleaning up");
     tokio::select! {
         _ = app.shutdown() => {}
@@ -187,6 +208,11 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             eprintln!("interrupted again: leaving the rest to `cloudswarm cleanup`");
             return Ok(1);
         }
+    }
+    let _ = stop_tx.send(());
+    tokio::select! {
+        _ = server => {}
+        _ = &mut second => {}
     }
     Ok(0)
 }
