@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::error::ConfigError;
+use crate::ops::Op;
 use crate::profile;
-use crate::run::{self, ConfigError, RunArgs};
-use crate::tasks::Op;
+use crate::run::{self, RunArgs};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -19,9 +19,10 @@ use tokio::sync::{SemaphorePermit, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::failure::Failure;
+use crate::ops::Op;
 use crate::profile::{Params, Profile, Task, UserClass, WaitTime};
-use crate::stats::Failure;
-use crate::tasks::{Op, RunCtx, User};
+use crate::tasks::{RunCtx, User};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,6 +47,18 @@ impl RunState {
             RunState::Stopped => "stopped",
         }
     }
+}
+
+/// Ops in flight at once per engine, unless told otherwise.
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
+
+/// Slots for ops in flight: bound the engine's memory and connections when
+/// users outrun what the machine can send.
+pub struct Slots {
+    sem: tokio::sync::Semaphore,
+    /// Times a user had to wait for a slot since [`Engine::saturated`]
+    /// last took the count.
+    waits: AtomicU64,
 }
 
 /// Most users one engine runs.
@@ -145,6 +158,7 @@ struct Control {
 pub struct Engine {
     pub ctx: Arc<RunCtx>,
     pub profile: Arc<Profile>,
+    slots: Arc<Slots>,
     classes: Vec<Arc<ClassRt>>,
     ctl: Mutex<Control>,
     state: Mutex<RunState>,
@@ -158,7 +172,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(ctx: Arc<RunCtx>, profile: Arc<Profile>) -> Arc<Engine> {
+    /// An engine for `profile`'s users, with `max_inflight` slots for ops in flight.
+    pub fn new(ctx: Arc<RunCtx>, profile: Arc<Profile>, max_inflight: usize) -> Arc<Engine> {
         let classes: Vec<Arc<ClassRt>> = profile
             .users
             .iter()
@@ -168,6 +183,10 @@ impl Engine {
         Arc::new(Engine {
             ctx,
             profile,
+            slots: Arc::new(Slots {
+                sem: tokio::sync::Semaphore::new(max_inflight.max(1)),
+                waits: AtomicU64::new(0),
+            }),
             classes,
             ctl: Mutex::new(Control {
                 rate: 1.0,
@@ -183,6 +202,13 @@ impl Engine {
             stopping: Mutex::new(Vec::new()),
             peak: AtomicU64::new(0),
         })
+    }
+
+    /// True when a user had to wait for an in-flight slot since the last
+    /// call, or every slot is busy now (the engine, not the cloud, is the
+    /// limit: `--max-inflight`).
+    pub fn saturated(&self) -> bool {
+        self.slots.waits.swap(0, Ordering::Relaxed) > 0 || self.slots.sem.available_permits() == 0
     }
 
     fn ctl(&self) -> std::sync::MutexGuard<'_, Control> {
@@ -371,8 +397,8 @@ impl Engine {
         let id = self.next_user.fetch_add(1, Ordering::Relaxed) + 1;
         let user = User::new(id, k.params.clone());
         let token = self.root.child_token();
-        let ctx = self.ctx.clone();
-        let join = tokio::spawn(user_loop(ctx, k, user, token.clone()));
+        let (ctx, slots) = (self.ctx.clone(), self.slots.clone());
+        let join = tokio::spawn(user_loop(ctx, slots, k, user, token.clone()));
         UserHandle { id, token, join }
     }
 
@@ -517,9 +543,7 @@ fn user_panicked(ctx: &RunCtx, class: &ClassRt, id: u64, op: Option<Op>, message
         "a user of class `{}` panicked in {name}: {message}; it is replaced",
         class.name
     );
-    ctx.stats
-        .lock()
-        .record_panic(&name, &Failure::new("panic", message));
+    ctx.record_panic(&name, &Failure::new("panic", message));
     class
         .dead
         .lock()
@@ -530,6 +554,7 @@ fn user_panicked(ctx: &RunCtx, class: &ClassRt, id: u64, op: Option<Op>, message
 
 async fn user_loop(
     ctx: Arc<RunCtx>,
+    slots: Arc<Slots>,
     class: Arc<ClassRt>,
     mut user: User,
     token: CancellationToken,
@@ -547,6 +572,7 @@ async fn user_loop(
         // may be half-changed); the hatcher starts a new one.
         let busy = Box::pin(busy(
             &ctx,
+            &slots.sem,
             &class,
             &mut user,
             &token,
@@ -568,9 +594,9 @@ async fn user_loop(
                 _ = token.cancelled() => return,
             },
             Pause::Slot(at) => {
-                ctx.saturated.fetch_add(1, Ordering::Relaxed);
+                slots.waits.fetch_add(1, Ordering::Relaxed);
                 let permit = tokio::select! {
-                    p = ctx.inflight.acquire() => match p {
+                    p = slots.sem.acquire() => match p {
                         Ok(p) => p,
                         Err(_) => return,
                     },
@@ -585,7 +611,8 @@ async fn user_loop(
 /// Runs the user's tasks back to back (from `resume`, if given, with its
 /// slot) until one is followed by a wait or a step finds no free slot.
 async fn busy<'a>(
-    ctx: &'a RunCtx,
+    ctx: &RunCtx,
+    slots: &'a tokio::sync::Semaphore,
     class: &ClassRt,
     user: &mut User,
     token: &CancellationToken,
@@ -601,7 +628,7 @@ async fn busy<'a>(
         for (step, &op) in class.tasks[task].steps.iter().enumerate().skip(first) {
             let permit = match slot.take() {
                 Some(p) => p,
-                None => match ctx.inflight.try_acquire() {
+                None => match slots.try_acquire() {
                     Ok(p) => p,
                     Err(TryAcquireError::NoPermits) => {
                         return Pause::Slot(Resume { task, step, t0 });
@@ -636,7 +663,7 @@ mod test_hooks {
 
     pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
-    pub fn maybe_panic(class: &str, op: crate::tasks::Op) {
+    pub fn maybe_panic(class: &str, op: crate::ops::Op) {
         if class.starts_with("test-panic")
             && PANICS
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -650,9 +677,9 @@ mod test_hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Caps;
     use crate::resources::Tracker;
     use crate::stats::Stats;
-    use crate::tasks::Caps;
 
     /// An engine whose clients point at a closed port on 127.0.0.1: every
     /// call fails at once with `refused`.
@@ -694,7 +721,8 @@ mod tests {
         };
         let ctx = RunCtx::new(run, clients, Stats::new(), tracker, caps);
         let profile = crate::profile::parse(std::path::Path::new("t.toml"), profile).unwrap();
-        (Engine::new(Arc::new(ctx), Arc::new(profile)), dir)
+        let engine = Engine::new(Arc::new(ctx), Arc::new(profile), DEFAULT_MAX_INFLIGHT);
+        (engine, dir)
     }
 
     /// Waits (a generous minute at most) until `ok` holds.

@@ -130,6 +130,14 @@ impl std::fmt::Display for RunId {
     }
 }
 
+/// The default state directory.
+pub fn default_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .map(|d| d.join("cloudswarm"))
+        .unwrap_or_else(|| PathBuf::from(".cloudswarm-state"))
+}
+
 /// The journal's file name in a run's folder.
 pub const JOURNAL: &str = "journal.jsonl";
 /// The run metadata's file name in a run's folder.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::tasks::Op;
+use crate::ops::Op;
 
 /// A validated profile, ready for the engine.
 #[derive(Debug, Clone)]

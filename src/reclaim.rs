@@ -16,9 +16,10 @@ use aws_sdk_ec2::types::Filter;
 use clap::Args;
 
 use crate::cleanup::{Found, list_bucket_names, list_run, marker_of, sweep, with_retry};
+use crate::error::ConfigError;
+use crate::naming::default_state_dir;
 use crate::naming::{RUN_TAG, RunId, RunMeta, run_of_name, run_tag_of, runs_on_disk};
 use crate::resources::{self, Kind, Tracker};
-use crate::run::{ConfigError, default_state_dir};
 use crate::target::{Clients, TargetArgs};
 
 /// Flags of `cloudswarm cleanup`.

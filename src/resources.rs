@@ -16,6 +16,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming::{RunId, RunMeta};
 
+/// Budget caps: the most resources of a kind a run keeps alive at once.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Caps {
+    pub max_instances: u64,
+    pub max_volumes: u64,
+    pub max_buckets: u64,
+    /// Bytes of objects held at once.
+    pub max_bytes: u64,
+}
+
 /// Kinds of tracked resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

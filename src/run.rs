@@ -10,27 +10,14 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
+use crate::error::config_err;
+use crate::ops::Op;
 use crate::output::{self, RunFacts, sla::Sla};
 use crate::profile;
 use crate::resources::Kind;
-use crate::session::{Session, Spec};
+use crate::session::{Limits, Session, Spec};
+use crate::signals;
 use crate::target::TargetArgs;
-use crate::tasks::{Caps, Op};
-
-/// An error that exits with code 2 (usage or configuration).
-#[derive(Debug)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for ConfigError {}
-
-fn config_err(msg: impl Into<String>) -> anyhow::Error {
-    ConfigError(msg.into()).into()
-}
 
 /// One stage of a load shape: hold `users` for `duration`.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,66 +125,9 @@ pub struct RunArgs {
     pub target: TargetArgs,
 }
 
-/// Limits and places shared by `run` and `serve`: stop and clean-up
-/// timeouts, the state directory, budget caps, ops in flight.
-#[derive(Args, Debug, Clone)]
-pub struct Limits {
-    /// How long users may take to finish their current task when the run stops
-    #[arg(long, default_value = "60s", value_parser = crate::profile::parse_duration)]
-    pub stop_timeout: Duration,
-    /// How long clean-up may take before giving up on what is left
-    #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
-    pub cleanup_timeout: Duration,
-    /// Where run journals live (default: the user's state directory)
-    #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Most instances alive at once
-    #[arg(long, default_value_t = 20)]
-    pub max_instances: u64,
-    /// Most volumes alive at once
-    #[arg(long, default_value_t = 20)]
-    pub max_volumes: u64,
-    /// Most buckets alive at once
-    #[arg(long, default_value_t = 100)]
-    pub max_buckets: u64,
-    /// Most bytes of objects stored at once (e.g. 5GiB)
-    #[arg(long, default_value = "5GiB", value_parser = crate::profile::parse_size)]
-    pub max_bytes: u64,
-    /// Most ops in flight at once; users beyond it wait for a slot (the status line says so)
-    #[arg(long, default_value_t = crate::tasks::DEFAULT_MAX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_inflight: u64,
-}
-
-impl Limits {
-    pub fn caps(&self) -> Caps {
-        Caps {
-            max_instances: self.max_instances,
-            max_volumes: self.max_volumes,
-            max_buckets: self.max_buckets,
-            max_bytes: self.max_bytes,
-        }
-    }
-    pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(default_state_dir)
-    }
-}
-
-/// The default state directory.
-pub fn default_state_dir() -> PathBuf {
-    dirs::state_dir()
-        .or_else(dirs::data_local_dir)
-        .map(|d| d.join("cloudswarm"))
-        .unwrap_or_else(|| PathBuf::from(".cloudswarm-state"))
-}
-
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
-    // Take over SIGTERM and Ctrl-C now (tokio keeps a handler once installed),
-    // so a stop during preflight is a clean stop too.
-    #[cfg(unix)]
-    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    #[cfg(unix)]
-    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    signals::take_over();
     let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
     let slas: Vec<Sla> = args
         .sla
@@ -206,7 +136,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .collect::<Result<_>>()?;
     for s in &slas {
         if let Some(e) = s.entry()
-            && !crate::tasks::is_known_entry(e)
+            && !crate::ops::is_known_entry(e)
         {
             bail!(config_err(format!(
                 "SLA `{s}` names `{e}`, which is not an op (known ops: {})",
@@ -349,7 +279,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             stage_error = e;
             if stage_error.is_some() { "a stage was refused" } else { "last stage done" }
         }
-        _ = shutdown_signal() => "interrupted",
+        _ = signals::shutdown() => "interrupted",
     };
     status.abort();
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
@@ -357,7 +287,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let stop = engine.stop(args.limits.stop_timeout);
     tokio::select! {
         _ = stop => {}
-        _ = shutdown_signal() => {
+        _ = signals::shutdown() => {
             eprintln!("interrupted again: abandoning the users' current tasks");
             engine.abort_all();
         }
@@ -378,7 +308,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         let progress = |m: &str| eprintln!("clean-up: {m}");
         let outcome = tokio::select! {
             r = session.clean_up(args.limits.cleanup_timeout, &progress) => Some(r),
-            _ = shutdown_signal() => None,
+            _ = signals::shutdown() => None,
         };
         match outcome {
             Some(o) => {
@@ -481,12 +411,7 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
     let counts = engine.ctx.tracker.counts();
     let live = |k: Kind| counts.get(&k).map_or(0, |c| c.alive);
     // Saturated if a user had to wait for a slot since the last line, or all are busy now.
-    let saturated = engine
-        .ctx
-        .saturated
-        .swap(0, std::sync::atomic::Ordering::Relaxed)
-        > 0
-        || engine.ctx.inflight.available_permits() == 0;
+    let saturated = engine.saturated();
     format!(
         "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}{}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
@@ -514,27 +439,6 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
             ""
         },
     )
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 #[cfg(test)]

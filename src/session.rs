@@ -4,23 +4,68 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use aws_sdk_ec2::types::Filter;
+use clap::Args;
 
 use crate::cleanup;
 use crate::engine::Engine;
+use crate::error::config_err;
 use crate::naming::{RunId, RunMeta, Services};
+use crate::ops::{Op, Service};
 use crate::profile::Profile;
+use crate::resources::Caps;
 use crate::resources::{Kind, Tracker};
-use crate::run::ConfigError;
 use crate::stats::Stats;
 use crate::target::{self, Clients};
-use crate::tasks::{Caps, Op, RunCtx, Service};
+use crate::tasks::RunCtx;
 
-fn config_err(msg: impl Into<String>) -> anyhow::Error {
-    ConfigError(msg.into()).into()
+/// Limits and places shared by `run` and `serve`: stop and clean-up
+/// timeouts, the state directory, budget caps, ops in flight.
+#[derive(Args, Debug, Clone)]
+pub struct Limits {
+    /// How long users may take to finish their current task when the run stops
+    #[arg(long, default_value = "60s", value_parser = crate::profile::parse_duration)]
+    pub stop_timeout: Duration,
+    /// How long clean-up may take before giving up on what is left
+    #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
+    pub cleanup_timeout: Duration,
+    /// Where run journals live (default: the user's state directory)
+    #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Most instances alive at once
+    #[arg(long, default_value_t = 20)]
+    pub max_instances: u64,
+    /// Most volumes alive at once
+    #[arg(long, default_value_t = 20)]
+    pub max_volumes: u64,
+    /// Most buckets alive at once
+    #[arg(long, default_value_t = 100)]
+    pub max_buckets: u64,
+    /// Most bytes of objects stored at once (e.g. 5GiB)
+    #[arg(long, default_value = "5GiB", value_parser = crate::profile::parse_size)]
+    pub max_bytes: u64,
+    /// Most ops in flight at once; users beyond it wait for a slot (the status line says so)
+    #[arg(long, default_value_t = crate::engine::DEFAULT_MAX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_inflight: u64,
+}
+
+impl Limits {
+    pub fn caps(&self) -> Caps {
+        Caps {
+            max_instances: self.max_instances,
+            max_volumes: self.max_volumes,
+            max_buckets: self.max_buckets,
+            max_bytes: self.max_bytes,
+        }
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(crate::naming::default_state_dir)
+    }
 }
 
 /// What a run needs besides its profile.
@@ -86,7 +131,7 @@ async fn auto_image(ec2: &aws_sdk_ec2::Client) -> Result<String> {
             req = req.owners(o);
         }
         let out = req.send().await.map_err(|e| {
-            let f = crate::tasks::errors::classify(&e);
+            let f = crate::failure::classify(&e);
             config_err(format!(
                 "image_id = \"auto\": DescribeImages failed ({}: {})",
                 f.code, f.message
@@ -105,7 +150,7 @@ async fn auto_image(ec2: &aws_sdk_ec2::Client) -> Result<String> {
 
 impl Session {
     /// Preflights the target, resolves `auto` parameters and opens the run's
-    /// journal. Errors are [`ConfigError`]s with a message for the user.
+    /// journal. Errors are [`crate::error::ConfigError`]s with a message for the user.
     pub async fn prepare(profile: Profile, spec: Spec<'_>) -> Result<Session> {
         let need_ec2 = uses(&profile, |o| o.service() == Service::Ec2);
         let need_s3 = uses(&profile, |o| o.service() == Service::S3);
@@ -147,11 +192,10 @@ impl Session {
             tracker.clone(),
             spec.caps,
         );
-        ctx.inflight = tokio::sync::Semaphore::new(spec.max_inflight);
         ctx.default_az = az;
         ctx.auto_image = image;
         let ctx = Arc::new(ctx);
-        let engine = Engine::new(ctx.clone(), Arc::new(profile));
+        let engine = Engine::new(ctx.clone(), Arc::new(profile), spec.max_inflight);
         Ok(Session {
             run_id,
             profile_path: spec.profile_path.to_path_buf(),

@@ -4,7 +4,9 @@
 //!
 //! `StatsData` is a plain value that merges (`merge`), so a coordinator can
 //! sum the deltas of many engines; `Stats` is the shared, locked recorder a
-//! single engine writes into.
+//! single engine writes into. Stats call nothing: the op catalogue says
+//! which entries are requests, and the run context fans each measurement out
+//! to the stats and to Prometheus.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::failure::Failure;
 
 /// The percentiles every report shows, as fractions.
 pub const PERCENTILES: [f64; 11] = [
@@ -37,54 +41,6 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Why a request failed, as the stats group it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// AWS error code (`InstanceLimitExceeded`), transport kind (`timeout`,
-    /// `refused`, `reset`...), `HTTP 500` for bodies that are not AWS errors,
-    /// or a cloudswarm code such as `wait-timeout`.
-    pub code: String,
-    pub message: String,
-    pub throttled: bool,
-}
-
-impl Failure {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        let code = code.into();
-        let throttled = is_throttle_code(&code);
-        Failure {
-            code,
-            message: message.into(),
-            throttled,
-        }
-    }
-}
-
-/// Codes that mean the cloud is throttling us.
-pub fn is_throttle_code(code: &str) -> bool {
-    matches!(
-        code,
-        "RequestLimitExceeded"
-            | "Throttling"
-            | "ThrottlingException"
-            | "ThrottledException"
-            | "RequestThrottled"
-            | "RequestThrottledException"
-            | "TooManyRequestsException"
-            | "SlowDown"
-            | "HTTP 503"
-            | "HTTP 429"
-    )
-}
-
-/// True for `service:Operation` entries (API calls), false for waits
-/// (`ec2:instance-running`) and sub-measurements (`s3:GetObject:ttfb`).
-pub fn is_request_entry(name: &str) -> bool {
-    let mut parts = name.split(':');
-    let (_, op, rest) = (parts.next(), parts.next(), parts.next());
-    rest.is_none() && op.is_some_and(|o| o.starts_with(|c: char| c.is_ascii_uppercase()))
-}
-
 /// What one measured request carried, for byte counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bytes {
@@ -107,6 +63,9 @@ pub struct Entry {
     pub bytes_received: u64,
     pub first_request: f64,
     pub last_request: f64,
+    /// Counts in the aggregate and the current percentiles: an API request,
+    /// not a wait or a timing (the op catalogue says which).
+    pub request: bool,
     /// (unix second, requests, failures) for the last seconds.
     per_sec: VecDeque<(u64, u64, u64)>,
 }
@@ -125,12 +84,21 @@ impl Default for Entry {
             bytes_received: 0,
             first_request: 0.0,
             last_request: 0.0,
+            request: true,
             per_sec: VecDeque::new(),
         }
     }
 }
 
 impl Entry {
+    /// An empty entry for `name`, of the kind the op catalogue says.
+    pub fn named(name: &str) -> Entry {
+        Entry {
+            request: crate::ops::is_request(name),
+            ..Entry::default()
+        }
+    }
+
     fn record(&mut self, now: f64, us: u64, bytes: Bytes, failed: bool, throttled: bool) {
         let us = us.clamp(1, MAX_US);
         self.hist.saturating_record(us);
@@ -283,11 +251,12 @@ impl StatsData {
         match self.entries.get_mut(name) {
             Some(e) => e.record(now, us, bytes, fail.is_some(), throttled),
             None => {
-                let mut e = Entry::default();
+                let mut e = Entry::named(name);
                 e.record(now, us, bytes, fail.is_some(), throttled);
                 self.entries.insert(name.to_string(), e);
             }
         }
+        let request = self.entries.get(name).is_some_and(|e| e.request);
         let sec = now as u64;
         if self.window.back().is_none_or(|w| w.0 != sec) {
             self.window.push_back((sec, new_hist()));
@@ -295,9 +264,7 @@ impl StatsData {
                 self.window.pop_front();
             }
         }
-        if is_request_entry(name)
-            && let Some(w) = self.window.back_mut()
-        {
+        if request && let Some(w) = self.window.back_mut() {
             w.1.saturating_record(us.clamp(1, MAX_US));
         }
         if let Some(f) = fail {
@@ -342,7 +309,10 @@ impl StatsData {
             *self.capped.entry(k.clone()).or_default() += n;
         }
         for (k, e) in &o.entries {
-            self.entries.entry(k.clone()).or_default().merge(e);
+            self.entries
+                .entry(k.clone())
+                .or_insert_with(|| Entry::named(k))
+                .merge(e);
         }
         for (k, e) in &o.errors {
             match self.errors.get_mut(k) {
@@ -375,10 +345,8 @@ impl StatsData {
     /// `ec2:instance-running` are not requests and stay on their own rows).
     pub fn total(&self) -> Entry {
         let mut t = Entry::default();
-        for (name, e) in &self.entries {
-            if is_request_entry(name) {
-                t.merge(e);
-            }
+        for e in self.entries.values().filter(|e| e.request) {
+            t.merge(e);
         }
         t
     }
@@ -604,10 +572,9 @@ impl Stats {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Records one measured request (entry names are the ops' own static names).
-    pub fn record(&self, name: &'static str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
+    /// Records one measurement.
+    pub fn record(&self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
         self.lock().record(name, took, bytes, fail);
-        crate::metrics::record(name, took, bytes, fail);
     }
     pub fn lock(&self) -> MutexGuard<'_, StatsData> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -692,9 +659,6 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!(snap.total.num_requests, 4);
         assert_eq!(snap.entries.len(), 3);
-        assert!(is_request_entry("s3:PutObject"));
-        assert!(!is_request_entry("ec2:volume-available"));
-        assert!(!is_request_entry("s3:GetObject:ttfb"));
         assert!(!Failure::new("AccessDenied", "").throttled);
     }
 

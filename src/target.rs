@@ -18,8 +18,8 @@ use aws_sdk_s3::config::{
 use aws_types::service_config::ServiceConfigKey;
 use clap::Args;
 
-use crate::stats::Failure;
-use crate::tasks::errors::classify;
+use crate::failure::Failure;
+use crate::failure::classify;
 
 /// Where and how to reach the cloud (shared by every command).
 #[derive(Args, Debug, Clone)]

@@ -30,11 +30,13 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use cloudswarm::engine::{Engine, MAX_RATE, MAX_USERS};
+use cloudswarm::ops::Op;
 use cloudswarm::profile::{self, MAX_WAIT};
+use cloudswarm::resources::Caps;
 use cloudswarm::resources::Tracker;
 use cloudswarm::stats::Stats;
 use cloudswarm::target::{Clients, TargetArgs};
-use cloudswarm::tasks::{Caps, Op, RunCtx};
+use cloudswarm::tasks::RunCtx;
 
 // ---- the canned endpoint
 
@@ -406,7 +408,11 @@ fn what_check_accepts_runs_without_panicking() {
             let mut ctx = RunCtx::new(run_id, clients.clone(), Stats::new(), tracker, caps);
             ctx.default_az = Some("us-east-1a".into());
             ctx.auto_image = Some("ami-12345678".into());
-            let engine = Engine::new(Arc::new(ctx), Arc::new(profile.clone()));
+            let engine = Engine::new(
+                Arc::new(ctx),
+                Arc::new(profile.clone()),
+                cloudswarm::engine::DEFAULT_MAX_INFLIGHT,
+            );
             engine
                 .set_target(MAX_USERS, MAX_RATE)
                 .map_err(TestCaseError::fail)?;

@@ -185,7 +185,7 @@ async fn release_address(c: &Clients, id: &str, deadline: Instant) -> Result<(),
                 _ => continue,
             };
             if let Err(e) = r {
-                let f = crate::tasks::errors::classify(&e);
+                let f = crate::failure::classify(&e);
                 tracing::debug!("disassociate {id}: {}: {}", f.code, f.message);
             }
         }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::tasks::errors::classify;
+use crate::failure::classify;
 
 /// Codes worth another try during clean-up (the resource is busy, or we are throttled).
 fn transient(code: &str) -> bool {
-    crate::stats::is_throttle_code(code)
+    crate::failure::is_throttle_code(code)
         || matches!(
             code,
             "IncorrectState"

@@ -221,7 +221,8 @@ fn parse_ms(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Bytes, Failure, StatsData};
+    use crate::failure::Failure;
+    use crate::stats::{Bytes, StatsData};
     use std::time::Duration;
 
     fn snap() -> Snapshot {

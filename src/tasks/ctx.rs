@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use super::{Caps, DEFAULT_MAX_INFLIGHT, Op, StepError, errors, payload, sdk};
+use super::{StepError, payload, sdk};
+use crate::failure::{self, Failure};
+use crate::metrics;
 use crate::naming::RunId;
+use crate::ops::{EntryKind, Op};
 use crate::profile::Params;
-use crate::resources::{Kind, Tracker};
-use crate::stats::{Bytes, Failure, Stats};
+use crate::resources::{Caps, Kind, Tracker};
+use crate::stats::{Bytes, Stats};
 use crate::target::Clients;
 
 /// What every user of a run shares.
@@ -37,12 +40,6 @@ pub struct RunCtx {
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
     pub(super) list_v1: AtomicBool,
-    /// Slots for ops in flight: bounds the engine's memory and connections
-    /// when users outrun what the machine can send.
-    pub inflight: tokio::sync::Semaphore,
-    /// Times a user had to wait for a slot since the last status line took
-    /// the count (the engine is saturated).
-    pub saturated: AtomicU64,
 }
 
 impl RunCtx {
@@ -65,8 +62,6 @@ impl RunCtx {
             shared_bucket_creation: tokio::sync::Mutex::new(()),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),
-            inflight: tokio::sync::Semaphore::new(DEFAULT_MAX_INFLIGHT),
-            saturated: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +75,32 @@ impl RunCtx {
     /// whole process (see [`payload`]).
     pub(super) fn payload(&self, size: u64) -> bytes::Bytes {
         payload(size as usize)
+    }
+
+    /// Records one measurement of entry `name`: the one place that feeds
+    /// both the stats and Prometheus.
+    pub(super) fn record(
+        &self,
+        name: &'static str,
+        took: Duration,
+        bytes: Bytes,
+        fail: Option<&Failure>,
+    ) {
+        self.stats.record(name, took, bytes, fail);
+        let kind = crate::ops::entry_kind(name).unwrap_or(EntryKind::Request);
+        metrics::sink::record(name, kind, took, bytes, fail);
+    }
+
+    /// Counts an op a budget cap kept from creating.
+    pub(super) fn record_capped(&self, op: Op) {
+        self.stats.lock().count_capped(op.name());
+        metrics::sink::capped(op.name());
+    }
+
+    /// Counts a user whose task panicked in `name` (an op, or `user:<class>`).
+    pub fn record_panic(&self, name: &str, f: &Failure) {
+        self.stats.lock().record_panic(name, f);
+        metrics::sink::panicked(name);
     }
 
     /// Records a finished SDK call; returns the value on success.
@@ -96,12 +117,12 @@ impl RunCtx {
         let took = t0.elapsed();
         match res {
             Ok(v) => {
-                self.stats.record(name, took, bytes, None);
+                self.record(name, took, bytes, None);
                 Ok(v)
             }
             Err(e) => {
-                let f = errors::classify(&e);
-                self.stats.record(
+                let f = failure::classify(&e);
+                self.record(
                     name,
                     took,
                     Bytes {
@@ -138,7 +159,7 @@ impl RunCtx {
 
     /// Records a failure that is not an SDK error (a wait that timed out).
     pub(super) fn fail(&self, name: &'static str, took: Duration, f: Failure) -> Failure {
-        self.stats.record(name, took, Bytes::default(), Some(&f));
+        self.record(name, took, Bytes::default(), Some(&f));
         f
     }
 }
@@ -232,8 +253,7 @@ impl RunCtx {
         loop {
             match check().await {
                 Ok(Poll::Ready) => {
-                    self.stats
-                        .record(name, since.elapsed(), Bytes::default(), None);
+                    self.record(name, since.elapsed(), Bytes::default(), None);
                     return Ok(());
                 }
                 Ok(Poll::Broken(state)) => {

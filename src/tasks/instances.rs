@@ -9,9 +9,11 @@ use std::time::Instant;
 use aws_sdk_ec2::types::{InstanceStateName, InstanceType, Placement, ResourceType};
 
 use super::ctx::{Poll, none};
-use super::{Held, Op, Pool, RunCtx, StepError, StepResult, User, Want, errors::classify, sdk};
+use super::{Held, Pool, RunCtx, StepError, StepResult, User, Want, sdk};
+use crate::failure::{Failure, classify};
+use crate::ops::Op;
 use crate::resources::Kind;
-use crate::stats::{Bytes, Failure};
+use crate::stats::Bytes;
 
 impl User {
     pub(super) fn image(&self, ctx: &RunCtx) -> Result<String, Failure> {

@@ -5,7 +5,6 @@
 //! creates one, measured under its own name.
 
 mod ctx;
-pub mod errors;
 mod instances;
 mod network;
 mod s3;
@@ -20,8 +19,10 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
+use crate::failure::Failure;
+use crate::ops::Op;
 use crate::profile::Params;
-use crate::stats::{Bytes, Failure};
+use crate::stats::Bytes;
 
 /// `size` random bytes, cut from one buffer per power-of-two size class (4
 /// KiB and up) that lives as long as the process: taking a slice locks
@@ -54,110 +55,6 @@ fn payload(size: usize) -> bytes::Bytes {
 fn sdk<F: std::future::Future>(send: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::pin(send())
 }
-
-/// The services ops belong to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Ec2,
-    S3,
-}
-
-macro_rules! ops {
-    ($($variant:ident => $name:literal, $svc:ident;)*) => {
-        /// Every op a profile can name.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Op { $($variant),* }
-        impl Op {
-            /// All ops, in the order `check` lists them.
-            pub fn all() -> &'static [Op] { &[$(Op::$variant),*] }
-            /// The name profiles and reports use.
-            pub fn name(self) -> &'static str { match self { $(Op::$variant => $name),* } }
-            pub fn service(self) -> Service { match self { $(Op::$variant => Service::$svc),* } }
-            pub fn from_name(s: &str) -> Option<Op> {
-                match s { $($name => Some(Op::$variant),)* _ => None }
-            }
-        }
-    };
-}
-
-ops! {
-    RunInstances => "ec2:RunInstances", Ec2;
-    DescribeInstances => "ec2:DescribeInstances", Ec2;
-    TerminateInstances => "ec2:TerminateInstances", Ec2;
-    StopInstances => "ec2:StopInstances", Ec2;
-    StartInstances => "ec2:StartInstances", Ec2;
-    RebootInstances => "ec2:RebootInstances", Ec2;
-    InstanceRunning => "ec2:instance-running", Ec2;
-    InstanceStopped => "ec2:instance-stopped", Ec2;
-    InstanceTerminated => "ec2:instance-terminated", Ec2;
-    CreateVolume => "ec2:CreateVolume", Ec2;
-    AttachVolume => "ec2:AttachVolume", Ec2;
-    DetachVolume => "ec2:DetachVolume", Ec2;
-    DescribeVolumes => "ec2:DescribeVolumes", Ec2;
-    DeleteVolume => "ec2:DeleteVolume", Ec2;
-    VolumeAvailable => "ec2:volume-available", Ec2;
-    VolumeInUse => "ec2:volume-in-use", Ec2;
-    CreateSnapshot => "ec2:CreateSnapshot", Ec2;
-    DeleteSnapshot => "ec2:DeleteSnapshot", Ec2;
-    SnapshotCompleted => "ec2:snapshot-completed", Ec2;
-    AllocateAddress => "ec2:AllocateAddress", Ec2;
-    AssociateAddress => "ec2:AssociateAddress", Ec2;
-    DisassociateAddress => "ec2:DisassociateAddress", Ec2;
-    ReleaseAddress => "ec2:ReleaseAddress", Ec2;
-    CreateKeyPair => "ec2:CreateKeyPair", Ec2;
-    DeleteKeyPair => "ec2:DeleteKeyPair", Ec2;
-    CreateSecurityGroup => "ec2:CreateSecurityGroup", Ec2;
-    AuthorizeSecurityGroupIngress => "ec2:AuthorizeSecurityGroupIngress", Ec2;
-    DeleteSecurityGroup => "ec2:DeleteSecurityGroup", Ec2;
-    DescribeImages => "ec2:DescribeImages", Ec2;
-    DescribeAvailabilityZones => "ec2:DescribeAvailabilityZones", Ec2;
-    CreateBucket => "s3:CreateBucket", S3;
-    DeleteBucket => "s3:DeleteBucket", S3;
-    ListBuckets => "s3:ListBuckets", S3;
-    HeadBucket => "s3:HeadBucket", S3;
-    PutObject => "s3:PutObject", S3;
-    GetObject => "s3:GetObject", S3;
-    HeadObject => "s3:HeadObject", S3;
-    ListObjects => "s3:ListObjects", S3;
-    DeleteObject => "s3:DeleteObject", S3;
-    DeleteObjects => "s3:DeleteObjects", S3;
-    MultipartUpload => "s3:MultipartUpload", S3;
-}
-
-/// Entries recorded that are not ops of their own: parts of an op.
-pub const SUB_ENTRIES: [&str; 7] = [
-    "s3:GetObject:ttfb",
-    "s3:CreateMultipartUpload",
-    "s3:UploadPart",
-    "s3:CompleteMultipartUpload",
-    "s3:AbortMultipartUpload",
-    PUT_RUN_MARKER,
-    DELETE_RUN_MARKER,
-];
-
-/// The PutObject of a bucket's marker (see [`crate::naming::MARKER_KEY`]), right
-/// after s3:CreateBucket.
-pub const PUT_RUN_MARKER: &str = "s3:PutRunMarker";
-/// The DeleteObject of a bucket's marker, right before s3:DeleteBucket.
-pub const DELETE_RUN_MARKER: &str = "s3:DeleteRunMarker";
-
-/// True for a name reports can carry (an op or a sub-entry).
-pub fn is_known_entry(name: &str) -> bool {
-    Op::from_name(name).is_some() || SUB_ENTRIES.contains(&name)
-}
-
-/// Budget caps: the most resources of a kind a run keeps alive at once.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Caps {
-    pub max_instances: u64,
-    pub max_volumes: u64,
-    pub max_buckets: u64,
-    /// Bytes of objects held at once.
-    pub max_bytes: u64,
-}
-
-/// Ops in flight at once per engine, unless told otherwise.
-pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 
 /// The state a held resource is heading for, which the matching wait op measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,8 +280,7 @@ impl User {
         list[idx].waited = true;
         let held = list[idx].clone();
         if held.ready {
-            ctx.stats
-                .record(name, std::time::Duration::ZERO, Bytes::default(), None);
+            ctx.record(name, std::time::Duration::ZERO, Bytes::default(), None);
         } else {
             let what = format!("{} {}", pool.what(), held.id);
             ctx.wait_for(&self.params, name, &what, held.since, || {
@@ -444,8 +340,7 @@ impl User {
             Op::MultipartUpload => self.multipart_upload(ctx).await,
         };
         if let Err(StepError::Capped) = &r {
-            ctx.stats.lock().count_capped(op.name());
-            crate::metrics::capped(op.name());
+            ctx.record_capped(op);
         }
         r
     }
@@ -486,7 +381,7 @@ mod tests {
             crate::naming::Services::ALL,
         );
         let tracker = crate::resources::Tracker::create(dir, &run, &meta).unwrap();
-        let caps = Caps {
+        let caps = crate::resources::Caps {
             max_instances: 1,
             max_volumes: 1,
             max_buckets: 1,

@@ -14,14 +14,16 @@ use aws_sdk_s3::types::{
     Delete, ObjectIdentifier,
 };
 
-use super::{
-    DELETE_RUN_MARKER, MAX_REMEMBERED_OBJECTS, Obj, Op, PUT_RUN_MARKER, RunCtx, StepError,
-    StepResult, User, sdk,
-};
+use super::{MAX_REMEMBERED_OBJECTS, Obj, RunCtx, StepError, StepResult, User, sdk};
+use crate::failure::Failure;
 use crate::naming::MARKER_KEY;
+use crate::ops::{
+    ABORT_MULTIPART_UPLOAD, COMPLETE_MULTIPART_UPLOAD, CREATE_MULTIPART_UPLOAD, DELETE_RUN_MARKER,
+    GET_OBJECT_TTFB, Op, PUT_RUN_MARKER, UPLOAD_PART,
+};
 use crate::profile::BucketMode;
 use crate::resources::Kind;
-use crate::stats::{Bytes, Failure};
+use crate::stats::Bytes;
 
 /// Creates a bucket with the run's prefix, tracked, and puts the run's
 /// marker in it; returns its name.
@@ -234,12 +236,11 @@ impl User {
         let out = match res {
             Ok(o) => o,
             Err(e) => {
-                let f = ctx.fail(name, ttfb, super::errors::classify(&e));
+                let f = ctx.fail(name, ttfb, crate::failure::classify(&e));
                 return Err(self.check_lost(ctx, &bucket, f).await);
             }
         };
-        ctx.stats
-            .record("s3:GetObject:ttfb", ttfb, Bytes::default(), None);
+        ctx.record(GET_OBJECT_TTFB, ttfb, Bytes::default(), None);
         match out.body.collect().await {
             Ok(data) => {
                 let n = bytes::Buf::remaining(&data) as u64;
@@ -247,11 +248,11 @@ impl User {
                     sent: 0,
                     received: n,
                 };
-                ctx.stats.record(name, t0.elapsed(), got, None);
+                ctx.record(name, t0.elapsed(), got, None);
                 Ok(())
             }
             Err(e) => {
-                let f = Failure::new("body", super::errors::chain(&e));
+                let f = Failure::new("body", crate::failure::chain(&e));
                 Err(ctx.fail(name, t0.elapsed(), f).into())
             }
         }
@@ -317,11 +318,11 @@ impl User {
             .await;
             match res {
                 Ok(_) => {
-                    ctx.stats.record(name, t0.elapsed(), Bytes::default(), None);
+                    ctx.record(name, t0.elapsed(), Bytes::default(), None);
                     return Ok(());
                 }
                 Err(e) => {
-                    let f = super::errors::classify(&e);
+                    let f = crate::failure::classify(&e);
                     if !v2_unsupported(&f) {
                         let f = ctx.fail(name, t0.elapsed(), f);
                         return Err(self.check_lost(ctx, &bucket, f).await);
@@ -457,7 +458,7 @@ impl User {
                 .send()
         })
         .await;
-        let created = match ctx.measure("s3:CreateMultipartUpload", t0, res, Bytes::default()) {
+        let created = match ctx.measure(CREATE_MULTIPART_UPLOAD, t0, res, Bytes::default()) {
             Ok(c) => c,
             Err(f) => {
                 ctx.tracker.release_bytes(total);
@@ -492,7 +493,7 @@ impl User {
                 sent: len,
                 received: 0,
             };
-            match ctx.measure("s3:UploadPart", t0, res, sent) {
+            match ctx.measure(UPLOAD_PART, t0, res, sent) {
                 Ok(out) => parts.push(
                     CompletedPart::builder()
                         .set_e_tag(out.e_tag().map(str::to_string))
@@ -525,7 +526,7 @@ impl User {
                     .send()
             })
             .await;
-            match ctx.measure("s3:CompleteMultipartUpload", t0, res, Bytes::default()) {
+            match ctx.measure(COMPLETE_MULTIPART_UPLOAD, t0, res, Bytes::default()) {
                 Ok(_) => {
                     ctx.tracker.count_objects(1);
                     self.remember(bucket, n, total);
@@ -545,7 +546,7 @@ impl User {
                 .send()
         })
         .await;
-        let _ = ctx.measure("s3:AbortMultipartUpload", t0, res, Bytes::default());
+        let _ = ctx.measure(ABORT_MULTIPART_UPLOAD, t0, res, Bytes::default());
         Err(failure.expect("a step failed").into())
     }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::engine::{MAX_RATE, MAX_USERS, RunState};
 use crate::output;
 use crate::resources::Kind;
-use crate::run::Limits;
+use crate::session::Limits;
 use crate::session::{CleanupOutcome, Session, Spec};
 use crate::stats::{PERCENTILES, Snapshot, percentile_of};
 use crate::target::Clients;

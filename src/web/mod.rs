@@ -5,7 +5,6 @@
 mod api;
 mod auth;
 mod pages;
-pub mod server;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Args;
 
-use crate::run::{ConfigError, Limits};
+use crate::error::config_err;
+use crate::session::Limits;
 use crate::target::TargetArgs;
 
 pub use api::App;
@@ -41,10 +41,6 @@ pub struct ServeArgs {
     pub limits: Limits,
     #[command(flatten)]
     pub target: TargetArgs,
-}
-
-fn config_err(msg: impl Into<String>) -> anyhow::Error {
-    ConfigError(msg.into()).into()
 }
 
 /// `given`, else `name` in the working directory, else next to the binary
@@ -138,8 +134,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// Serves the dashboard until Ctrl-C or SIGTERM, then stops the swarm and
 /// cleans up what it made.
 pub async fn serve(args: ServeArgs) -> Result<i32> {
-    #[cfg(unix)]
-    let _ = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    crate::signals::take_over();
     check_exposure(&args.bind, args.token.as_deref())?;
     let profiles_dir = find_dir(args.profiles_dir.as_deref(), "profiles")?;
     crate::metrics::install();
@@ -153,7 +148,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     let (signals_tx, mut signals) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         loop {
-            crate::run::shutdown_signal().await;
+            crate::signals::shutdown().await;
             signals_tx.send_modify(|n| *n += 1);
         }
     });
@@ -184,7 +179,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     // Serve until the first signal, and during the clean-up after it (the
     // page shows its progress); then close the connections.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve(listener, router(app.clone()), async {
+    let mut server = tokio::spawn(crate::httpd::serve(listener, router(app.clone()), async {
         let _ = stop_rx.await;
     }));
     let mut first = signals.clone();

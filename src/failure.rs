@@ -1,14 +1,54 @@
-//! Turns an SDK error into a [`Failure`]: the AWS error code when the cloud
+//! Why a request failed ([`Failure`]), as the stats group it, and how an
+//! SDK error becomes one ([`classify`]): the AWS error code when the cloud
 //! answered with one, the transport kind (timeout, refused, reset, dns, tls)
 //! when it did not answer, and `HTTP <status>` with a short excerpt of the
 //! body when the answer was not an AWS error document (a proxy's HTML page).
+//! Depends on nothing above it.
 
 use std::error::Error as StdError;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::stats::Failure;
+/// Why a request failed, as the stats group it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// AWS error code (`InstanceLimitExceeded`), transport kind (`timeout`,
+    /// `refused`, `reset`...), `HTTP 500` for bodies that are not AWS errors,
+    /// or a cloudswarm code such as `wait-timeout`.
+    pub code: String,
+    pub message: String,
+    pub throttled: bool,
+}
+
+impl Failure {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        let throttled = is_throttle_code(&code);
+        Failure {
+            code,
+            message: message.into(),
+            throttled,
+        }
+    }
+}
+
+/// Codes that mean the cloud is throttling us.
+pub fn is_throttle_code(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "TooManyRequestsException"
+            | "SlowDown"
+            | "HTTP 503"
+            | "HTTP 429"
+    )
+}
 
 /// Classifies any EC2 or S3 SDK error.
 pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure

@@ -1,20 +1,15 @@
-//! Prometheus metrics (`/metrics` on the dashboard, `--metrics-bind` for
-//! headless runs) through `metrics` and `metrics-exporter-prometheus`:
-//! per-request histograms and counters fed by the live stats recorder, and
-//! gauges (users, targets, resources, run info) set from the session at
-//! scrape time. Labels stay bounded: ops and resource kinds are fixed sets,
-//! error codes are capped, no ids, endpoints or credentials.
+//! The exporter: installs the Prometheus recorder, sets the gauges (users,
+//! targets, resources, run info) from a run's engine at scrape time, and
+//! answers `/metrics` (on the dashboard, or alone for `--metrics-bind`).
 
-use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::Engine;
 use crate::resources::Kind;
-use crate::stats::{Bytes, Failure, is_request_entry};
 
 /// Bucket bounds (seconds) for API calls of a millisecond and provisioning of half an hour.
 pub const BUCKETS: &[f64] = &[
@@ -22,11 +17,7 @@ pub const BUCKETS: &[f64] = &[
     120.0, 300.0, 600.0, 1800.0,
 ];
 
-/// Distinct error codes exported before the rest become `other`.
-const MAX_CODES: usize = 100;
-
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-static CODES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 /// The (run id, profile) whose info gauge is 1.
 static RUN: Mutex<Option<(String, String)>> = Mutex::new(None);
 
@@ -64,68 +55,6 @@ pub fn install() -> &'static PrometheusHandle {
 /// True once [`install`] ran: recording is skipped before that.
 pub fn enabled() -> bool {
     HANDLE.get().is_some()
-}
-
-/// An error code as a label: the code itself for the first [`MAX_CODES`], then `other`.
-fn code_label(code: &str) -> String {
-    let code: String = code.chars().take(64).collect();
-    let mut g = CODES.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = g.get_or_insert_with(HashSet::new);
-    if seen.contains(&code) {
-        return code;
-    }
-    if seen.len() < MAX_CODES {
-        seen.insert(code.clone());
-        return code;
-    }
-    "other".into()
-}
-
-/// Records one measurement (called by the live stats recorder). Labels are
-/// the ops' static names: nothing is allocated per request.
-pub fn record(name: &'static str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
-    if !enabled() {
-        return;
-    }
-    let outcome = if fail.is_some() { "failure" } else { "success" };
-    let secs = took.as_secs_f64();
-    if let Some(f) = fail {
-        counter!("cloudswarm_errors_total", "op" => name, "code" => code_label(&f.code))
-            .increment(1);
-        if f.throttled {
-            counter!("cloudswarm_throttled_total", "op" => name).increment(1);
-        }
-    }
-    if !is_request_entry(name) {
-        // A provisioning wait (`ec2:instance-running`): its own histogram.
-        // Sub-measurements such as `s3:GetObject:ttfb` stay in the stats only.
-        if let Some(wait) = name.strip_prefix("ec2:")
-            && !wait.contains(':')
-        {
-            histogram!("cloudswarm_provisioning_seconds", "wait" => wait, "outcome" => outcome)
-                .record(secs);
-        }
-        return;
-    }
-    histogram!("cloudswarm_request_duration_seconds", "op" => name, "outcome" => outcome)
-        .record(secs);
-    counter!("cloudswarm_requests_total", "op" => name).increment(1);
-    if fail.is_some() {
-        counter!("cloudswarm_request_failures_total", "op" => name).increment(1);
-    }
-    if bytes.sent > 0 {
-        counter!("cloudswarm_bytes_sent_total", "op" => name).increment(bytes.sent);
-    }
-    if bytes.received > 0 {
-        counter!("cloudswarm_bytes_received_total", "op" => name).increment(bytes.received);
-    }
-}
-
-/// Counts an op a budget cap kept from creating.
-pub fn capped(name: &'static str) {
-    if enabled() {
-        counter!("cloudswarm_capped_total", "op" => name).increment(1);
-    }
 }
 
 /// Sets the gauges from a run's engine (users, targets, resources, run info).
@@ -201,20 +130,5 @@ pub async fn serve(
         }),
     );
     // The dashboard's server: the same timeouts and connection cap.
-    crate::web::server::serve(listener, app, std::future::pending()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_codes_are_bounded() {
-        for i in 0..MAX_CODES + 50 {
-            code_label(&format!("Code{i}"));
-        }
-        assert_eq!(code_label("Code0"), "Code0");
-        assert_eq!(code_label("NeverSeenBefore"), "other");
-        assert!(code_label(&"x".repeat(500)).len() <= 64 || code_label("y") == "other");
-    }
+    crate::httpd::serve(listener, app, std::future::pending()).await;
 }

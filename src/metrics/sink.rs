@@ -1,0 +1,112 @@
+//! The hot-path sink: each measurement's counters and histograms
+//! (requests, failures, throttling, bytes, provisioning waits), and capped
+//! ops. Labels are the ops' static names: nothing is allocated per request.
+//! Error codes are capped at [`MAX_CODES`] distinct labels.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{counter, histogram};
+
+use super::exporter::enabled;
+use crate::failure::Failure;
+use crate::ops::EntryKind;
+use crate::stats::Bytes;
+
+/// Distinct error codes exported before the rest become `other`.
+const MAX_CODES: usize = 100;
+
+static CODES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// An error code as a label: the code itself for the first [`MAX_CODES`], then `other`.
+fn code_label(code: &str) -> String {
+    let code: String = code.chars().take(64).collect();
+    let mut g = CODES.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = g.get_or_insert_with(HashSet::new);
+    if seen.contains(&code) {
+        return code;
+    }
+    if seen.len() < MAX_CODES {
+        seen.insert(code.clone());
+        return code;
+    }
+    "other".into()
+}
+
+/// Records one measurement of entry `name`, of the kind the op catalogue
+/// gives it.
+pub fn record(
+    name: &'static str,
+    kind: EntryKind,
+    took: Duration,
+    bytes: Bytes,
+    fail: Option<&Failure>,
+) {
+    if !enabled() {
+        return;
+    }
+    let outcome = if fail.is_some() { "failure" } else { "success" };
+    let secs = took.as_secs_f64();
+    if let Some(f) = fail {
+        counter!("cloudswarm_errors_total", "op" => name, "code" => code_label(&f.code))
+            .increment(1);
+        if f.throttled {
+            counter!("cloudswarm_throttled_total", "op" => name).increment(1);
+        }
+    }
+    match kind {
+        EntryKind::Request => {}
+        // A provisioning wait (`ec2:instance-running`): its own histogram.
+        EntryKind::Wait => {
+            let wait = name.split_once(':').map_or(name, |(_, w)| w);
+            histogram!("cloudswarm_provisioning_seconds", "wait" => wait, "outcome" => outcome)
+                .record(secs);
+            return;
+        }
+        // Timings inside a request (`s3:GetObject:ttfb`) stay in the stats only.
+        EntryKind::Timing => return,
+    }
+    histogram!("cloudswarm_request_duration_seconds", "op" => name, "outcome" => outcome)
+        .record(secs);
+    counter!("cloudswarm_requests_total", "op" => name).increment(1);
+    if fail.is_some() {
+        counter!("cloudswarm_request_failures_total", "op" => name).increment(1);
+    }
+    if bytes.sent > 0 {
+        counter!("cloudswarm_bytes_sent_total", "op" => name).increment(bytes.sent);
+    }
+    if bytes.received > 0 {
+        counter!("cloudswarm_bytes_received_total", "op" => name).increment(bytes.received);
+    }
+}
+
+/// Counts a user whose task panicked in `name` (an op or `user:<class>`).
+pub fn panicked(name: &str) {
+    if enabled() {
+        counter!("cloudswarm_errors_total", "op" => name.to_string(), "code" => "panic")
+            .increment(1);
+    }
+}
+
+/// Counts an op a budget cap kept from creating.
+pub fn capped(name: &'static str) {
+    if enabled() {
+        counter!("cloudswarm_capped_total", "op" => name).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_bounded() {
+        for i in 0..MAX_CODES + 50 {
+            code_label(&format!("Code{i}"));
+        }
+        assert_eq!(code_label("Code0"), "Code0");
+        assert_eq!(code_label("NeverSeenBefore"), "other");
+        assert!(code_label(&"x".repeat(500)).len() <= 64 || code_label("y") == "other");
+    }
+}
