@@ -26,6 +26,19 @@ pub struct Caps {
     pub max_bytes: u64,
 }
 
+impl Caps {
+    /// The most of `kind` alive at once, where a cap applies (objects are
+    /// capped by bytes, see `max_bytes`). Snapshots share the volumes' cap.
+    pub fn of(&self, kind: Kind) -> Option<u64> {
+        match kind {
+            Kind::Instance => Some(self.max_instances),
+            Kind::Volume | Kind::Snapshot => Some(self.max_volumes),
+            Kind::Bucket => Some(self.max_buckets),
+            _ => None,
+        }
+    }
+}
+
 /// Kinds of tracked resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

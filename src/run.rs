@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
+use crate::engine::{Engine, MAX_RATE, MAX_USERS};
 use crate::error::config_err;
 use crate::ops::Op;
 use crate::output::{self, RunFacts, sla::Sla};
@@ -128,6 +128,54 @@ pub struct RunArgs {
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     signals::take_over();
+    let (profile, slas) = validate(&args)?;
+    let clients = args
+        .target
+        .clients()
+        .await
+        .map_err(|e| config_err(e.to_string()))?;
+    let spec = Spec {
+        profile_path: &args.profile,
+        clients,
+        state_dir: args.limits.state_dir(),
+        caps: args.limits.caps(),
+        max_inflight: args.limits.max_inflight as usize,
+    };
+    let session = Session::prepare(profile, spec).await?;
+    let info = &session.ctx.clients.info;
+    eprintln!(
+        "cloudswarm run {}: profile {} against EC2 {} / S3 {} (region {}); journal {}",
+        session.run_id,
+        args.profile.display(),
+        info.ec2_endpoint,
+        info.s3_endpoint,
+        info.region,
+        session.tracker.journal_path().display()
+    );
+    if let Some(addr) = args.metrics_bind {
+        serve_metrics(addr, &session).await?;
+    }
+    let t0 = Instant::now();
+    let stage_error = drive(&args, &session, t0).await?;
+    let peak_users = session.engine.peak_users();
+    stop(&args, &session).await;
+    let duration_s = t0.elapsed().as_secs_f64();
+    let ended = finish(&args, &session).await;
+    let facts = RunFacts {
+        run_id: &session.run_id,
+        profile: &session.engine.profile.name,
+        started_at: session.started_at,
+        duration_s,
+        users: peak_users,
+        resources: &session.tracker.counts(),
+        leaked: ended.leaked,
+    };
+    report(&args, &session, &facts, &ended.failed, &slas, stage_error)
+}
+
+/// Checks what can be checked before anything is sent: the profile, the
+/// SLAs, the user count and rate, and that the reports can be written.
+fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
     let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
     let slas: Vec<Sla> = args
         .sla
@@ -138,29 +186,21 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         if let Some(e) = s.entry()
             && !crate::ops::is_known_entry(e)
         {
+            let known: Vec<&str> = Op::all().iter().map(|o| o.name()).collect();
             bail!(config_err(format!(
                 "SLA `{s}` names `{e}`, which is not an op (known ops: {})",
-                Op::all()
-                    .iter()
-                    .map(|o| o.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                known.join(", ")
             )));
         }
     }
-    if args.users > crate::engine::MAX_USERS {
+    if args.users > MAX_USERS {
+        bail!(config_err(format!("-u: at most {MAX_USERS} users")));
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= MAX_RATE) {
         bail!(config_err(format!(
-            "-u: at most {} users",
-            crate::engine::MAX_USERS
+            "-r: the hatch rate must be above 0 and at most {MAX_RATE}"
         )));
     }
-    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= crate::engine::MAX_RATE) {
-        bail!(config_err(format!(
-            "-r: the hatch rate must be above 0 and at most {}",
-            crate::engine::MAX_RATE
-        )));
-    }
-
     // The reports are written at the end: find a bad path now, not after the run.
     let outputs = args
         .csv
@@ -171,69 +211,37 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     for (flag, path) in outputs {
         output::check_writable(&path).map_err(|e| config_err(format!("{flag}: {e:#}")))?;
     }
+    Ok((profile, slas))
+}
 
-    let clients = args
-        .target
-        .clients()
+/// `--metrics-bind`: Prometheus metrics of the run on their own port.
+async fn serve_metrics(addr: std::net::SocketAddr, session: &Session) -> Result<()> {
+    crate::metrics::install();
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| config_err(e.to_string()))?;
-    let session = Session::prepare(
-        profile,
-        Spec {
-            profile_path: &args.profile,
-            clients,
-            state_dir: args.limits.state_dir(),
-            caps: args.limits.caps(),
-            max_inflight: args.limits.max_inflight as usize,
-        },
-    )
-    .await?;
-    let (run_id, engine, ctx, tracker) = (
-        session.run_id.clone(),
-        session.engine.clone(),
-        session.ctx.clone(),
-        session.tracker.clone(),
-    );
-    let started_at = session.started_at;
-    let profile = engine.profile.clone();
+        .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
+    eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+    let engine = session.engine.clone();
+    tokio::spawn(crate::metrics::serve(
+        listener,
+        engine.clone(),
+        engine.profile.name.clone(),
+    ));
+    Ok(())
+}
 
-    eprintln!(
-        "cloudswarm run {run_id}: profile {} against EC2 {} / S3 {} (region {}); journal {}",
-        args.profile.display(),
-        ctx.clients.info.ec2_endpoint,
-        ctx.clients.info.s3_endpoint,
-        ctx.clients.info.region,
-        tracker.journal_path().display()
-    );
-
-    if let Some(addr) = args.metrics_bind {
-        crate::metrics::install();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
-        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            engine.clone(),
-            profile.name.clone(),
-        ));
-    }
-
-    let t0 = Instant::now();
-    engine.start();
-    let shape: Vec<Stage> = match &args.stages {
-        Some(s) => s.0.clone(),
-        None => vec![],
-    };
-    if shape.is_empty() {
-        engine
-            .set_target(args.users, args.rate)
-            .map_err(config_err)?;
-    }
-
+/// Runs the load shape (users and rate, or `--stages`) with a status line
+/// every `--status-every` seconds, until the run time, the last stage or a
+/// signal. A stage the engine refuses ends the run: its message comes back.
+async fn drive(args: &RunArgs, session: &Session, t0: Instant) -> Result<Option<String>> {
+    let engine = session.engine.clone();
+    let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
+    let first = shape.first().map_or((args.users, args.rate), |st| {
+        (st.users, st.rate.unwrap_or(args.rate))
+    });
+    session.start(first.0, first.1).map_err(config_err)?;
     let status = {
-        let engine = engine.clone();
-        let every = args.status_every;
+        let (engine, every) = (engine.clone(), args.status_every);
         tokio::spawn(async move {
             if every == 0 {
                 return std::future::pending().await;
@@ -246,25 +254,20 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             }
         })
     };
-
-    let default_rate = args.rate;
-    let shape_done = {
-        let engine = engine.clone();
-        async move {
-            if shape.is_empty() {
-                return std::future::pending::<Option<String>>().await;
-            }
-            // parse_stages bounds users and rates, so a stage is refused
-            // here only if the engine changed its mind: that ends the run
-            // (exit 2), it does not go on with the last target.
-            for (i, st) in shape.iter().enumerate() {
-                if let Err(e) = engine.set_target(st.users, st.rate.unwrap_or(default_rate)) {
-                    return Some(format!("--stages: stage {}: {e}", i + 1));
-                }
-                tokio::time::sleep(st.duration).await;
-            }
-            None
+    let shape_done = async {
+        if shape.is_empty() {
+            return std::future::pending::<Option<String>>().await;
         }
+        // parse_stages bounds users and rates, so a stage is refused here
+        // only if the engine changed its mind: that ends the run (exit 2),
+        // it does not go on with the last target.
+        for (i, st) in shape.iter().enumerate() {
+            if let Err(e) = engine.set_target(st.users, st.rate.unwrap_or(args.rate)) {
+                return Some(format!("--stages: stage {}: {e}", i + 1));
+            }
+            tokio::time::sleep(st.duration).await;
+        }
+        None
     };
     let run_time = async {
         match args.run_time {
@@ -283,61 +286,92 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     };
     status.abort();
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
-    let peak_users = engine.peak_users();
-    let stop = engine.stop(args.limits.stop_timeout);
+    Ok(stage_error)
+}
+
+/// Stops the users (a second signal abandons their current tasks).
+async fn stop(args: &RunArgs, session: &Session) {
     tokio::select! {
-        _ = stop => {}
+        _ = session.stop(args.limits.stop_timeout) => {}
         _ = signals::shutdown() => {
             eprintln!("interrupted again: abandoning the users' current tasks");
-            engine.abort_all();
+            session.abandon_users();
         }
     }
-    let duration_s = t0.elapsed().as_secs_f64();
+}
 
-    let mut cleanup_failed = Vec::new();
-    // What the cloud still holds of the run after clean-up, by listing it.
-    let mut leaked: Option<u64> = None;
+/// How a run's end went: what the cloud still holds (None: unknown) and
+/// what could not be deleted.
+struct Ended {
+    leaked: Option<u64>,
+    failed: Vec<(String, String, String)>,
+}
+
+/// Cleans up (a signal cuts it short: the journal keeps the rest), or
+/// keeps the resources with `--keep-resources`.
+async fn finish(args: &RunArgs, session: &Session) -> Ended {
+    let run_id = &session.run_id;
     if args.keep_resources {
         eprintln!(
             "--keep-resources: created resources stay (journal {})",
-            tracker.dir().display()
+            session.tracker.dir().display()
         );
-        leaked = Some(session.live_resources().iter().map(|(_, n)| n).sum());
-    } else {
-        engine.set_state(RunState::CleaningUp);
-        let progress = |m: &str| eprintln!("clean-up: {m}");
-        let outcome = tokio::select! {
-            r = session.clean_up(args.limits.cleanup_timeout, &progress) => Some(r),
-            _ = signals::shutdown() => None,
+        session.mark_stopped();
+        let held = session.live_resources().iter().map(|(_, n)| n).sum();
+        return Ended {
+            leaked: Some(held),
+            failed: vec![],
         };
-        match outcome {
-            Some(o) => {
-                leaked = o.leaked;
-                for (k, ids) in &o.left {
-                    eprintln!("clean-up: still in the cloud: {k} {}", ids.join(" "));
-                }
-                if let Some(e) = &o.list_error {
-                    eprintln!(
-                        "clean-up: cannot list the cloud to check, so what is left is unknown: {e}; run `cloudswarm cleanup --run-id {run_id}`"
-                    );
-                }
-                let done: Vec<String> = o.deleted.iter().map(|(k, n)| format!("{n} {k}")).collect();
-                if !done.is_empty() {
-                    eprintln!("clean-up: deleted {}", done.join(", "));
-                }
-                cleanup_failed = o.failed;
-            }
-            None => eprintln!(
-                "clean-up interrupted: what is left stays in the journal; run `cloudswarm cleanup --run-id {run_id}`"
-            ),
-        }
     }
-    engine.set_state(RunState::Stopped);
+    let progress = |m: &str| eprintln!("clean-up: {m}");
+    let outcome = tokio::select! {
+        r = session.clean_up(args.limits.cleanup_timeout, &progress) => r,
+        _ = signals::shutdown() => {
+            session.mark_stopped();
+            eprintln!(
+                "clean-up interrupted: what is left stays in the journal; run `cloudswarm cleanup --run-id {run_id}`"
+            );
+            return Ended { leaked: None, failed: vec![] };
+        }
+    };
+    for (k, ids) in &outcome.left {
+        eprintln!("clean-up: still in the cloud: {k} {}", ids.join(" "));
+    }
+    if let Some(e) = &outcome.list_error {
+        eprintln!(
+            "clean-up: cannot list the cloud to check, so what is left is unknown: {e}; run `cloudswarm cleanup --run-id {run_id}`"
+        );
+    }
+    let done: Vec<String> = outcome
+        .deleted
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    if !done.is_empty() {
+        eprintln!("clean-up: deleted {}", done.join(", "));
+    }
+    Ended {
+        leaked: outcome.leaked,
+        failed: outcome.failed,
+    }
+}
 
-    let snap = ctx.stats.snapshot();
+/// Prints the summary and what is left, writes the reports (each even if
+/// another fails) and the SLA verdicts; the exit code: 1 if an SLA failed,
+/// an error (exit 2) if a report could not be saved or a stage was refused.
+fn report(
+    args: &RunArgs,
+    session: &Session,
+    facts: &RunFacts<'_>,
+    failed: &[(String, String, String)],
+    slas: &[Sla],
+    stage_error: Option<String>,
+) -> Result<i32> {
+    let run_id = &session.run_id;
+    let snap = session.ctx.stats.snapshot();
     println!("{}", output::summary_table(&snap));
-    let counts = tracker.counts();
-    let live: Vec<String> = counts
+    let live: Vec<String> = facts
+        .resources
         .iter()
         .filter(|(k, c)| c.alive > 0 && **k != Kind::Object)
         .map(|(k, c)| format!("{} {}", c.alive, k.as_str()))
@@ -346,44 +380,29 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         eprintln!(
             "WARNING: resources of run {run_id} are left: {}; delete them with `cloudswarm cleanup --run-id {run_id}` (journal {})",
             live.join(", "),
-            tracker.journal_path().display()
+            session.tracker.journal_path().display()
         );
-        for (k, id, why) in &cleanup_failed {
+        for (k, id, why) in failed {
             eprintln!("  {k} {id}: {why}");
         }
     }
-    // Each report is written even if another fails; a failure exits 2 after
-    // the SLA verdicts.
     let mut unwritten = Vec::new();
     if let Some(prefix) = &args.csv {
-        let history = ctx.stats.lock().history.clone();
+        let history = session.ctx.stats.lock().history.clone();
         if let Err(e) = output::write_csv(prefix, &snap, &history) {
             unwritten.push(format!("--csv: {e:#}"));
         }
     }
-    if let Some(path) = &args.json {
-        let facts = RunFacts {
-            run_id: &run_id,
-            profile: &profile.name,
-            started_at,
-            duration_s,
-            users: peak_users,
-            resources: &counts,
-            leaked,
-        };
-        if let Err(e) = output::write_json(path, &output::json_report(&facts, &snap)) {
-            unwritten.push(format!("--json: {e:#}"));
-        }
+    if let Some(path) = &args.json
+        && let Err(e) = output::write_json(path, &output::json_report(facts, &snap))
+    {
+        unwritten.push(format!("--json: {e:#}"));
     }
     let mut code = 0;
-    for s in &slas {
+    for s in slas {
         let v = s.check(&snap);
-        println!(
-            "SLA {:<40} {} (actual {})",
-            v.sla,
-            if v.held { "held" } else { "FAILED" },
-            v.actual
-        );
+        let verdict = if v.held { "held" } else { "FAILED" };
+        println!("SLA {:<40} {verdict} (actual {})", v.sla, v.actual);
         if !v.held {
             code = 1;
         }

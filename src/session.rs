@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::Filter;
 use clap::Args;
 
 use crate::cleanup;
-use crate::engine::Engine;
+use crate::engine::{Engine, RunState};
 use crate::error::config_err;
 use crate::naming::{RunId, RunMeta, Services};
 use crate::ops::{Op, Service};
@@ -208,13 +208,58 @@ impl Session {
         })
     }
 
+    // A run's life: ready → hatching/running (the engine) → stopping →
+    // cleaning up → stopped. The drivers (run.rs, web/) call these; only
+    // the session writes the run's state.
+
+    /// Starts hatching towards `users` at `rate` users per second.
+    pub fn start(&self, users: u64, rate: f64) -> Result<(), String> {
+        self.engine.set_target(users, rate)?;
+        self.engine.start();
+        Ok(())
+    }
+
+    /// Says `stopping` now (before [`Session::stop`] gets to run).
+    pub fn mark_stopping(&self) {
+        self.engine.set_state(RunState::Stopping);
+    }
+
+    /// Stops the run: no more hatching; users finish their current task
+    /// within `stop_timeout`, then are abandoned. Resources stay tracked.
+    pub async fn stop(&self, stop_timeout: Duration) {
+        self.engine.stop(stop_timeout).await;
+    }
+
+    /// Abandons the users' current tasks at once (a second Ctrl-C).
+    pub fn abandon_users(&self) {
+        self.engine.abort_all();
+    }
+
+    /// Says `cleaning up` now (before [`Session::clean_up`] gets to run).
+    pub fn mark_cleaning_up(&self) {
+        self.engine.set_state(RunState::CleaningUp);
+    }
+
+    /// The run is over (resources kept, or a clean-up that was cut short).
+    pub fn mark_stopped(&self) {
+        self.engine.set_state(RunState::Stopped);
+    }
+
     /// Deletes what the run holds, then what the cloud still shows to be the
-    /// run's (tag, marker, journal); `progress` hears each step.
+    /// run's (tag, marker, journal); `progress` hears each step. The state
+    /// is `cleaning up` meanwhile, `stopped` after.
     pub async fn clean_up(
         &self,
-        timeout: std::time::Duration,
+        timeout: Duration,
         progress: &(dyn Fn(&str) + Sync),
     ) -> CleanupOutcome {
+        self.mark_cleaning_up();
+        let out = self.sweep(timeout, progress).await;
+        self.mark_stopped();
+        out
+    }
+
+    async fn sweep(&self, timeout: Duration, progress: &(dyn Fn(&str) + Sync)) -> CleanupOutcome {
         let (r, left) = cleanup::sweep(
             &self.ctx.clients,
             &self.tracker,

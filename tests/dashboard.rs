@@ -41,9 +41,24 @@ fn api_validates_input_and_leaves_the_running_swarm_alone() {
     .unwrap();
     let d = Dashboard::start(
         &moto,
-        &["--profiles-dir", profiles.path().to_str().unwrap()],
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "--max-volumes",
+            "7",
+        ],
     );
     assert_eq!(d.requests()["state"], "ready");
+    // Every capped kind shows its cap; snapshots share the volumes' cap.
+    let v = d.requests();
+    let cap = |kind: &str| {
+        let rows = v["resources"].as_array().unwrap();
+        rows.iter().find(|r| r["kind"] == kind).unwrap()["cap"].clone()
+    };
+    assert_eq!(cap("volumes"), 7, "{v}");
+    assert_eq!(cap("snapshots"), 7, "{v}");
+    assert_eq!(cap("instances"), 20, "{v}");
+    assert_eq!(cap("key pairs"), serde_json::Value::Null, "{v}");
     let post = |body: &str| d.http("POST", "/swarm", &[], body);
 
     // Bad input before any run: a 400 naming the field.

@@ -502,7 +502,7 @@ fn a_report_that_cannot_be_saved_at_the_end_spares_the_others_and_exits_2() {
         "[[user]]\nname = \"s3\"\nwait = { constant = 0.05 }\n[[user.task]]\nop = \"s3:PutObject\"\n",
     )
     .unwrap();
-    let child = cloudswarm()
+    let mut child = cloudswarm()
         .arg("run")
         .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
         .arg("-f")
@@ -523,6 +523,12 @@ fn a_report_that_cannot_be_saved_at_the_end_spares_the_others_and_exits_2() {
     let runs = dir.path().join("state").join("runs");
     let begun = std::time::Instant::now();
     while !std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some()) {
+        if child.try_wait().unwrap().is_some() {
+            panic!(
+                "the run ended before it began: {}",
+                text(&child.wait_with_output().unwrap())
+            );
+        }
         assert!(begun.elapsed().as_secs() < 60, "the run never started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -251,201 +251,281 @@ pub async fn list(
     kind: Kind,
     deadline: Instant,
 ) -> Result<Vec<(String, Proof)>, String> {
-    let run = tracker.run_id();
-    let ec2 = &c.ec2;
-    // By tag, then by the journal's ids (a cloud that dropped the tags).
-    let by = |id_name: &str| {
-        [
-            Some(run.tag_filter()),
-            id_filter(id_name, &tracker.alive(kind)),
-        ]
-        .into_iter()
-        .flatten()
-    };
-    let mut out = Vec::new();
     match kind {
-        Kind::Instance => {
-            let live = Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build();
-            for f in by("instance-id") {
-                out.extend(
-                    paged(|token| {
-                        let req = ec2
-                            .describe_instances()
-                            .filters(f.clone())
-                            .filters(live.clone())
-                            .set_next_token(token);
-                        async move {
-                            let p = with_retry(deadline, || req.clone().send())
-                                .await
-                                .map_err(|e| format!("DescribeInstances: {e}"))?;
-                            let found = p
-                                .reservations()
-                                .iter()
-                                .flat_map(|r| r.instances())
-                                .filter_map(|i| {
-                                    let id = i.instance_id()?;
-                                    Some((id.to_string(), proof(tracker, kind, i.tags(), &[id])?))
-                                })
-                                .collect();
-                            Ok((found, p.next_token().map(str::to_string)))
-                        }
-                    })
-                    .await?,
-                );
-            }
-        }
-        Kind::Volume => {
-            for f in by("volume-id") {
-                out.extend(
-                    paged(|token| {
-                        let req = ec2
-                            .describe_volumes()
-                            .filters(f.clone())
-                            .set_next_token(token);
-                        async move {
-                            let p = with_retry(deadline, || req.clone().send())
-                                .await
-                                .map_err(|e| format!("DescribeVolumes: {e}"))?;
-                            let found = p
-                                .volumes()
-                                .iter()
-                                .filter(|v| {
-                                    !matches!(
-                                        v.state(),
-                                        Some(VolumeState::Deleting | VolumeState::Deleted)
-                                    )
-                                })
-                                .filter_map(|v| {
-                                    let id = v.volume_id()?;
-                                    Some((id.to_string(), proof(tracker, kind, v.tags(), &[id])?))
-                                })
-                                .collect();
-                            Ok((found, p.next_token().map(str::to_string)))
-                        }
-                    })
-                    .await?,
-                );
-            }
-        }
-        Kind::Snapshot => {
-            for f in by("snapshot-id") {
-                out.extend(
-                    paged(|token| {
-                        let req = ec2
-                            .describe_snapshots()
-                            .owner_ids("self")
-                            .filters(f.clone())
-                            .set_next_token(token);
-                        async move {
-                            let p = with_retry(deadline, || req.clone().send())
-                                .await
-                                .map_err(|e| format!("DescribeSnapshots: {e}"))?;
-                            let found = p
-                                .snapshots()
-                                .iter()
-                                .filter_map(|s| {
-                                    let id = s.snapshot_id()?;
-                                    Some((id.to_string(), proof(tracker, kind, s.tags(), &[id])?))
-                                })
-                                .collect();
-                            Ok((found, p.next_token().map(str::to_string)))
-                        }
-                    })
-                    .await?,
-                );
-            }
-        }
-        Kind::Address => {
-            // By tag; the journal's are looked for among all of them (their
-            // key is an allocation id or, on classic clouds, a public IP).
-            let mut filters = vec![Some(run.tag_filter())];
-            if !tracker.alive(kind).is_empty() {
-                filters.push(None);
-            }
-            for f in filters {
-                let req = ec2.describe_addresses().set_filters(f.map(|f| vec![f]));
-                let p = with_retry(deadline, || req.clone().send())
-                    .await
-                    .map_err(|e| format!("DescribeAddresses: {e}"))?;
-                out.extend(p.addresses().iter().filter_map(|a| {
-                    let ids: Vec<&str> = [a.allocation_id(), a.public_ip()]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    Some((
-                        ids.first()?.to_string(),
-                        proof(tracker, kind, a.tags(), &ids)?,
-                    ))
-                }));
-            }
-        }
-        // Key pairs and groups: the name narrows the listing, the tag or the
-        // journal proves.
-        Kind::KeyPair => {
-            let named = Filter::builder()
-                .name("key-name")
-                .values(format!("cs-{run}-*"))
-                .build();
-            let req = ec2.describe_key_pairs().filters(named);
-            let p = with_retry(deadline, || req.clone().send())
-                .await
-                .map_err(|e| format!("DescribeKeyPairs: {e}"))?;
-            out.extend(p.key_pairs().iter().filter_map(|k| {
-                let n = k.key_name()?;
-                Some((n.to_string(), proof(tracker, kind, k.tags(), &[n])?))
-            }));
-        }
-        Kind::SecurityGroup => {
-            let named = Filter::builder()
-                .name("group-name")
-                .values(format!("cs-{run}-*"))
-                .build();
-            out = paged(|token| {
+        Kind::Instance => instances(c, tracker, deadline).await,
+        Kind::Volume => volumes(c, tracker, deadline).await,
+        Kind::Snapshot => snapshots(c, tracker, deadline).await,
+        Kind::Address => addresses(c, tracker, deadline).await,
+        Kind::KeyPair => key_pairs(c, tracker, deadline).await,
+        Kind::SecurityGroup => groups(c, tracker, deadline).await,
+        Kind::Bucket => buckets(c, tracker, deadline).await,
+        Kind::Object => Ok(vec![]),
+    }
+}
+
+/// Filters for a kind's listing: by the run tag, then by the ids the
+/// journal holds (a cloud that dropped the tags).
+fn by_tag_and_journal(tracker: &Tracker, kind: Kind, id_name: &str) -> Vec<Filter> {
+    [
+        Some(tracker.run_id().tag_filter()),
+        id_filter(id_name, &tracker.alive(kind)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Live instances (pending to stopped) of the run.
+async fn instances(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::Instance;
+    let ec2 = &c.ec2;
+    let mut out = Vec::new();
+    let live = Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ["pending", "running", "stopping", "stopped"]
+                .map(String::from)
+                .to_vec(),
+        ))
+        .build();
+    for f in by_tag_and_journal(tracker, kind, "instance-id") {
+        out.extend(
+            paged(|token| {
                 let req = ec2
-                    .describe_security_groups()
-                    .filters(named.clone())
+                    .describe_instances()
+                    .filters(f.clone())
+                    .filters(live.clone())
                     .set_next_token(token);
                 async move {
                     let p = with_retry(deadline, || req.clone().send())
                         .await
-                        .map_err(|e| format!("DescribeSecurityGroups: {e}"))?;
+                        .map_err(|e| format!("DescribeInstances: {e}"))?;
                     let found = p
-                        .security_groups()
+                        .reservations()
                         .iter()
-                        .filter_map(|g| {
-                            let ids: Vec<&str> = [g.group_id(), g.group_name()]
-                                .into_iter()
-                                .flatten()
-                                .collect();
-                            let id = g.group_id()?;
-                            Some((id.to_string(), proof(tracker, kind, g.tags(), &ids)?))
+                        .flat_map(|r| r.instances())
+                        .filter_map(|i| {
+                            let id = i.instance_id()?;
+                            Some((id.to_string(), proof(tracker, kind, i.tags(), &[id])?))
                         })
                         .collect();
                     Ok((found, p.next_token().map(str::to_string)))
                 }
             })
-            .await?;
-        }
-        Kind::Bucket => {
-            for name in list_bucket_names(c, deadline).await? {
-                if !is_run_name(&name, run) {
-                    continue;
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Volumes of the run that are not being deleted.
+async fn volumes(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::Volume;
+    let ec2 = &c.ec2;
+    let mut out = Vec::new();
+    for f in by_tag_and_journal(tracker, kind, "volume-id") {
+        out.extend(
+            paged(|token| {
+                let req = ec2
+                    .describe_volumes()
+                    .filters(f.clone())
+                    .set_next_token(token);
+                async move {
+                    let p = with_retry(deadline, || req.clone().send())
+                        .await
+                        .map_err(|e| format!("DescribeVolumes: {e}"))?;
+                    let found = p
+                        .volumes()
+                        .iter()
+                        .filter(|v| {
+                            !matches!(
+                                v.state(),
+                                Some(VolumeState::Deleting | VolumeState::Deleted)
+                            )
+                        })
+                        .filter_map(|v| {
+                            let id = v.volume_id()?;
+                            Some((id.to_string(), proof(tracker, kind, v.tags(), &[id])?))
+                        })
+                        .collect();
+                    Ok((found, p.next_token().map(str::to_string)))
                 }
-                if tracker.knows(kind, &name) {
-                    out.push((name, Proof::Journal));
-                } else if marker_of(c, &name, deadline).await?.as_deref() == Some(run.as_str()) {
-                    out.push((name, Proof::Marker));
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// The run's snapshots.
+async fn snapshots(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::Snapshot;
+    let ec2 = &c.ec2;
+    let mut out = Vec::new();
+    for f in by_tag_and_journal(tracker, kind, "snapshot-id") {
+        out.extend(
+            paged(|token| {
+                let req = ec2
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .filters(f.clone())
+                    .set_next_token(token);
+                async move {
+                    let p = with_retry(deadline, || req.clone().send())
+                        .await
+                        .map_err(|e| format!("DescribeSnapshots: {e}"))?;
+                    let found = p
+                        .snapshots()
+                        .iter()
+                        .filter_map(|s| {
+                            let id = s.snapshot_id()?;
+                            Some((id.to_string(), proof(tracker, kind, s.tags(), &[id])?))
+                        })
+                        .collect();
+                    Ok((found, p.next_token().map(str::to_string)))
                 }
-            }
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// The run's addresses: by tag; the journal's among all of them (their
+/// key is an allocation id or, on classic clouds, a public IP).
+async fn addresses(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::Address;
+    let run = tracker.run_id();
+    let ec2 = &c.ec2;
+    let mut out = Vec::new();
+    // By tag; the journal's are looked for among all of them (their
+    // key is an allocation id or, on classic clouds, a public IP).
+    let mut filters = vec![Some(run.tag_filter())];
+    if !tracker.alive(kind).is_empty() {
+        filters.push(None);
+    }
+    for f in filters {
+        let req = ec2.describe_addresses().set_filters(f.map(|f| vec![f]));
+        let p = with_retry(deadline, || req.clone().send())
+            .await
+            .map_err(|e| format!("DescribeAddresses: {e}"))?;
+        out.extend(p.addresses().iter().filter_map(|a| {
+            let ids: Vec<&str> = [a.allocation_id(), a.public_ip()]
+                .into_iter()
+                .flatten()
+                .collect();
+            Some((
+                ids.first()?.to_string(),
+                proof(tracker, kind, a.tags(), &ids)?,
+            ))
+        }));
+    }
+    Ok(out)
+}
+
+/// The run's key pairs: the name narrows the listing, the tag or the
+/// journal proves.
+async fn key_pairs(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::KeyPair;
+    let run = tracker.run_id();
+    let ec2 = &c.ec2;
+    let mut out = Vec::new();
+    let named = Filter::builder()
+        .name("key-name")
+        .values(format!("cs-{run}-*"))
+        .build();
+    let req = ec2.describe_key_pairs().filters(named);
+    let p = with_retry(deadline, || req.clone().send())
+        .await
+        .map_err(|e| format!("DescribeKeyPairs: {e}"))?;
+    out.extend(p.key_pairs().iter().filter_map(|k| {
+        let n = k.key_name()?;
+        Some((n.to_string(), proof(tracker, kind, k.tags(), &[n])?))
+    }));
+    Ok(out)
+}
+
+/// The run's security groups: the name narrows the listing, the tag or
+/// the journal proves.
+async fn groups(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::SecurityGroup;
+    let run = tracker.run_id();
+    let ec2 = &c.ec2;
+    let named = Filter::builder()
+        .name("group-name")
+        .values(format!("cs-{run}-*"))
+        .build();
+    let out = paged(|token| {
+        let req = ec2
+            .describe_security_groups()
+            .filters(named.clone())
+            .set_next_token(token);
+        async move {
+            let p = with_retry(deadline, || req.clone().send())
+                .await
+                .map_err(|e| format!("DescribeSecurityGroups: {e}"))?;
+            let found = p
+                .security_groups()
+                .iter()
+                .filter_map(|g| {
+                    let ids: Vec<&str> = [g.group_id(), g.group_name()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    let id = g.group_id()?;
+                    Some((id.to_string(), proof(tracker, kind, g.tags(), &ids)?))
+                })
+                .collect();
+            Ok((found, p.next_token().map(str::to_string)))
         }
-        Kind::Object => {}
+    })
+    .await?;
+    Ok(out)
+}
+
+/// The run's buckets: named like the run's, and the journal names them or
+/// their marker holds the run id.
+async fn buckets(
+    c: &Clients,
+    tracker: &Tracker,
+    deadline: Instant,
+) -> Result<Vec<(String, Proof)>, String> {
+    let kind = Kind::Bucket;
+    let run = tracker.run_id();
+    let mut out = Vec::new();
+    for name in list_bucket_names(c, deadline).await? {
+        if !is_run_name(&name, run) {
+            continue;
+        }
+        if tracker.knows(kind, &name) {
+            out.push((name, Proof::Journal));
+        } else if marker_of(c, &name, deadline).await?.as_deref() == Some(run.as_str()) {
+            out.push((name, Proof::Marker));
+        }
     }
     Ok(out)
 }

@@ -89,7 +89,7 @@ impl User {
                 .filter_map(|i| i.instance_id().map(str::to_string))
                 .collect()
         };
-        let reserve = Some((n as u64, ctx.caps.max_instances));
+        let reserve = ctx.caps.of(Kind::Instance).map(|cap| (n as u64, cap));
         let (out, _) = ctx
             .create(Op::RunInstances, Kind::Instance, reserve, send, made)
             .await?;

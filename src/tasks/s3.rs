@@ -43,7 +43,7 @@ pub(super) async fn create_bucket_named(ctx: &RunCtx) -> Result<String, StepErro
     let made = |_: &aws_sdk_s3::operation::create_bucket::CreateBucketOutput, name: &str| {
         vec![name.to_string()]
     };
-    let reserve = Some((1, ctx.caps.max_buckets));
+    let reserve = ctx.caps.of(Kind::Bucket).map(|cap| (1, cap));
     let (_, mut names) = ctx
         .create(Op::CreateBucket, Kind::Bucket, reserve, send, made)
         .await?;

@@ -40,7 +40,7 @@ impl User {
         let made = |out: &aws_sdk_ec2::operation::create_volume::CreateVolumeOutput, _: &str| {
             out.volume_id().map(str::to_string).into_iter().collect()
         };
-        let reserve = Some((1, ctx.caps.max_volumes));
+        let reserve = ctx.caps.of(Kind::Volume).map(|cap| (1, cap));
         let (out, ids) = ctx
             .create(Op::CreateVolume, Kind::Volume, reserve, send, made)
             .await?;
@@ -250,7 +250,7 @@ impl User {
             out.snapshot_id().map(str::to_string).into_iter().collect()
         };
         // Snapshots share the volumes' cap (--max-volumes).
-        let reserve = Some((1, ctx.caps.max_volumes));
+        let reserve = ctx.caps.of(Kind::Snapshot).map(|cap| (1, cap));
         let (out, ids) = ctx
             .create(Op::CreateSnapshot, Kind::Snapshot, reserve, send, made)
             .await?;

@@ -326,10 +326,9 @@ impl App {
                 );
             }
         };
-        if let Err(e) = session.engine.set_target(f.user_count, f.spawn_rate) {
+        if let Err(e) = session.start(f.user_count, f.spawn_rate) {
             return bad(StatusCode::BAD_REQUEST, None, e);
         }
-        session.engine.start();
         let run_id = session.run_id.clone();
         tracing::info!(
             run_id = %run_id,
@@ -380,7 +379,7 @@ impl App {
         if live.stopping.swap(true, Ordering::SeqCst) {
             return false;
         }
-        live.session.engine.set_state(RunState::Stopping);
+        live.session.mark_stopping();
         if let Some(t) = live
             .run_timer
             .lock()
@@ -393,7 +392,7 @@ impl App {
         tokio::spawn(async move {
             let (a, l) = (app.clone(), live.clone());
             let stopped = tokio::spawn(async move {
-                l.session.engine.stop(a.limits.stop_timeout).await;
+                l.session.stop(a.limits.stop_timeout).await;
             })
             .await;
             if let Err(e) = stopped {
@@ -416,7 +415,7 @@ impl App {
         c.running = true;
         c.log.clear();
         drop(c);
-        live.session.engine.set_state(RunState::CleaningUp);
+        live.session.mark_cleaning_up();
         true
     }
 
@@ -448,7 +447,7 @@ impl App {
         c.running = false;
         c.outcome = Some(outcome);
         drop(c);
-        live.session.engine.set_state(RunState::Stopped);
+        live.session.mark_stopped();
     }
 
     /// On shutdown: refuse new starts, let one being started finish, stop
@@ -482,15 +481,12 @@ impl App {
                 let c = counts.get(k).copied().unwrap_or_default();
                 let mut v = json!({"kind": k.as_str(), "created": c.created, "alive": c.alive, "deleted": c.deleted});
                 v["cap"] = match k {
-                    Kind::Instance => json!(caps.max_instances),
-                    Kind::Volume => json!(caps.max_volumes),
-                    Kind::Bucket => json!(caps.max_buckets),
                     Kind::Object => {
                         v["bytes"] = json!(object_bytes);
                         v["cap_unit"] = json!("bytes");
                         json!(caps.max_bytes)
                     }
-                    _ => Value::Null,
+                    _ => json!(caps.of(*k)),
                 };
                 v
             })
