@@ -13,7 +13,7 @@
 #      signalling FAILURE and keeping the running release, the worker role, credentials variants.
 # Prints each check; exits non-zero on any failure.
 #   scripts/check-cloudformation.sh
-#   CFN_README=cloudformation/README-section.md scripts/check-cloudformation.sh   (README to read)
+#   CFN_README=OTHER.md scripts/check-cloudformation.sh   (another README to read)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CLOUDSWARM_VENV:-$PWD/.venv}

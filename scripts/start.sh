@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOTO_PORT=${MOTO_PORT:-5000}
 scripts/setup.sh
-cargo build --quiet
+# Built with the examples, so the dev-dependencies' features are unified in
+# as in the test command's build: after one, the other compiles only cloudswarm.
+cargo build --quiet --bin cloudswarm --examples
 BIN=${CARGO_TARGET_DIR:-target}/debug/cloudswarm
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null; then
   echo "start: moto on 127.0.0.1:$MOTO_PORT"
