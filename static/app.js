@@ -19,9 +19,6 @@
     while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
     return (i ? v.toFixed(1) : v) + " " + u[i];
   }
-  // The API speaks Locust's state names; the page shows cloudswarm's.
-  var LABELS = { spawning: "hatching", cleanup: "cleaning up" };
-  function label(state) { return LABELS[state] || state; }
   function when(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
   function cell(tr, text, cls) {
     var td = document.createElement("td");
@@ -88,7 +85,8 @@
     var d = last;
     if (!d) return;
     var st = $("status");
-    var state = label(d.state);
+    // `state` is Locust's name (`spawning`), `state_label` cloudswarm's (`hatching`).
+    var state = d.state_label || d.state;
     st.textContent = state;
     st.className = "state state-" + state.replace(/ /g, "-");
     $("run-id").textContent = d.run_id || "—";

@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 use crate::engine::{MAX_RATE, MAX_USERS, RunState};
 use crate::output;
 use crate::resources::Kind;
-use crate::session::Limits;
-use crate::session::{CleanupOutcome, Session, Spec};
+use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::stats::{PERCENTILES, Snapshot, percentile_of};
 use crate::target::Clients;
 
@@ -49,7 +48,7 @@ pub struct App {
     /// The login cookie's name (per port, so two dashboards on a host do not
     /// clash) and value (random per process: the token never sits in a cookie).
     pub cookie_name: String,
-    pub session: String,
+    pub cookie_value: String,
     pub profiles_dir: PathBuf,
     pub static_dir: PathBuf,
     current: Mutex<Option<Arc<Live>>>,
@@ -156,7 +155,7 @@ impl App {
     ) -> App {
         use rand::Rng;
         let mut rng = rand::rng();
-        let session: String = (0..32)
+        let cookie_value: String = (0..32)
             .map(|_| format!("{:02x}", rng.random::<u8>()))
             .collect();
         App {
@@ -164,7 +163,7 @@ impl App {
             limits,
             token,
             cookie_name: format!("cloudswarm_session_{port}"),
-            session,
+            cookie_value,
             profiles_dir,
             static_dir,
             current: Mutex::new(None),
@@ -499,7 +498,8 @@ impl App {
         let target = json!({"ec2_endpoint": info.ec2_endpoint, "s3_endpoint": info.s3_endpoint, "region": info.region});
         let Some(live) = self.current() else {
             return json!({
-                "state": "ready", "run_id": null, "profile": null, "user_count": 0,
+                "state": "ready", "state_label": RunState::Ready.as_str(),
+                "run_id": null, "profile": null, "user_count": 0,
                 "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
                 "fail_ratio": 0, "total_throttled": 0, "user_panics": 0,
@@ -533,6 +533,7 @@ impl App {
         let cur = |q: f64| percentile_of(&snap.current_percentiles_ms, q).unwrap_or(0.0);
         json!({
             "state": locust_state(s.engine.state()),
+            "state_label": s.engine.state().as_str(),
             "run_id": s.run_id,
             "profile": live.profile,
             "user_count": s.engine.user_count(),

@@ -174,7 +174,7 @@ async fn check(app: &App, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let ok = bearer(req.headers()).is_some_and(|t| same(t, token))
-        || cookie(req.headers(), &app.cookie_name).is_some_and(|s| same(s, &app.session));
+        || cookie(req.headers(), &app.cookie_name).is_some_and(|s| same(s, &app.cookie_value));
     if ok {
         return next.run(req).await;
     }
@@ -234,7 +234,7 @@ pub async fn login(State(app): State<Arc<App>>, Form(f): Form<LoginForm>) -> Res
             header::SET_COOKIE,
             format!(
                 "{}={}; Path=/; HttpOnly; SameSite=Strict",
-                app.cookie_name, app.session
+                app.cookie_name, app.cookie_value
             ),
         )],
         Redirect::to("/"),
