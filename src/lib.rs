@@ -31,4 +31,5 @@ pub mod stats;
 pub mod target;
 pub mod tasks;
 pub mod tls;
+pub mod units;
 pub mod web;

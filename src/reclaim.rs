@@ -39,7 +39,7 @@ pub struct CleanupArgs {
     #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// How long to keep retrying what the cloud is not ready to delete
-    #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
     pub timeout: Duration,
     /// List what would be deleted and why (journal, tag or marker); delete nothing
     #[arg(long)]

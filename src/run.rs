@@ -49,7 +49,8 @@ pub fn parse_stages(s: &str) -> Result<Shape, String> {
                 "stage `{part}`: {users} users; at most {MAX_USERS}"
             ));
         }
-        let duration = profile::parse_duration(f[1]).map_err(|e| format!("stage `{part}`: {e}"))?;
+        let duration =
+            crate::units::parse_duration(f[1]).map_err(|e| format!("stage `{part}`: {e}"))?;
         let rate = match f.get(2) {
             Some(r) => {
                 let v = r
@@ -96,7 +97,7 @@ pub struct RunArgs {
     )]
     pub rate: f64,
     /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C
-    #[arg(short = 't', long = "run-time", value_parser = crate::profile::parse_duration)]
+    #[arg(short = 't', long = "run-time", value_parser = crate::units::parse_duration)]
     pub run_time: Option<Duration>,
     /// Load shape USERS:DURATION[:RATE],... (e.g. "10:30s,50:2m,0:30s"); ends the run after the last stage
     #[arg(long, value_parser = parse_stages)]

@@ -27,10 +27,10 @@ use crate::tasks::RunCtx;
 #[derive(Args, Debug, Clone)]
 pub struct Limits {
     /// How long users may take to finish their current task when the run stops
-    #[arg(long, default_value = "60s", value_parser = crate::profile::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
     pub stop_timeout: Duration,
     /// How long clean-up may take before giving up on what is left
-    #[arg(long, default_value = "10m", value_parser = crate::profile::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
     pub cleanup_timeout: Duration,
     /// Where run journals live (default: the user's state directory)
     #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
@@ -45,7 +45,7 @@ pub struct Limits {
     #[arg(long, default_value_t = 100)]
     pub max_buckets: u64,
     /// Most bytes of objects stored at once (e.g. 5GiB)
-    #[arg(long, default_value = "5GiB", value_parser = crate::profile::parse_size)]
+    #[arg(long, default_value = "5GiB", value_parser = crate::units::parse_size)]
     pub max_bytes: u64,
     /// Most ops in flight at once; users beyond it wait for a slot (the status line says so)
     #[arg(long, default_value_t = crate::engine::DEFAULT_MAX_INFLIGHT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

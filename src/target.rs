@@ -54,7 +54,7 @@ pub struct TargetArgs {
 }
 
 fn parse_dur(s: &str) -> Result<Duration, String> {
-    crate::profile::parse_duration(s)
+    crate::units::parse_duration(s)
 }
 
 /// What a run or report may show of the target: never credentials.

@@ -13,7 +13,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use super::{StepError, payload, sdk};
 use crate::failure::{self, Failure};
-use crate::metrics;
+use crate::metrics::sink;
 use crate::naming::RunId;
 use crate::ops::{EntryKind, Op};
 use crate::profile::Params;
@@ -88,19 +88,19 @@ impl RunCtx {
     ) {
         self.stats.record(name, took, bytes, fail);
         let kind = crate::ops::entry_kind(name).unwrap_or(EntryKind::Request);
-        metrics::sink::record(name, kind, took, bytes, fail);
+        sink::record(name, kind, took, bytes, fail);
     }
 
     /// Counts an op a budget cap kept from creating.
     pub(super) fn record_capped(&self, op: Op) {
         self.stats.lock().count_capped(op.name());
-        metrics::sink::capped(op.name());
+        sink::capped(op.name());
     }
 
     /// Counts a user whose task panicked in `name` (an op, or `user:<class>`).
     pub fn record_panic(&self, name: &str, f: &Failure) {
         self.stats.lock().record_panic(name, f);
-        metrics::sink::panicked(name);
+        sink::panicked(name);
     }
 
     /// Records a finished SDK call; returns the value on success.

@@ -129,7 +129,7 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
     let run_time = match get("run_time") {
         None => None,
         Some(t) => {
-            let d = crate::profile::parse_duration(t).map_err(|e| ("run_time", e))?;
+            let d = crate::units::parse_duration(t).map_err(|e| ("run_time", e))?;
             if d.is_zero() {
                 return Err(("run_time", "a run time must be longer than 0s".into()));
             }
