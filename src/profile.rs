@@ -399,6 +399,9 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
 }
 
 /// Parses and validates profile text; `path` is used for messages and the name.
+/// Long on purpose: one pass over the document, class by class and task by
+/// task, each check naming file:line:column; the parameters are checked in
+/// [`build_params`].
 pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
     let locate = |span: Option<std::ops::Range<usize>>, message: String| {
         let (line, column) = match span {
@@ -628,6 +631,9 @@ fn wait_time(w: RawWait) -> Result<WaitTime, String> {
     })
 }
 
+/// The parameters of a class (or the defaults), each checked against its
+/// bound. Long on purpose: one short block per parameter, in the order the
+/// README's table lists them.
 fn build_params(
     raw: RawParams,
     locate: &impl Fn(Option<std::ops::Range<usize>>, String) -> ProfileError,

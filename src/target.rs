@@ -212,6 +212,9 @@ fn check_url(what: &str, url: &str) -> Result<()> {
 
 impl TargetArgs {
     /// Builds the clients from the flags, the environment and the AWS config files.
+    /// Long on purpose: one straight sequence (endpoints, region,
+    /// credentials, TLS, timeouts, then each client), each step with its own
+    /// error message; split up it would only pass the half-built config around.
     pub async fn clients(&self) -> Result<Clients> {
         let euca = match &self.eucarc {
             Some(path) => {

@@ -440,6 +440,9 @@ impl User {
         }
     }
 
+    /// `s3:MultipartUpload`: create, the parts, complete; on any failure the
+    /// upload is aborted so no parts stay behind. Long on purpose: the
+    /// protocol's steps in their order, each measured under its own entry.
     pub(super) async fn multipart_upload(&mut self, ctx: &RunCtx) -> StepResult {
         let bucket = self.object_bucket(ctx).await?;
         let total = self.params.multipart_size;

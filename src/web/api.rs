@@ -211,7 +211,18 @@ impl App {
                 "the dashboard is shutting down",
             );
         }
-        if let Some(live) = self.current() {
+        if let Some(live) = self.current()
+            && let Some(answer) = self.edit(&live, &f)
+        {
+            return answer;
+        }
+        self.start(f).await
+    }
+
+    /// Retunes the running swarm (or says why a new one cannot start yet);
+    /// None when the last run is over and a new one may start.
+    fn edit(self: &Arc<Self>, live: &Arc<Live>, f: &SwarmForm) -> Option<Response> {
+        {
             let mut state = live.session.engine.state();
             if live.stopping.load(Ordering::SeqCst)
                 && matches!(
@@ -226,34 +237,36 @@ impl App {
                     if let Some(p) = &f.profile
                         && p.trim_end_matches(".toml") != live.profile
                     {
-                        return bad(
+                        return Some(bad(
                             StatusCode::CONFLICT,
                             Some("profile"),
                             format!(
                                 "a swarm of `{}` is running: stop it before starting `{p}`",
                                 live.profile
                             ),
-                        );
+                        ));
                     }
                     if let Err(e) = live.session.engine.set_target(f.user_count, f.spawn_rate) {
-                        return bad(StatusCode::CONFLICT, None, e);
+                        return Some(bad(StatusCode::CONFLICT, None, e));
                     }
                     if let Some(d) = f.run_time {
-                        self.arm_timer(&live, d);
+                        self.arm_timer(live, d);
                     }
-                    return Json(json!({
-                        "success": true,
-                        "message": format!("Swarm changed: {} users at {} users/s", f.user_count, f.spawn_rate),
-                        "run_id": live.session.run_id,
-                    }))
-                    .into_response();
+                    return Some(
+                        Json(json!({
+                            "success": true,
+                            "message": format!("Swarm changed: {} users at {} users/s", f.user_count, f.spawn_rate),
+                            "run_id": live.session.run_id,
+                        }))
+                        .into_response(),
+                    );
                 }
                 RunState::Stopping | RunState::CleaningUp => {
-                    return bad(
+                    return Some(bad(
                         StatusCode::CONFLICT,
                         None,
                         "the last swarm is still stopping or cleaning up: start again when it has stopped",
-                    );
+                    ));
                 }
                 RunState::Ready | RunState::Stopped => {}
             }
@@ -263,13 +276,18 @@ impl App {
                 .unwrap_or_else(|p| p.into_inner())
                 .running
             {
-                return bad(
+                return Some(bad(
                     StatusCode::CONFLICT,
                     None,
                     "a clean-up is running: start again when it is done",
-                );
+                ));
             }
         }
+        None
+    }
+
+    /// Starts a new run of the form's profile.
+    async fn start(self: &Arc<Self>, f: SwarmForm) -> Response {
         let Some(name) = f.profile.as_deref() else {
             return bad(StatusCode::BAD_REQUEST, Some("profile"), "choose a profile");
         };
@@ -284,46 +302,9 @@ impl App {
                 ),
             );
         }
-        let path = self.profiles_dir.join(format!("{name}.toml"));
-        let profile = match crate::profile::load(&path) {
-            Ok(p) => p,
-            Err(e) => return bad(StatusCode::BAD_REQUEST, Some("profile"), e.to_string()),
-        };
-        let (clients, state_dir, caps) = (
-            self.clients.clone(),
-            self.limits.state_dir(),
-            self.limits.caps(),
-        );
-        let max_inflight = self.limits.max_inflight as usize;
-        let p = path.clone();
-        // In a task of its own: a panic while preparing is answered, not a
-        // dropped connection.
-        let prepared = tokio::spawn(async move {
-            let spec = Spec {
-                profile_path: &p,
-                clients,
-                state_dir,
-                caps,
-                max_inflight,
-            };
-            Session::prepare(profile, spec).await
-        })
-        .await;
-        let session = match prepared {
-            Ok(Ok(s)) => s,
-            // The cloud did not answer or refused us: not the form's fault.
-            Ok(Err(e)) => return bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}")),
-            Err(e) => {
-                let why = panic_message(e);
-                tracing::error!(profile = name, "starting a swarm failed: {why}");
-                return bad(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    None,
-                    format!(
-                        "starting the swarm failed (a bug in cloudswarm, please report it): {why}"
-                    ),
-                );
-            }
+        let session = match self.prepare(name).await {
+            Ok(s) => s,
+            Err(answer) => return answer,
         };
         if let Err(e) = session.start(f.user_count, f.spawn_rate) {
             return bad(StatusCode::BAD_REQUEST, None, e);
@@ -353,6 +334,52 @@ impl App {
             "run_id": run_id,
         }))
         .into_response()
+    }
+
+    /// Loads profile `name` and prepares its run (preflight, journal,
+    /// engine); the answer to give when that fails.
+    async fn prepare(&self, name: &str) -> Result<Session, Response> {
+        let path = self.profiles_dir.join(format!("{name}.toml"));
+        let profile = match crate::profile::load(&path) {
+            Ok(p) => p,
+            Err(e) => return Err(bad(StatusCode::BAD_REQUEST, Some("profile"), e.to_string())),
+        };
+        let (clients, state_dir, caps) = (
+            self.clients.clone(),
+            self.limits.state_dir(),
+            self.limits.caps(),
+        );
+        let max_inflight = self.limits.max_inflight as usize;
+        let p = path.clone();
+        // In a task of its own: a panic while preparing is answered, not a
+        // dropped connection.
+        let prepared = tokio::spawn(async move {
+            let spec = Spec {
+                profile_path: &p,
+                clients,
+                state_dir,
+                caps,
+                max_inflight,
+            };
+            Session::prepare(profile, spec).await
+        })
+        .await;
+        match prepared {
+            Ok(Ok(s)) => Ok(s),
+            // The cloud did not answer or refused us: not the form's fault.
+            Ok(Err(e)) => Err(bad(StatusCode::BAD_GATEWAY, None, format!("{e:#}"))),
+            Err(e) => {
+                let why = panic_message(e);
+                tracing::error!(profile = name, "starting a swarm failed: {why}");
+                Err(bad(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    format!(
+                        "starting the swarm failed (a bug in cloudswarm, please report it): {why}"
+                    ),
+                ))
+            }
+        }
     }
 
     /// Stops the run after `d` from now (replacing an earlier run time).

@@ -110,7 +110,8 @@ pub struct ReportQuery {
     download: Option<String>,
 }
 
-/// `GET /report`: one HTML file that opens offline.
+/// `GET /report`: one HTML file that opens offline. Long on purpose: it
+/// fills the report template's fields one by one.
 pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -> Response {
     let Some((live, snap, history)) = app.snapshot() else {
         return (StatusCode::NOT_FOUND, "no run yet: start a swarm first").into_response();
