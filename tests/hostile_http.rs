@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The dashboard's limits (src/web/server.rs).
+/// The dashboard's limits (src/httpd.rs).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 1000;
