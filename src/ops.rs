@@ -99,8 +99,14 @@ pub const PUT_RUN_MARKER: &str = "s3:PutRunMarker";
 /// The DeleteObject of a bucket's marker, right before s3:DeleteBucket.
 pub const DELETE_RUN_MARKER: &str = "s3:DeleteRunMarker";
 
+/// The Describe calls a provisioning wait polls with, one row each: every
+/// poll is a request the cloud's API serves.
+pub const INSTANCES_POLL: &str = "ec2:DescribeInstances:poll";
+pub const VOLUMES_POLL: &str = "ec2:DescribeVolumes:poll";
+pub const SNAPSHOTS_POLL: &str = "ec2:DescribeSnapshots:poll";
+
 /// Entries recorded that are not ops of their own, with what they measure.
-pub const SUB_ENTRIES: [(&str, EntryKind); 7] = [
+pub const SUB_ENTRIES: [(&str, EntryKind); 10] = [
     (GET_OBJECT_TTFB, EntryKind::Timing),
     (CREATE_MULTIPART_UPLOAD, EntryKind::Request),
     (UPLOAD_PART, EntryKind::Request),
@@ -108,6 +114,9 @@ pub const SUB_ENTRIES: [(&str, EntryKind); 7] = [
     (ABORT_MULTIPART_UPLOAD, EntryKind::Request),
     (PUT_RUN_MARKER, EntryKind::Request),
     (DELETE_RUN_MARKER, EntryKind::Request),
+    (INSTANCES_POLL, EntryKind::Request),
+    (VOLUMES_POLL, EntryKind::Request),
+    (SNAPSHOTS_POLL, EntryKind::Request),
 ];
 
 /// What an entry measures, if the catalogue knows it.
@@ -143,6 +152,10 @@ mod tests {
         assert_eq!(entry_kind(GET_OBJECT_TTFB), Some(EntryKind::Timing));
         assert_eq!(entry_kind(PUT_RUN_MARKER), Some(EntryKind::Request));
         assert!(is_request("s3:UploadPart"));
+        assert!(
+            is_request(INSTANCES_POLL),
+            "polls are requests the cloud serves"
+        );
         assert!(!is_request("ec2:instance-running"));
         assert!(!is_request(GET_OBJECT_TTFB));
         assert!(is_request("GET /index.html"), "unknown names are requests");

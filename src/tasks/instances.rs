@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::{InstanceStateName, InstanceType, Placement, ResourceTyp
 
 use super::ctx::{Poll, none};
 use super::{Held, Pool, RunCtx, StepError, StepResult, User, Want, sdk};
-use crate::failure::{Failure, classify};
-use crate::ops::Op;
+use crate::failure::Failure;
+use crate::ops::{INSTANCES_POLL, Op};
 use crate::resources::Kind;
 use crate::stats::Bytes;
 
@@ -246,18 +246,20 @@ impl User {
         id: &str,
         want: InstanceStateName,
     ) -> Result<Poll, Failure> {
+        let t0 = Instant::now();
         let res = sdk(|| ctx.clients.ec2.describe_instances().instance_ids(id).send()).await;
-        let res = match res {
+        // Every poll is a request the cloud serves: recorded under its own row.
+        let res = match ctx.measure(INSTANCES_POLL, t0, res, Bytes::default()) {
             Ok(r) => r,
             // Eventual consistency: a new id may not be known yet; a gone one is terminated.
-            Err(e) if classify(&e).code.ends_with(".NotFound") => {
+            Err(f) if f.code.ends_with(".NotFound") => {
                 return Ok(if want == InstanceStateName::Terminated {
                     Poll::Ready
                 } else {
                     Poll::Pending("not found yet".into())
                 });
             }
-            Err(e) => return Err(classify(&e)),
+            Err(f) => return Err(f),
         };
         let state = res
             .reservations()

@@ -9,8 +9,8 @@ use aws_sdk_ec2::types::{ResourceType, SnapshotState, VolumeState, VolumeType};
 
 use super::ctx::{Poll, none};
 use super::{Held, Pool, RunCtx, StepError, StepResult, User, Want, sdk};
-use crate::failure::{Failure, classify};
-use crate::ops::Op;
+use crate::failure::Failure;
+use crate::ops::{Op, SNAPSHOTS_POLL, VOLUMES_POLL};
 use crate::resources::Kind;
 use crate::stats::Bytes;
 
@@ -72,13 +72,14 @@ impl User {
         id: &str,
         want: Want,
     ) -> Result<Poll, Failure> {
+        let t0 = Instant::now();
         let res = sdk(|| ctx.clients.ec2.describe_volumes().volume_ids(id).send()).await;
-        let res = match res {
+        let res = match ctx.measure(VOLUMES_POLL, t0, res, Bytes::default()) {
             Ok(r) => r,
-            Err(e) if classify(&e).code.ends_with(".NotFound") => {
+            Err(f) if f.code.ends_with(".NotFound") => {
                 return Ok(Poll::Pending("not found yet".into()));
             }
-            Err(e) => return Err(classify(&e)),
+            Err(f) => return Err(f),
         };
         let state = res
             .volumes()
@@ -267,9 +268,9 @@ impl User {
     }
 
     pub(super) async fn poll_snapshot(&self, ctx: &RunCtx, id: &str) -> Result<Poll, Failure> {
-        let res = sdk(|| ctx.clients.ec2.describe_snapshots().snapshot_ids(id).send())
-            .await
-            .map_err(|e| classify(&e))?;
+        let t0 = Instant::now();
+        let res = sdk(|| ctx.clients.ec2.describe_snapshots().snapshot_ids(id).send()).await;
+        let res = ctx.measure(SNAPSHOTS_POLL, t0, res, Bytes::default())?;
         let state = res
             .snapshots()
             .iter()
