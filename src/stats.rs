@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::failure::Failure;
+use crate::ops::EntryKind;
 
 /// The percentiles every report shows, as fractions.
 pub const PERCENTILES: [f64; 11] = [
@@ -63,9 +64,10 @@ pub struct Entry {
     pub bytes_received: u64,
     pub first_request: f64,
     pub last_request: f64,
-    /// Counts in the aggregate and the current percentiles: an API request,
-    /// not a wait or a timing (the op catalogue says which).
-    pub request: bool,
+    /// What the entry measures (the op catalogue says, once, when the entry
+    /// is made): only requests count in the aggregate and the current
+    /// percentiles.
+    pub kind: EntryKind,
     /// (unix second, requests, failures) for the last seconds.
     per_sec: VecDeque<(u64, u64, u64)>,
 }
@@ -84,7 +86,7 @@ impl Default for Entry {
             bytes_received: 0,
             first_request: 0.0,
             last_request: 0.0,
-            request: true,
+            kind: EntryKind::Request,
             per_sec: VecDeque::new(),
         }
     }
@@ -94,7 +96,7 @@ impl Entry {
     /// An empty entry for `name`, of the kind the op catalogue says.
     pub fn named(name: &str) -> Entry {
         Entry {
-            request: crate::ops::is_request(name),
+            kind: crate::ops::entry_kind(name).unwrap_or(EntryKind::Request),
             ..Entry::default()
         }
     }
@@ -233,9 +235,15 @@ impl Default for StatsData {
 }
 
 impl StatsData {
-    /// Records one measured request.
-    pub fn record(&mut self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
-        self.record_at(unix_now(), name, took, bytes, fail);
+    /// Records one measurement; answers what the entry measures.
+    pub fn record(
+        &mut self,
+        name: &str,
+        took: Duration,
+        bytes: Bytes,
+        fail: Option<&Failure>,
+    ) -> EntryKind {
+        self.record_at(unix_now(), name, took, bytes, fail)
     }
 
     fn record_at(
@@ -245,18 +253,23 @@ impl StatsData {
         took: Duration,
         bytes: Bytes,
         fail: Option<&Failure>,
-    ) {
+    ) -> EntryKind {
         let us = took.as_micros().min(u64::MAX as u128) as u64;
         let throttled = fail.is_some_and(|f| f.throttled);
-        match self.entries.get_mut(name) {
-            Some(e) => e.record(now, us, bytes, fail.is_some(), throttled),
+        let kind = match self.entries.get_mut(name) {
+            Some(e) => {
+                e.record(now, us, bytes, fail.is_some(), throttled);
+                e.kind
+            }
             None => {
                 let mut e = Entry::named(name);
                 e.record(now, us, bytes, fail.is_some(), throttled);
+                let kind = e.kind;
                 self.entries.insert(name.to_string(), e);
+                kind
             }
-        }
-        let request = self.entries.get(name).is_some_and(|e| e.request);
+        };
+        let request = kind == EntryKind::Request;
         let sec = now as u64;
         if self.window.back().is_none_or(|w| w.0 != sec) {
             self.window.push_back((sec, new_hist()));
@@ -270,6 +283,7 @@ impl StatsData {
         if let Some(f) = fail {
             self.count_error(now, name, f);
         }
+        kind
     }
 
     fn count_error(&mut self, now: f64, name: &str, f: &Failure) {
@@ -345,7 +359,11 @@ impl StatsData {
     /// `ec2:instance-running` are not requests and stay on their own rows).
     pub fn total(&self) -> Entry {
         let mut t = Entry::default();
-        for e in self.entries.values().filter(|e| e.request) {
+        for e in self
+            .entries
+            .values()
+            .filter(|e| e.kind == EntryKind::Request)
+        {
             t.merge(e);
         }
         t
@@ -572,9 +590,15 @@ impl Stats {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Records one measurement.
-    pub fn record(&self, name: &str, took: Duration, bytes: Bytes, fail: Option<&Failure>) {
-        self.lock().record(name, took, bytes, fail);
+    /// Records one measurement; answers what the entry measures.
+    pub fn record(
+        &self,
+        name: &str,
+        took: Duration,
+        bytes: Bytes,
+        fail: Option<&Failure>,
+    ) -> EntryKind {
+        self.lock().record(name, took, bytes, fail)
     }
     pub fn lock(&self) -> MutexGuard<'_, StatsData> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())

@@ -1215,13 +1215,13 @@ sequence = ["s3:CreateBucket", "s3:PutObject", "ec2:CreateKeyPair", "ec2:CreateS
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = &runs[0];
-    let (ec2, _) = clients(&moto).await;
-    let (keys, groups) = tagged_keys_and_groups(&ec2, run).await;
-    let (_, _, buckets) = run_leftovers(&moto, run).await;
-    assert!(
-        !keys.is_empty() && !groups.is_empty() && !buckets.is_empty(),
-        "the run left resources: {keys:?} {groups:?} {buckets:?}"
-    );
+    let left = everything_of_run(&moto, run).await;
+    for kind in ["key-pair", "security-group", "address", "bucket"] {
+        assert!(
+            left.iter().any(|l| l.starts_with(kind)),
+            "the run left a {kind}: {left:?}"
+        );
+    }
     // Break the journal: a line of bytes that are not UTF-8 after the first.
     let journal = state.path().join("runs").join(run).join("journal.jsonl");
     let bytes = std::fs::read(&journal).unwrap();
@@ -1249,14 +1249,8 @@ sequence = ["s3:CreateBucket", "s3:PutObject", "ec2:CreateKeyPair", "ec2:CreateS
         "{}",
         text(&out)
     );
-    let (keys, groups) = tagged_keys_and_groups(&ec2, run).await;
-    let (_, _, buckets) = run_leftovers(&moto, run).await;
-    assert!(
-        keys.is_empty() && groups.is_empty() && buckets.is_empty(),
-        "{keys:?} {groups:?} {buckets:?}"
-    );
-    let addrs = ec2.describe_addresses().send().await.unwrap();
-    assert!(addrs.addresses().is_empty(), "{:?}", addrs.addresses());
+    let left = everything_of_run(&moto, run).await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// What the journal holds but the cloud no longer has (deleted by hand, or
@@ -1353,30 +1347,4 @@ fn cleanup_that_cannot_list_the_cloud_says_unknown_and_exits_1() {
         "only S3 is listed (run.json): {all}"
     );
     assert!(!all.contains("nothing left"), "{all}");
-}
-
-/// Names of the key pairs and ids of the security groups tagged with `run`.
-async fn tagged_keys_and_groups(
-    ec2: &aws_sdk_ec2::Client,
-    run: &str,
-) -> (Vec<String>, Vec<String>) {
-    let tagged = |tags: &[aws_sdk_ec2::types::Tag]| {
-        tags.iter()
-            .any(|t| t.key() == Some("cloudswarm:run-id") && t.value() == Some(run))
-    };
-    let keys = ec2.describe_key_pairs().send().await.unwrap();
-    let keys = keys
-        .key_pairs()
-        .iter()
-        .filter(|k| tagged(k.tags()))
-        .filter_map(|k| k.key_name().map(str::to_string))
-        .collect();
-    let groups = ec2.describe_security_groups().send().await.unwrap();
-    let groups = groups
-        .security_groups()
-        .iter()
-        .filter(|g| tagged(g.tags()))
-        .filter_map(|g| g.group_id().map(str::to_string))
-        .collect();
-    (keys, groups)
 }

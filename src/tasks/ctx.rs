@@ -15,7 +15,7 @@ use super::{StepError, payload, sdk};
 use crate::failure::{self, Failure};
 use crate::metrics::sink;
 use crate::naming::RunId;
-use crate::ops::{EntryKind, Op};
+use crate::ops::Op;
 use crate::profile::Params;
 use crate::resources::{Caps, Kind, Tracker};
 use crate::stats::{Bytes, Stats};
@@ -86,8 +86,9 @@ impl RunCtx {
         bytes: Bytes,
         fail: Option<&Failure>,
     ) {
-        self.stats.record(name, took, bytes, fail);
-        let kind = crate::ops::entry_kind(name).unwrap_or(EntryKind::Request);
+        // The stats entry knows its kind (looked up in the catalogue once,
+        // when the entry was made): no lookup per request.
+        let kind = self.stats.record(name, took, bytes, fail);
         sink::record(name, kind, took, bytes, fail);
     }
 
