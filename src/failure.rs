@@ -171,6 +171,38 @@ fn transport_kind(err: &(dyn StdError + 'static), text: &str) -> &'static str {
     }
 }
 
+/// Tries `attempt` until it succeeds, fails in a way `again` does not
+/// retry, or the next try would start after `deadline`: the one backoff
+/// loop of the preflight and the clean-up. Pauses start at `first`, double
+/// up to 5 s, with up to half again of jitter. Each try's future is boxed,
+/// so a caller's future does not hold an SDK call's inline.
+pub async fn retrying<T, F, Fut>(
+    deadline: std::time::Instant,
+    first: std::time::Duration,
+    again: impl Fn(&Failure) -> bool,
+    mut attempt: F,
+) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut pause = first;
+    loop {
+        let f = match Box::pin(attempt()).await {
+            Ok(v) => return Ok(v),
+            Err(f) => f,
+        };
+        let jitter =
+            std::time::Duration::from_millis(rand::random_range(0..=pause.as_millis() as u64 / 2));
+        if !again(&f) || std::time::Instant::now() + pause + jitter > deadline {
+            return Err(f);
+        }
+        tracing::debug!("{} ({}); trying again", f.code, f.message);
+        tokio::time::sleep(pause + jitter).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -337,10 +337,12 @@ impl Tracker {
             if let Some(p) = g.pending.get_mut(&kind) {
                 *p = p.saturating_sub(1);
             }
-            g.alive.entry(kind).or_default().insert(id.to_string());
-            let c = g.counts.entry(kind).or_default();
-            c.created += 1;
-            c.alive += 1;
+            // An id the answer repeats is one resource: counted once.
+            if g.alive.entry(kind).or_default().insert(id.to_string()) {
+                let c = g.counts.entry(kind).or_default();
+                c.created += 1;
+                c.alive += 1;
+            }
         }
         self.write(
             JournalEvent::Created {

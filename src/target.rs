@@ -524,27 +524,27 @@ where
         >,
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let deadline = tokio::time::Instant::now() + PREFLIGHT_PATIENCE;
-    let mut pause = Duration::from_millis(250);
-    loop {
-        let f = match tokio::time::timeout(Duration::from_secs(30), send()).await {
-            Err(_) => return Err(None),
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => classify(&e),
-        };
-        let again = f.throttled
+    const NO_ANSWER: &str = "no-answer";
+    let attempt = || {
+        let call = send();
+        async move {
+            match tokio::time::timeout(Duration::from_secs(30), call).await {
+                Err(_) => Err(Failure::new(NO_ANSWER, "no answer in 30s")),
+                Ok(r) => r.map_err(|e| classify(&e)),
+            }
+        }
+    };
+    let again = |f: &Failure| {
+        f.throttled
             || matches!(
                 f.code.as_str(),
                 "HTTP 500" | "HTTP 502" | "HTTP 504" | "InternalError" | "ServiceUnavailable"
-            );
-        let jitter = Duration::from_millis(rand::random_range(0..=pause.as_millis() as u64 / 2));
-        if !again || tokio::time::Instant::now() + pause + jitter > deadline {
-            return Err(Some(f));
-        }
-        tracing::info!("preflight: {} ({}); trying again", f.code, f.message);
-        tokio::time::sleep(pause + jitter).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+            )
+    };
+    let deadline = std::time::Instant::now() + PREFLIGHT_PATIENCE;
+    crate::failure::retrying(deadline, Duration::from_millis(250), again, attempt)
+        .await
+        .map_err(|f| (f.code != NO_ANSWER).then_some(f))
 }
 
 /// A cheap call per service used by the profile; an error names the problem.

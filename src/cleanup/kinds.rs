@@ -58,7 +58,8 @@ fn gone(kind: Kind, why: &str) -> bool {
     let codes: &[&str] = match kind {
         // InvalidAllocationID.NotFound, InvalidAddress.NotFound...
         Kind::Address => return why.contains("NotFound"),
-        Kind::Instance => &["InvalidInstanceID"],
+        // Not InvalidInstanceID.Malformed: that is a refusal, not a gone instance.
+        Kind::Instance => &["InvalidInstanceID.NotFound"],
         Kind::Volume => &["InvalidVolume.NotFound"],
         Kind::Snapshot => &["InvalidSnapshot.NotFound"],
         Kind::SecurityGroup => &["InvalidGroup.NotFound"],
@@ -664,6 +665,13 @@ pub async fn delete_bucket(
     let mut done = Emptied::default();
     let mut v1 = false;
     loop {
+        // A server that answers every DeleteObjects but keeps listing the
+        // keys would hold this loop: the deadline ends it.
+        if Instant::now() > deadline {
+            return Err(format!(
+                "timeout: {bucket} still lists objects after they were deleted"
+            ));
+        }
         let listed = match list_page(c, bucket, v1, deadline).await {
             Ok(p) => p,
             Err(why) if why.starts_with("NoSuchBucket") => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::failure::classify;
+use crate::failure::{classify, retrying};
 
 /// Codes worth another try during clean-up (the resource is busy, or we are throttled).
 fn transient(code: &str) -> bool {
@@ -31,27 +31,24 @@ fn transient(code: &str) -> bool {
         )
 }
 
-/// Sends until success, a permanent error, or the deadline; errors as "CODE: message".
+/// Sends until success, a permanent error, or the deadline (the shared
+/// backoff of [`crate::failure::retrying`]); errors as "CODE: message".
 pub async fn with_retry<T, E, F, Fut>(deadline: Instant, mut send: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let mut pause = Duration::from_millis(500);
-    loop {
-        // Boxed: a run's ops call this (s3:DeleteBucket empties a bucket),
-        // and an inline SDK future would swell every op's future.
-        match Box::pin(send()).await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let f = classify(&e);
-                if !transient(&f.code) || Instant::now() + pause > deadline {
-                    return Err(format!("{}: {}", f.code, f.message));
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let attempt = || {
+        let call = send();
+        async move { call.await.map_err(|e| classify(&e)) }
+    };
+    retrying(
+        deadline,
+        Duration::from_millis(500),
+        |f| transient(&f.code),
+        attempt,
+    )
+    .await
+    .map_err(|f| format!("{}: {}", f.code, f.message))
 }
