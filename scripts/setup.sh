@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what cloudswarm's local cloud and tests need, skipping what is there:
-#   scripts/setup.sh            moto (PyPI moto[server]) into the project venv .venv, nginx,
+#   scripts/setup.sh            moto (PyPI moto[server]) and locust into the project venv .venv, nginx,
 #                               openssl, chromium, chromium-driver and prometheus (Debian), s3s-fs
 #                               (crates.io) into .tools
-#   scripts/setup.sh bench      also nginx (Debian) and locust + boto3 (PyPI) for the benchmark
+#   scripts/setup.sh bench      also boto3 (PyPI) for the benchmark
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CLOUDSWARM_VENV:-$PWD/.venv}
@@ -21,6 +21,9 @@ pip_need() { # pip_need MODULE SPEC...
 }
 pip_need moto 'moto[server]'
 [ -x "$VENV/bin/moto_server" ] || "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+# The cluster tests run a stock Locust master and Locust workers next to
+# cloudswarm's (the version locust-protocol.md was checked against).
+pip_need locust 'locust==2.47.0'
 
 apt_need() { # apt_need COMMAND PACKAGE...
   local cmd=$1; shift
@@ -53,8 +56,6 @@ fi
 for extra in "$@"; do
   case "$extra" in
     bench)
-      apt_need nginx nginx
-      pip_need locust locust
       pip_need boto3 boto3
       ;;
     *) echo "setup: unknown extra '$extra'" >&2; exit 2 ;;

@@ -1,5 +1,6 @@
 //! Command line: `cloudswarm serve` (the dashboard, the default), `run`
-//! (headless swarm), `check` (validate profiles), `cleanup`, `ops`. Maps errors to exit codes: 2 for usage and
+//! (headless swarm), `check` (validate profiles), `cleanup`, `ops`,
+//! `worker` (under a master), `locustfile`. Maps errors to exit codes: 2 for usage and
 //! configuration problems, the run's own code otherwise.
 
 use std::path::PathBuf;
@@ -39,6 +40,13 @@ pub enum Command {
     Cleanup(Box<crate::reclaim::CleanupArgs>),
     /// List the ops a profile can use
     Ops,
+    /// Run as a worker of a master (a stock Locust master or cloudswarm's) on Locust's protocol
+    Worker(Box<crate::cluster::worker::WorkerArgs>),
+    /// Print a locustfile with the profile's user classes, for a stock Locust master
+    Locustfile {
+        /// Profile file (TOML)
+        profile: PathBuf,
+    },
 }
 
 fn check(files: &[PathBuf]) -> i32 {
@@ -139,5 +147,19 @@ pub fn main() -> i32 {
         }
         Command::Run(args) => block_on(run::run(*args)),
         Command::Cleanup(args) => block_on(crate::reclaim::cleanup(*args)),
+        Command::Worker(args) => block_on(crate::cluster::worker::worker(*args)),
+        Command::Locustfile { profile } => match profile::load(&profile) {
+            Ok(p) => {
+                print!(
+                    "{}",
+                    crate::cluster::locustfile::render(&p, &profile.display().to_string())
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                2
+            }
+        },
     }
 }

@@ -8,10 +8,12 @@
 //! [`metrics`] (Prometheus).
 //! [`session`] is one run's life; [`run`] drives it headless and [`web`]
 //! from the browser dashboard; [`reclaim`] cleans up
-//! after runs; [`cli`] is the command line.
+//! after runs; [`cluster`] takes a run beyond one machine on Locust's
+//! master/worker protocol; [`cli`] is the command line.
 
 pub mod cleanup;
 pub mod cli;
+pub mod cluster;
 pub mod endpoint;
 pub mod engine;
 pub mod error;

@@ -141,6 +141,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         state_dir: args.limits.state_dir(),
         caps: args.limits.caps(),
         max_inflight: args.limits.max_inflight as usize,
+        run_id: None,
+        name_base: 0,
     };
     let session = Session::prepare(profile, spec).await?;
     let info = &session.ctx.clients.info;

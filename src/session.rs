@@ -75,6 +75,11 @@ pub struct Spec<'a> {
     pub state_dir: PathBuf,
     pub caps: Caps,
     pub max_inflight: usize,
+    /// The run to work under (a worker under cloudswarm's master); None: a new one.
+    pub run_id: Option<RunId>,
+    /// Where the run's resource names start counting: workers sharing a
+    /// run id each get their own range, so their names never collide.
+    pub name_base: u64,
 }
 
 /// A prepared run: the engine and what it writes into.
@@ -172,7 +177,7 @@ impl Session {
             None
         };
 
-        let run_id = RunId::new();
+        let run_id = spec.run_id.clone().unwrap_or_default();
         let started_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -193,6 +198,7 @@ impl Session {
             spec.caps,
         );
         ctx.default_az = az;
+        ctx.set_name_base(spec.name_base);
         ctx.auto_image = image;
         let ctx = Arc::new(ctx);
         let engine = Engine::new(ctx.clone(), Arc::new(profile), spec.max_inflight);
@@ -215,6 +221,14 @@ impl Session {
     /// Starts hatching towards `users` at `rate` users per second.
     pub fn start(&self, users: u64, rate: f64) -> Result<(), String> {
         self.engine.set_target(users, rate)?;
+        self.engine.start();
+        Ok(())
+    }
+
+    /// Starts hatching towards absolute per-class targets (profile order)
+    /// at `rate` users per second: what a master's spawn order asks.
+    pub fn start_classes(&self, targets: Vec<u64>, rate: f64) -> Result<(), String> {
+        self.engine.set_class_targets(targets, rate)?;
         self.engine.start();
         Ok(())
     }

@@ -141,6 +141,16 @@ impl Entry {
         }
     }
 
+    /// (unix second, requests, failures) of the last seconds, oldest first.
+    pub fn per_second(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.per_sec.iter().copied()
+    }
+
+    /// Adds requests and failures to a second (a report read back from a worker).
+    pub fn add_second(&mut self, sec: u64, requests: u64, failures: u64) {
+        bump_sec(&mut self.per_sec, sec, requests, failures);
+    }
+
     /// Requests and failures per second over the last complete seconds.
     fn current(&self, now: f64, started: f64) -> (f64, f64) {
         let now_s = now as u64;
@@ -351,6 +361,49 @@ impl StatsData {
                         .map_or(0, |p| p + 1);
                     self.window.insert(pos, (*s, h.clone()));
                 }
+            }
+        }
+    }
+
+    /// Adds an entry's figures (a worker's report read back): merged into
+    /// the entry of that name, and, for requests, into the window behind
+    /// current percentiles at the second of its last request.
+    pub fn add_entry(&mut self, name: &str, e: Entry) {
+        if e.kind == EntryKind::Request && e.num_requests > 0 {
+            let sec = e.last_request as u64;
+            match self.window.iter_mut().find(|w| w.0 == sec) {
+                Some(w) => w.1.add(&e.hist).expect("same bounds"),
+                None => {
+                    let pos = self
+                        .window
+                        .iter()
+                        .rposition(|w| w.0 < sec)
+                        .map_or(0, |p| p + 1);
+                    self.window.insert(pos, (sec, e.hist.clone()));
+                    while self.window.len() > WINDOW_SECS as usize + 2 {
+                        self.window.pop_front();
+                    }
+                }
+            }
+        }
+        match self.entries.get_mut(name) {
+            Some(m) => m.merge(&e),
+            None => {
+                self.entries.insert(name.to_string(), e);
+            }
+        }
+    }
+
+    /// Adds a group of errors (a worker's report read back).
+    pub fn add_error(&mut self, e: ErrorStat) {
+        match self.errors.get_mut(&(e.name.clone(), e.code.clone())) {
+            Some(m) => {
+                m.count += e.count;
+                m.first_seen = m.first_seen.min(e.first_seen);
+                m.last_seen = m.last_seen.max(e.last_seen);
+            }
+            None => {
+                self.errors.insert((e.name.clone(), e.code.clone()), e);
             }
         }
     }
@@ -606,6 +659,12 @@ impl Stats {
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot()
     }
+    /// Takes the figures recorded since the last take, leaving empty ones
+    /// that start now: the delta a worker reports to its master.
+    pub fn take(&self) -> StatsData {
+        std::mem::take(&mut *self.lock())
+    }
+
     /// Clears all figures (Locust's "reset stats"); history is kept.
     pub fn reset(&self) {
         let mut g = self.lock();

@@ -13,11 +13,16 @@ const LAYERS: &[&[&str]] = &[
         "error", "signals", "naming", "units", "failure", "ops", "tls", "endpoint", "httpd",
     ],
     &["profile", "stats", "resources", "target"],
-    &["metrics::sink", "cleanup"],
+    &[
+        "metrics::sink",
+        "cleanup",
+        "cluster::wire",
+        "cluster::locustfile",
+    ],
     &["tasks"],
     &["engine"],
     &["metrics::exporter", "session", "output"],
-    &["run", "reclaim", "web"],
+    &["run", "reclaim", "web", "cluster::worker"],
     &["cli"],
 ];
 
@@ -35,6 +40,9 @@ fn unit_of(rel: &Path) -> String {
         // mod.rs only re-exports the exporter's functions.
         [m, sub] if m == "metrics" && sub == "mod" => "metrics::exporter".into(),
         [m, sub] if m == "metrics" => format!("metrics::{sub}"),
+        // cluster/mod.rs only declares its modules.
+        [m, sub] if m == "cluster" && sub == "mod" => "cluster::wire".into(),
+        [m, sub] if m == "cluster" => format!("cluster::{sub}"),
         [m, ..] => m.clone(),
         [] => String::new(),
     }
@@ -59,7 +67,14 @@ fn uses(text: &str) -> Vec<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            let unit = if name == "metrics" {
+            let unit = if name == "cluster" {
+                let sub: String = rest["cluster".len()..]
+                    .trim_start_matches("::")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                format!("cluster::{sub}")
+            } else if name == "metrics" {
                 let sub = &rest["metrics".len()..];
                 if sub.starts_with("::sink") {
                     "metrics::sink".to_string()

@@ -119,12 +119,24 @@ pub async fn serve(
     engine: std::sync::Arc<Engine>,
     profile: String,
 ) {
+    serve_with(listener, move || Some(engine.clone()), profile).await
+}
+
+/// Serves `/metrics` alone on `listener`, observing at each scrape the
+/// engine `current` answers (a worker's engine changes from run to run).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    current: impl Fn() -> Option<std::sync::Arc<Engine>> + Clone + Send + Sync + 'static,
+    profile: String,
+) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (engine, profile) = (engine.clone(), profile.clone());
+            let (current, profile) = (current.clone(), profile.clone());
             async move {
-                observe(&engine, &profile);
+                if let Some(engine) = current() {
+                    observe(&engine, &profile);
+                }
                 response()
             }
         }),

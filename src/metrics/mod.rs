@@ -8,4 +8,4 @@
 pub mod exporter;
 pub mod sink;
 
-pub use exporter::{install, observe, render, response, serve};
+pub use exporter::{install, observe, render, response, serve, serve_with};

@@ -65,6 +65,11 @@ impl RunCtx {
         }
     }
 
+    /// Makes names count from `base` (workers of one run each have their own range).
+    pub fn set_name_base(&mut self, base: u64) {
+        self.names = AtomicU64::new(base);
+    }
+
     /// A fresh name with the run's prefix: `cs-<runid>-<n>`.
     pub fn new_name(&self) -> String {
         let n = self.names.fetch_add(1, Ordering::Relaxed) + 1;

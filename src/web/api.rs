@@ -360,6 +360,8 @@ impl App {
                 state_dir,
                 caps,
                 max_inflight,
+                run_id: None,
+                name_base: 0,
             };
             Session::prepare(profile, spec).await
         })

@@ -1,0 +1,757 @@
+//! Locust's master/worker wire protocol, as Locust 2.x speaks it (see
+//! `locust-protocol.md`): each ZeroMQ payload is msgpack
+//! `[type, data, node_id]`. This module encodes and decodes those
+//! envelopes, the `spawn` order, and the `stats` report: Locust's fields
+//! (millisecond buckets rounded as Python rounds them, errors keyed as
+//! Locust keys them) so a stock master counts them, plus each entry's exact
+//! HDR histogram and cloudswarm's own figures under a `cloudswarm` key that
+//! a stock master ignores, so cloudswarm's master merges them exactly.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use rmpv::Value;
+use sha2::{Digest, Sha256};
+
+use crate::naming::RunId;
+use crate::stats::{Entry, ErrorStat, StatsData};
+
+/// What a worker sends as its version in `client_ready`: Locust masters
+/// accept `-1` without comparing versions.
+pub const VERSION_ANY: i64 = -1;
+/// The extension key: in a stats report, in each entry, and in `spawn`.
+pub const EXT: &str = "cloudswarm";
+/// Largest payload either side accepts (a stats report of a few hundred
+/// entries with their histograms is far below it).
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// One message: its type, its data, and the worker's node id (in both directions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: String,
+    pub data: Value,
+    pub node_id: String,
+}
+
+impl Message {
+    pub fn new(kind: &str, data: Value, node_id: &str) -> Message {
+        Message {
+            kind: kind.to_string(),
+            data,
+            node_id: node_id.to_string(),
+        }
+    }
+
+    /// The msgpack payload: `[type, data, node_id]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let v = Value::Array(vec![
+            Value::from(self.kind.as_str()),
+            self.data.clone(),
+            Value::from(self.node_id.as_str()),
+        ]);
+        let mut out = Vec::with_capacity(64);
+        // Writing into a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut out, &v);
+        out
+    }
+
+    /// Reads a payload; says what is wrong with a malformed one.
+    pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+        if bytes.len() > MAX_PAYLOAD {
+            return Err(format!("message of {} bytes is too large", bytes.len()));
+        }
+        let mut rd = bytes;
+        let v = rmpv::decode::read_value_with_max_depth(&mut rd, 16)
+            .map_err(|e| format!("not msgpack: {e}"))?;
+        if !rd.is_empty() {
+            return Err(format!("{} bytes after the message", rd.len()));
+        }
+        let Value::Array(mut parts) = v else {
+            return Err("not a [type, data, node_id] array".into());
+        };
+        if parts.len() != 3 {
+            return Err(format!(
+                "{} elements, expected [type, data, node_id]",
+                parts.len()
+            ));
+        }
+        let node_id = match parts.pop() {
+            Some(Value::String(s)) => s.into_str().ok_or("node id is not UTF-8")?,
+            _ => return Err("node id is not a string".into()),
+        };
+        let data = parts.pop().unwrap_or(Value::Nil);
+        let kind = match parts.pop() {
+            Some(Value::String(s)) => s.into_str().ok_or("type is not UTF-8")?,
+            _ => return Err("type is not a string".into()),
+        };
+        Ok(Message {
+            kind,
+            data,
+            node_id,
+        })
+    }
+}
+
+/// A msgpack map with string keys, in the given order.
+pub fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    )
+}
+
+/// The value under string key `key` of a map, if any.
+pub fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Map(m) => m
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// A number of either msgpack kind (Python sends ints or floats) as f64.
+pub fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::F64(f) => Some(*f),
+        Value::F32(f) => Some(*f as f64),
+        Value::Integer(i) => i.as_f64(),
+        _ => None,
+    }
+}
+
+/// A non-negative count.
+pub fn count(v: &Value) -> Option<u64> {
+    match v {
+        Value::Integer(i) => i.as_u64(),
+        Value::F64(f) if *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19 => Some(*f as u64),
+        _ => None,
+    }
+}
+
+/// A `spawn` order: absolute users per class for this worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spawn {
+    pub timestamp: f64,
+    pub classes: Vec<(String, u64)>,
+    /// Seconds users may take to finish their task when stopped (nil: 0).
+    pub stop_timeout: f64,
+    /// The run to work under (cloudswarm's master says; a stock master does not).
+    pub run_id: Option<RunId>,
+}
+
+impl Spawn {
+    pub fn parse(data: &Value) -> Result<Spawn, String> {
+        let timestamp = get(data, "timestamp")
+            .and_then(num)
+            .filter(|t| t.is_finite())
+            .ok_or("spawn without a timestamp")?;
+        let Some(Value::Map(m)) = get(data, "user_classes_count") else {
+            return Err("spawn without user_classes_count".into());
+        };
+        let mut classes = Vec::with_capacity(m.len());
+        for (k, v) in m {
+            let name = k.as_str().ok_or("a class name is not a string")?;
+            let n = count(v).ok_or_else(|| format!("class `{name}`: count is not a number"))?;
+            classes.push((name.to_string(), n));
+        }
+        let stop_timeout = get(data, "stop_timeout")
+            .and_then(num)
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .unwrap_or(0.0);
+        let run_id = match get(data, EXT).and_then(|e| get(e, "run_id")) {
+            Some(v) => Some(RunId::parse(v.as_str().ok_or("run id is not a string")?)?),
+            None => None,
+        };
+        Ok(Spawn {
+            timestamp,
+            classes,
+            stop_timeout,
+            run_id,
+        })
+    }
+
+    /// The message data, as a Locust master sends it (plus the run id).
+    pub fn to_value(&self) -> Value {
+        let mut pairs = vec![
+            ("timestamp", Value::F64(self.timestamp)),
+            (
+                "user_classes_count",
+                Value::Map(
+                    self.classes
+                        .iter()
+                        .map(|(c, n)| (Value::from(c.as_str()), Value::from(*n)))
+                        .collect(),
+                ),
+            ),
+            ("host", Value::Nil),
+            ("stop_timeout", Value::F64(self.stop_timeout)),
+            ("parsed_options", Value::Map(vec![])),
+        ];
+        if let Some(r) = &self.run_id {
+            pairs.push((EXT, map([("run_id", Value::from(r.as_str()))])));
+        }
+        map(pairs)
+    }
+}
+
+/// Python's `round` (half to even) as Locust applies it to a response time
+/// in ms: whole ms below 100, then 2, then 3 significant digits.
+pub fn locust_bucket(ms: f64) -> u64 {
+    let step = if ms < 100.0 {
+        1.0
+    } else if ms < 1000.0 {
+        10.0
+    } else if ms < 10_000.0 {
+        100.0
+    } else {
+        1000.0
+    };
+    ((ms / step).round_ties_even() * step).max(0.0) as u64
+}
+
+/// Python's `repr` of a str: what Locust hashes into an error's key.
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Locust's key of an error: `sha256_hex(f"{method}.{name}.{error!r}")`.
+pub fn error_key(method: &str, name: &str, error: &str) -> String {
+    let digest = Sha256::digest(format!("{method}.{name}.{}", py_repr(error)).as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The service an entry belongs to (`ec2`, `s3`): Locust's "method" column.
+fn method_of(name: &str) -> &str {
+    name.split(':').next().unwrap_or("")
+}
+
+fn int_map(m: &BTreeMap<u64, u64>) -> Value {
+    Value::Map(
+        m.iter()
+            .map(|(k, v)| (Value::from(*k), Value::from(*v)))
+            .collect(),
+    )
+}
+
+fn hdr_bytes(h: &Histogram<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serializing into a Vec fails only on a histogram of another shape.
+    let _ = V2Serializer::new().serialize(h, &mut out);
+    out
+}
+
+/// One entry in Locust's format (its figures since the last report).
+fn entry_value(name: &str, method: &str, e: &Entry, start_time: f64) -> Value {
+    let n = e.num_requests;
+    let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
+    for v in e.hist.iter_recorded() {
+        let ms = e.hist.median_equivalent(v.value_iterated_to()) as f64 / 1000.0;
+        *buckets.entry(locust_bucket(ms)).or_default() += v.count_at_value();
+    }
+    let (mut reqs, mut fails) = (BTreeMap::new(), BTreeMap::new());
+    for (sec, r, f) in e.per_second() {
+        if r > 0 {
+            reqs.insert(sec, r);
+        }
+        if f > 0 {
+            fails.insert(sec, f);
+        }
+    }
+    map([
+        ("name", Value::from(name)),
+        ("method", Value::from(method)),
+        (
+            "last_request_timestamp",
+            if n > 0 {
+                Value::F64(e.last_request)
+            } else {
+                Value::Nil
+            },
+        ),
+        ("start_time", Value::F64(start_time)),
+        ("num_requests", Value::from(n)),
+        ("num_none_requests", Value::from(0u64)),
+        ("num_failures", Value::from(e.num_failures)),
+        (
+            "total_response_time",
+            Value::F64(e.total_us as f64 / 1000.0),
+        ),
+        ("max_response_time", Value::F64(e.max_us as f64 / 1000.0)),
+        (
+            "min_response_time",
+            if n > 0 {
+                Value::F64(e.min_us as f64 / 1000.0)
+            } else {
+                Value::Nil
+            },
+        ),
+        (
+            "total_content_length",
+            Value::from(e.bytes_sent + e.bytes_received),
+        ),
+        ("response_times", int_map(&buckets)),
+        ("num_reqs_per_sec", int_map(&reqs)),
+        ("num_fail_per_sec", int_map(&fails)),
+        (
+            EXT,
+            map([
+                ("hdr", Value::Binary(hdr_bytes(&e.hist))),
+                ("throttled", Value::from(e.num_throttled)),
+                ("total_us", Value::from(e.total_us)),
+                ("min_us", Value::from(e.min_us)),
+                ("max_us", Value::from(e.max_us)),
+                ("sent", Value::from(e.bytes_sent)),
+                ("received", Value::from(e.bytes_received)),
+                ("first", Value::F64(e.first_request)),
+            ]),
+        ),
+    ])
+}
+
+/// A worker's `stats` report: the figures recorded since the last one, in
+/// Locust's format, with cloudswarm's exact figures alongside.
+pub fn stats_report(delta: &StatsData, classes: &[(String, u64)], run_id: &str) -> Value {
+    let stats: Vec<Value> = delta
+        .entries
+        .iter()
+        .filter(|(_, e)| e.num_requests > 0 || e.num_failures > 0)
+        .map(|(name, e)| entry_value(name, method_of(name), e, delta.started))
+        .collect();
+    let total = entry_value("Aggregated", "", &delta.total(), delta.started);
+    let errors = Value::Map(
+        delta
+            .errors
+            .values()
+            .map(|err| {
+                let method = method_of(&err.name);
+                let key = error_key(method, &err.name, &err.code);
+                let v = map([
+                    ("name", Value::from(err.name.as_str())),
+                    ("method", Value::from(method)),
+                    ("error", Value::from(err.code.as_str())),
+                    ("occurrences", Value::from(err.count)),
+                    ("first_seen", Value::F64(err.first_seen)),
+                    ("last_seen", Value::F64(err.last_seen)),
+                ]);
+                (Value::from(key), v)
+            })
+            .collect(),
+    );
+    let ours_errors = Value::Array(
+        delta
+            .errors
+            .values()
+            .map(|e| {
+                map([
+                    ("name", Value::from(e.name.as_str())),
+                    ("code", Value::from(e.code.as_str())),
+                    ("message", Value::from(e.message.as_str())),
+                    ("count", Value::from(e.count)),
+                    ("throttled", Value::Boolean(e.throttled)),
+                    ("first_seen", Value::F64(e.first_seen)),
+                    ("last_seen", Value::F64(e.last_seen)),
+                ])
+            })
+            .collect(),
+    );
+    let capped = Value::Map(
+        delta
+            .capped
+            .iter()
+            .map(|(k, n)| (Value::from(k.as_str()), Value::from(*n)))
+            .collect(),
+    );
+    let users: u64 = classes.iter().map(|(_, n)| n).sum();
+    map([
+        ("stats", Value::Array(stats)),
+        ("stats_total", total),
+        ("errors", errors),
+        (
+            "user_classes_count",
+            Value::Map(
+                classes
+                    .iter()
+                    .map(|(c, n)| (Value::from(c.as_str()), Value::from(*n)))
+                    .collect(),
+            ),
+        ),
+        ("user_count", Value::from(users)),
+        (
+            EXT,
+            map([
+                ("run_id", Value::from(run_id)),
+                ("errors", ours_errors),
+                ("capped", capped),
+                ("user_panics", Value::from(delta.user_panics)),
+            ]),
+        ),
+    ])
+}
+
+/// Histogram bounds every cloudswarm histogram has: a header with other
+/// bounds is refused before anything is allocated for it.
+fn hdr_header_ok(b: &[u8]) -> bool {
+    // V2 header: cookie, payload length, normalizing offset, significant
+    // figures (4 bytes each), lowest and highest trackable value (8 each).
+    if b.len() < 40 {
+        return false;
+    }
+    let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let be64 = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+    let reference = crate::stats::Entry::default().hist;
+    be32(12) == reference.sigfig() as u32
+        && be64(16) == reference.low()
+        && be64(24) == reference.high()
+}
+
+/// Reads the HDR histogram a cloudswarm worker sent, if it is one of ours.
+pub fn read_hdr(b: &[u8]) -> Option<Histogram<u64>> {
+    if !hdr_header_ok(b) {
+        return None;
+    }
+    Deserializer::new().deserialize(&mut &b[..]).ok()
+}
+
+/// What a worker's `stats` report says, read back into mergeable figures.
+#[derive(Debug)]
+pub struct Report {
+    pub stats: StatsData,
+    /// Users per class on the worker.
+    pub classes: Vec<(String, u64)>,
+    /// True when every entry came with its exact histogram (a cloudswarm
+    /// worker); false when Locust's ms buckets had to stand in.
+    pub exact: bool,
+}
+
+fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
+    let name = get(v, "name")
+        .and_then(Value::as_str)
+        .ok_or("an entry without a name")?
+        .to_string();
+    if name.len() > 200 {
+        return Err("an entry name longer than 200 bytes".into());
+    }
+    let c = |k: &str| get(v, k).and_then(count).unwrap_or(0);
+    let mut e = Entry::named(&name);
+    e.num_requests = c("num_requests");
+    e.num_failures = c("num_failures");
+    e.last_request = get(v, "last_request_timestamp")
+        .and_then(num)
+        .unwrap_or(0.0);
+    let ext = get(v, EXT);
+    let hist = ext
+        .and_then(|x| get(x, "hdr"))
+        .and_then(|h| match h {
+            Value::Binary(b) => read_hdr(b),
+            _ => None,
+        })
+        .filter(|h| h.len() == e.num_requests);
+    let exact = hist.is_some();
+    match (hist, ext) {
+        (Some(h), Some(x)) => {
+            let xc = |k: &str| get(x, k).and_then(count).unwrap_or(0);
+            e.hist = h;
+            e.num_throttled = xc("throttled");
+            e.total_us = xc("total_us");
+            e.min_us = xc("min_us");
+            e.max_us = xc("max_us");
+            e.bytes_sent = xc("sent");
+            e.bytes_received = xc("received");
+            e.first_request = get(x, "first").and_then(num).unwrap_or(e.last_request);
+        }
+        _ => {
+            // A worker that is not cloudswarm: its ms buckets stand in.
+            let ms = |k: &str| {
+                get(v, k)
+                    .and_then(num)
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+            };
+            if let Some(Value::Map(b)) = get(v, "response_times") {
+                for (k, n) in b {
+                    let (Some(at), Some(n)) = (num(k), count(n)) else {
+                        continue;
+                    };
+                    let us = (at.max(0.0) * 1000.0) as u64;
+                    e.hist.saturating_record_n(us.clamp(1, e.hist.high()), n);
+                }
+            }
+            e.total_us = (ms("total_response_time").unwrap_or(0.0) * 1000.0) as u64;
+            e.max_us = (ms("max_response_time").unwrap_or(0.0) * 1000.0) as u64;
+            e.min_us = ms("min_response_time").map_or(u64::MAX, |m| (m * 1000.0) as u64);
+            e.bytes_received = c("total_content_length");
+            e.first_request = get(v, "start_time").and_then(num).unwrap_or(e.last_request);
+        }
+    }
+    let per = |k: &str| -> BTreeMap<u64, u64> {
+        match get(v, k) {
+            Some(Value::Map(m)) => m
+                .iter()
+                .filter_map(|(s, n)| Some((count(s)?, count(n)?)))
+                .take(64)
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    };
+    let fails = per("num_fail_per_sec");
+    for (sec, r) in per("num_reqs_per_sec") {
+        e.add_second(sec, r, fails.get(&sec).copied().unwrap_or(0));
+    }
+    Ok((name, e, exact))
+}
+
+impl Report {
+    /// Reads a `stats` report (from a cloudswarm worker or a stock one).
+    pub fn parse(data: &Value) -> Result<Report, String> {
+        let mut stats = StatsData::default();
+        if let Some(t) = get(data, "stats_total")
+            .and_then(|t| get(t, "start_time"))
+            .and_then(num)
+            && t.is_finite()
+            && t > 0.0
+        {
+            stats.started = t;
+        }
+        let Some(Value::Array(entries)) = get(data, "stats") else {
+            return Err("stats without a `stats` list".into());
+        };
+        if entries.len() > 10_000 {
+            return Err(format!("{} entries in one report", entries.len()));
+        }
+        let mut exact = true;
+        for v in entries {
+            let (name, e, x) = entry_from(v)?;
+            exact &= x;
+            stats.add_entry(&name, e);
+        }
+        let ext = get(data, EXT);
+        match ext.and_then(|x| get(x, "errors")) {
+            Some(Value::Array(errs)) => {
+                for v in errs.iter().take(10_000) {
+                    let s = |k: &str| get(v, k).and_then(Value::as_str).unwrap_or("").to_string();
+                    let f = |k: &str| get(v, k).and_then(num).unwrap_or(0.0);
+                    stats.add_error(ErrorStat {
+                        name: s("name"),
+                        code: s("code"),
+                        message: s("message"),
+                        count: get(v, "count").and_then(count).unwrap_or(0),
+                        throttled: get(v, "throttled")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                        first_seen: f("first_seen"),
+                        last_seen: f("last_seen"),
+                    });
+                }
+            }
+            _ => {
+                if let Some(Value::Map(errs)) = get(data, "errors") {
+                    for (_, v) in errs.iter().take(10_000) {
+                        let s =
+                            |k: &str| get(v, k).and_then(Value::as_str).unwrap_or("").to_string();
+                        let f = |k: &str| get(v, k).and_then(num).unwrap_or(0.0);
+                        let error = s("error");
+                        stats.add_error(ErrorStat {
+                            name: s("name"),
+                            code: error.clone(),
+                            message: error,
+                            count: get(v, "occurrences").and_then(count).unwrap_or(0),
+                            throttled: false,
+                            first_seen: f("first_seen"),
+                            last_seen: f("last_seen"),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(x) = ext {
+            if let Some(Value::Map(m)) = get(x, "capped") {
+                for (k, n) in m.iter().take(1000) {
+                    if let (Some(k), Some(n)) = (k.as_str(), count(n)) {
+                        *stats.capped.entry(k.to_string()).or_default() += n;
+                    }
+                }
+            }
+            stats.user_panics = get(x, "user_panics").and_then(count).unwrap_or(0);
+        }
+        let classes = match get(data, "user_classes_count") {
+            Some(Value::Map(m)) => m
+                .iter()
+                .take(1000)
+                .filter_map(|(k, n)| Some((k.as_str()?.to_string(), count(n)?)))
+                .collect(),
+            _ => vec![],
+        };
+        Ok(Report {
+            stats,
+            classes,
+            exact,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Failure;
+    use crate::stats::Bytes;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_round_half_to_even_as_python_does() {
+        // The examples of locust-protocol.md, checked against Python.
+        for (ms, want) in [
+            (0.5, 0),
+            (2.5, 2),
+            (99.5, 100),
+            (105.0, 100),
+            (115.0, 120),
+            (125.0, 120),
+            (147.0, 150),
+            (995.0, 1000),
+            (1050.0, 1000),
+            (1150.0, 1200),
+            (3432.0, 3400),
+            (10500.0, 10000),
+            (58760.0, 59000),
+        ] {
+            assert_eq!(locust_bucket(ms), want, "{ms}");
+        }
+    }
+
+    #[test]
+    fn error_keys_hash_python_reprs() {
+        assert_eq!(py_repr("boom"), "'boom'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(py_repr("a'b\"c"), "'a\\'b\"c'");
+        assert_eq!(py_repr("x\ny\\"), "'x\\ny\\\\'");
+        // sha256("FAKE./tiny.'boom'"), as Python's hashlib computes it.
+        assert_eq!(
+            error_key("FAKE", "/tiny", "boom"),
+            "26009be27c8b0b2e5d0dbb4e2b368a91fda6ca70c8cf097989a317704c473bb8"
+        );
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_bad_ones_are_named() {
+        let m = Message::new("heartbeat", map([("state", Value::from("ready"))]), "h_1");
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        assert!(
+            Message::decode(&[0x93, 0xa1])
+                .unwrap_err()
+                .contains("msgpack")
+        );
+        assert!(Message::decode(&[0xc1]).is_err());
+        let bin_type = rmpv::Value::Array(vec![
+            Value::Binary(b"ack".to_vec()),
+            Value::Nil,
+            Value::from("n"),
+        ]);
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, &bin_type).unwrap();
+        assert_eq!(Message::decode(&b).unwrap_err(), "type is not a string");
+        let two = Value::Array(vec![Value::from("a"), Value::Nil]);
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, &two).unwrap();
+        assert!(Message::decode(&b).unwrap_err().contains("2 elements"));
+    }
+
+    #[test]
+    fn a_report_carries_exact_histograms_back() {
+        let mut d = StatsData::default();
+        for ms in [3u64, 7, 120, 1500] {
+            d.record(
+                "s3:PutObject",
+                Duration::from_millis(ms),
+                Bytes {
+                    sent: 10,
+                    received: 0,
+                },
+                None,
+            );
+        }
+        let f = Failure::new("SlowDown", "please");
+        assert!(f.throttled);
+        d.record(
+            "s3:GetObject",
+            Duration::from_millis(5),
+            Bytes::default(),
+            Some(&f),
+        );
+        let v = stats_report(&d, &[("storage".into(), 3)], "abc");
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &v).unwrap();
+        let back = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        let r = Report::parse(&back).unwrap();
+        assert!(r.exact);
+        assert_eq!(r.classes, vec![("storage".to_string(), 3)]);
+        let put = &r.stats.entries["s3:PutObject"];
+        assert_eq!(put.num_requests, 4);
+        assert_eq!(put.max_us, 1_500_000);
+        assert_eq!(put.hist.len(), 4);
+        assert_eq!(put.bytes_sent, 40);
+        let got = &r.stats.entries["s3:GetObject"];
+        assert_eq!((got.num_failures, got.num_throttled), (1, 1));
+        let e = r.stats.errors.values().next().unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str(), e.count),
+            ("SlowDown", "please", 1)
+        );
+        // Locust's view: ms buckets and per-second counts.
+        let entry = match get_entry(&back, "s3:PutObject") {
+            Some(e) => e,
+            None => panic!("no entry"),
+        };
+        let Some(Value::Map(b)) = get(entry, "response_times") else {
+            panic!("no buckets")
+        };
+        let keys: Vec<u64> = b.iter().map(|(k, _)| k.as_u64().unwrap()).collect();
+        assert_eq!(keys, vec![3, 7, 120, 1500]);
+    }
+
+    fn get_entry<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
+        match get(report, "stats")? {
+            Value::Array(a) => a
+                .iter()
+                .find(|e| get(e, "name").and_then(Value::as_str) == Some(name)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_histogram_of_other_bounds_is_refused_unread() {
+        let h = Histogram::<u64>::new_with_bounds(1, u64::MAX / 2, 5).unwrap();
+        let b = hdr_bytes(&h);
+        assert!(read_hdr(&b).is_none());
+        assert!(read_hdr(&[1, 2, 3]).is_none());
+        let ours = Entry::default().hist;
+        assert!(read_hdr(&hdr_bytes(&ours)).is_some());
+    }
+}
