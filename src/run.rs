@@ -473,7 +473,12 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         eprintln!("{w}");
     }
     let name = profile.name.clone();
-    let master = Master::bind(args.master.config(), std::sync::Arc::new(profile)).await?;
+    // The workers get the profile's text with each spawn (check read it just now).
+    let text: std::sync::Arc<str> = std::fs::read_to_string(&args.profile)
+        .map_err(|e| config_err(format!("{}: {e}", args.profile.display())))?
+        .into();
+    let profile = (std::sync::Arc::new(profile), text);
+    let master = Master::bind(args.master.config()).await?;
     let want = args.master.expect_workers as usize;
     eprintln!(
         "cloudswarm master on {}: waiting for {want} worker(s) (cloudswarm worker --master-host HOST --master-port {} -f {})",
@@ -513,6 +518,7 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
     master
         .start(
             run_id.clone(),
+            profile,
             first.0,
             first.1,
             args.limits.stop_timeout.as_secs_f64(),
@@ -579,6 +585,10 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
     let leaked = master.left();
     let listed = master.workers();
     master.quit();
+    let dropped = master.dropped_frames();
+    if dropped > 0 {
+        eprintln!("master: dropped {dropped} malformed or unwanted frame(s) during the run");
+    }
     let facts = RunFacts {
         run_id: &run_id,
         profile: &name,

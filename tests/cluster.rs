@@ -515,3 +515,226 @@ fn a_worker_killed_mid_run_is_missing_within_5_s_and_its_leftovers_are_found_by_
         text(&c)
     );
 }
+
+/// One malformed or unwanted frame of kind `k` (of 13), from `me`.
+fn bad_frame(k: usize, me: &str, rng: &mut impl rand::Rng) -> Vec<Vec<u8>> {
+    use rmpv::Value;
+    let enc = |v: &Value| {
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, v).unwrap();
+        b
+    };
+    let env =
+        |t: &str, d: Value, id: &str| enc(&Value::Array(vec![Value::from(t), d, Value::from(id)]));
+    let junk = |rng: &mut dyn rand::RngCore, n: usize| -> Vec<u8> {
+        (0..n).map(|_| rng.next_u32() as u8).collect()
+    };
+    let payload = match k {
+        0 => {
+            let n = rng.random_range(0..200);
+            junk(rng, n)
+        }
+        1 => {
+            let full = env(
+                "stats",
+                Value::Map(vec![(Value::from("stats"), Value::Array(vec![]))]),
+                me,
+            );
+            full[..rng.random_range(0..full.len())].to_vec()
+        }
+        2 => env("no_such_type", Value::from(7), me),
+        3 => env("heartbeat", Value::Nil, "someone_else"),
+        4 => env(
+            "stats",
+            Value::Map(vec![
+                (
+                    Value::from("stats"),
+                    Value::Array(vec![Value::from(1), Value::Nil]),
+                ),
+                (Value::from("stats_total"), Value::from("x")),
+                (Value::from("errors"), Value::Array(vec![])),
+            ]),
+            me,
+        ),
+        5 => env(
+            "heartbeat",
+            Value::Map(vec![(Value::from("state"), Value::from(12))]),
+            me,
+        ),
+        6 => env("client_ready", Value::from("2.47.0"), me),
+        7 => env(
+            "cloudswarm_hello",
+            Value::Map(vec![(Value::from("token"), Value::from("wrong"))]),
+            me,
+        ),
+        8 => env("spawning_complete", Value::Map(vec![]), me),
+        9 => enc(&Value::Array(vec![
+            Value::Binary(b"client_ready".to_vec()),
+            Value::from(-1),
+            Value::Binary(me.as_bytes().to_vec()),
+        ])),
+        10 => {
+            // Deeper than the decoder goes.
+            let mut v = Value::Nil;
+            for _ in 0..200 {
+                v = Value::Array(vec![v]);
+            }
+            env("stats", v, me)
+        }
+        11 => {
+            // A string header claiming 2 GiB, then little.
+            let mut b = vec![0x93, 0xa5];
+            b.extend_from_slice(b"stats");
+            b.push(0xdb);
+            b.extend_from_slice(&0x8000_0000u32.to_be_bytes());
+            b.extend_from_slice(b"short");
+            b
+        }
+        _ => {
+            // Three frames where one is expected, and now and then a big one.
+            let big = if rng.random_range(0..100) == 0 {
+                1 << 20
+            } else {
+                10
+            };
+            return vec![junk(rng, 5), vec![0u8; big], junk(rng, 5)];
+        }
+    };
+    vec![payload]
+}
+
+/// Sends `n` malformed or unwanted frames to the master at `port` from 20
+/// DEALERs, and some raw garbage over TCP; answers how many were sent.
+async fn fuzz(port: u16, n: usize) -> usize {
+    use rand::SeedableRng;
+    use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
+    let mut sent = 0;
+    let mut tasks = vec![];
+    for d in 0..20 {
+        let per = n / 20 + 1;
+        tasks.push(tokio::spawn(async move {
+            let me = format!("fuzz_{d}");
+            let mut opts = zeromq::SocketOptions::default();
+            opts.peer_identity(
+                zeromq::util::PeerIdentity::try_from(me.as_bytes().to_vec()).unwrap(),
+            );
+            let mut s = DealerSocket::with_options(opts);
+            s.connect(&format!("tcp://127.0.0.1:{port}")).await.unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(d);
+            let mut ok = 0;
+            for i in 0..per {
+                let frames = bad_frame(i % 13, &me, &mut rng);
+                let msg = ZmqMessage::try_from(
+                    frames
+                        .into_iter()
+                        .map(bytes::Bytes::from)
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), s.send(msg)).await
+                {
+                    ok += 1;
+                }
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // Let the queue drain before the socket goes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ok
+        }));
+    }
+    for _ in 0..20 {
+        // Not ZeroMQ at all.
+        if let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::AsyncWriteExt;
+            let _ = c
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\xff\xff\xff")
+                .await;
+        }
+    }
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    sent
+}
+
+#[test]
+fn ten_thousand_malformed_frames_leave_the_master_serving_and_its_figures_intact() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let profile = "profiles/storage.toml";
+    let mut m = Watched::new(
+        cloudswarm()
+            .args(["run", "--master", "-f", profile])
+            .args(["--master-bind-port", &port.to_string()])
+            .args(["--json", json.to_str().unwrap(), "--status-every", "1"])
+            .args(["--expect-workers", "2", "-u", "4", "-r", "4", "-t", "20s"])
+            .env("CLOUDSWARM_WORKER_TOKEN", "fuzz-test-token")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let states: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Watched> = states
+        .iter()
+        .map(|s| {
+            // No -f: the master sends its profile.
+            Watched::new(
+                cloudswarm()
+                    .args(["worker", "--master-port", &port.to_string()])
+                    .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+                    .args(["--state-dir", s.path().to_str().unwrap()])
+                    .env("CLOUDSWARM_WORKER_TOKEN", "fuzz-test-token")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let (_, started) = m
+        .wait_line(" on 2 worker(s)", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the run did not start\n{}", m.stderr()));
+    let run_id = started.split_whitespace().nth(2).unwrap().to_string();
+    let rss_before = rss_kib(m.child.id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sent = rt.block_on(fuzz(port, 10_000));
+    assert!(sent >= 10_000, "sent {sent}");
+    let rss_after = rss_kib(m.child.id());
+    let (code, out) = m.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{out}\n{}", m.stderr());
+    let (_, dropped) = m
+        .wait_line("master: dropped ", Duration::ZERO)
+        .unwrap_or_else(|| panic!("no dropped count\n{}", m.stderr()));
+    let dropped: u64 = dropped.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(dropped >= 9_000, "{dropped} frames dropped of {sent}");
+    assert!(
+        rss_after < rss_before + 100 * 1024,
+        "master memory {rss_before} KiB → {rss_after} KiB"
+    );
+    // The run's figures are exactly the workers' sums: no frame changed them.
+    let mut sum = 0;
+    for w in workers.iter_mut() {
+        let (code, out) = w.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{out}\n{}", w.stderr());
+        sum += summary_rows(&out)["Aggregated"].0;
+    }
+    let report = read_json(&json);
+    assert_eq!(report["run_id"], run_id.as_str());
+    assert!(sum > 0);
+    assert_eq!(
+        report["total"]["num_requests"].as_u64().unwrap(),
+        sum,
+        "{report:#}"
+    );
+    assert_eq!(
+        report["workers"].as_array().unwrap().len(),
+        2,
+        "no fake worker joined"
+    );
+    assert!(rt.block_on(everything_of_run(&moto, &run_id)).is_empty());
+}

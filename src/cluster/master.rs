@@ -157,11 +157,14 @@ struct Inner {
     exceptions: Vec<String>,
     /// Most users at once during the run.
     peak: u64,
+    /// The run's profile, and its text (sent with each spawn).
+    profile: Option<(Arc<Profile>, Arc<str>)>,
+    /// Refusals logged so far (the rest are only counted).
+    refusals_logged: u32,
 }
 
 /// The master of a distributed run.
 pub struct Master {
-    pub profile: Arc<Profile>,
     pub stats: Stats,
     endpoint: String,
     token: Option<String>,
@@ -213,7 +216,7 @@ pub fn split(classes: &[u64], workers: usize) -> Vec<Vec<u64>> {
 
 impl Master {
     /// Binds the ROUTER and starts serving workers.
-    pub async fn bind(cfg: MasterConfig, profile: Arc<Profile>) -> anyhow::Result<Arc<Master>> {
+    pub async fn bind(cfg: MasterConfig) -> anyhow::Result<Arc<Master>> {
         let mut socket = RouterSocket::new();
         let host = if cfg.bind_host.contains(':') && !cfg.bind_host.starts_with('[') {
             format!("[{}]", cfg.bind_host)
@@ -232,7 +235,6 @@ impl Master {
         let (mut tx, mut rx) = socket.split();
         let (out, mut out_rx) = mpsc::channel::<(String, Message)>(4096);
         let master = Arc::new(Master {
-            profile,
             stats: Stats::new(),
             endpoint: ep.to_string(),
             token: cfg.token,
@@ -250,6 +252,8 @@ impl Master {
                 dropped: 0,
                 exceptions: vec![],
                 peak: 0,
+                profile: None,
+                refusals_logged: 0,
             }),
             out,
             changed: Notify::new(),
@@ -353,7 +357,18 @@ impl Master {
             "client_ready" => {
                 if self.token.is_some() && !g.hello.contains(&id) {
                     g.dropped += 1;
-                    eprintln!("master: refused worker {id}: it did not present the worker token");
+                    g.refusals_logged += 1;
+                    if g.refusals_logged <= 10 {
+                        eprintln!(
+                            "master: refused worker {}: it did not present the worker token{}",
+                            id.escape_debug(),
+                            if g.refusals_logged == 10 {
+                                " (further refusals are only counted)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                     return;
                 }
                 if matches!(&m.data, Value::Nil) || m.data.as_str() == Some("") {
@@ -366,7 +381,7 @@ impl Master {
                 }
                 let next = g.indexes.len() as u64;
                 let index = *g.indexes.entry(id.clone()).or_insert(next);
-                let classes = self.profile.users.len();
+                let classes = g.profile.as_ref().map_or(0, |p| p.0.users.len());
                 match g.nodes.get_mut(&id) {
                     // Ready again after a stop (or a reconnect): its figures stay.
                     Some(n) => {
@@ -596,8 +611,10 @@ impl Master {
 
     /// Tells each live worker its share of the users the ramp is at.
     fn rebalance(&self, g: &mut Inner) {
-        let spec: Vec<(u32, Option<u32>)> = self
-            .profile
+        let Some((profile, text)) = g.profile.clone() else {
+            return;
+        };
+        let spec: Vec<(u32, Option<u32>)> = profile
             .users
             .iter()
             .map(|c| (c.weight, c.fixed_count))
@@ -628,8 +645,7 @@ impl Master {
             n.ran = true;
             let spawn = Spawn {
                 timestamp: ts,
-                classes: self
-                    .profile
+                classes: profile
                     .users
                     .iter()
                     .zip(&share)
@@ -637,6 +653,7 @@ impl Master {
                     .collect(),
                 stop_timeout,
                 run_id: run_id.clone(),
+                profile: Some((profile.name.clone(), text.to_string())),
             };
             self.send(id, "spawn", spawn.to_value());
         }
@@ -665,10 +682,12 @@ impl Master {
         self.lock().nodes.values().filter(|n| !n.missing).count()
     }
 
-    /// Starts a run: `users` at `rate` per second over the live workers.
+    /// Starts a run of `profile` (whose TOML text goes to the workers):
+    /// `users` at `rate` per second over the live workers.
     pub fn start(
         &self,
         run_id: RunId,
+        profile: (Arc<Profile>, Arc<str>),
         users: u64,
         rate: f64,
         stop_timeout: f64,
@@ -676,6 +695,11 @@ impl Master {
         let mut g = self.lock();
         if g.nodes.values().all(|n| n.missing) {
             return Err("no worker has joined the master".into());
+        }
+        let classes = profile.0.users.len();
+        g.profile = Some(profile);
+        for n in g.nodes.values_mut() {
+            n.assigned = vec![0; classes];
         }
         g.run_id = Some(run_id);
         g.stop_timeout = stop_timeout;

@@ -143,6 +143,8 @@ pub struct Spawn {
     pub stop_timeout: f64,
     /// The run to work under (cloudswarm's master says; a stock master does not).
     pub run_id: Option<RunId>,
+    /// The profile to run, (name, TOML text): cloudswarm's master sends it.
+    pub profile: Option<(String, String)>,
 }
 
 impl Spawn {
@@ -164,8 +166,19 @@ impl Spawn {
             .and_then(num)
             .filter(|t| t.is_finite() && *t >= 0.0)
             .unwrap_or(0.0);
-        let run_id = match get(data, EXT).and_then(|e| get(e, "run_id")) {
+        let ext = get(data, EXT);
+        let run_id = match ext.and_then(|e| get(e, "run_id")) {
             Some(v) => Some(RunId::parse(v.as_str().ok_or("run id is not a string")?)?),
+            None => None,
+        };
+        let profile = match ext.and_then(|e| get(e, "profile")) {
+            Some(p) => {
+                let s = |k: &str| get(p, k).and_then(Value::as_str).map(str::to_string);
+                Some((
+                    s("name").ok_or("profile without a name")?,
+                    s("text").ok_or("profile without its text")?,
+                ))
+            }
             None => None,
         };
         Ok(Spawn {
@@ -173,6 +186,7 @@ impl Spawn {
             classes,
             stop_timeout,
             run_id,
+            profile,
         })
     }
 
@@ -193,8 +207,21 @@ impl Spawn {
             ("stop_timeout", Value::F64(self.stop_timeout)),
             ("parsed_options", Value::Map(vec![])),
         ];
+        let mut ext = vec![];
         if let Some(r) = &self.run_id {
-            pairs.push((EXT, map([("run_id", Value::from(r.as_str()))])));
+            ext.push(("run_id", Value::from(r.as_str())));
+        }
+        if let Some((name, text)) = &self.profile {
+            ext.push((
+                "profile",
+                map([
+                    ("name", Value::from(name.as_str())),
+                    ("text", Value::from(text.as_str())),
+                ]),
+            ));
+        }
+        if !ext.is_empty() {
+            pairs.push((EXT, map(ext)));
         }
         map(pairs)
     }

@@ -46,9 +46,9 @@ const MASTER_SILENCE: Duration = Duration::from_secs(60);
 /// Flags of `cloudswarm worker`.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Profile file (TOML): its user classes are what the master's spawn orders name
+    /// Profile file (TOML) whose user classes a stock Locust master's spawn orders name; under cloudswarm's master, the master sends its profile with each run
     #[arg(long, short = 'f')]
-    pub profile: PathBuf,
+    pub profile: Option<PathBuf>,
     /// The master's host name or address
     #[arg(long, default_value = "127.0.0.1")]
     pub master_host: String,
@@ -179,7 +179,11 @@ enum Phase {
 /// Everything the worker keeps across runs.
 struct Worker {
     args: WorkerArgs,
-    profile: Profile,
+    /// The profile of the next (or current) run: from -f, or from cloudswarm's master.
+    profile: Option<Profile>,
+    /// Where it came from (a path, or `master:<name>`), and the master's text of it.
+    profile_path: PathBuf,
+    profile_text: Option<String>,
     clients: Clients,
     node_id: String,
     endpoint: String,
@@ -208,7 +212,13 @@ struct Worker {
 /// silence); returns the exit code: 0, or 1 when resources were left.
 pub async fn worker(args: WorkerArgs) -> Result<i32> {
     signals::take_over();
-    let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
+    let profile = match &args.profile {
+        Some(p) => Some(profile::load(p).map_err(|e| config_err(e.to_string()))?),
+        None => None,
+    };
+    let profile_name = profile
+        .as_ref()
+        .map_or_else(String::new, |p| p.name.clone());
     let clients = args
         .target
         .clients()
@@ -225,20 +235,29 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         tokio::spawn(crate::metrics::serve_with(
             listener,
             move || c.load_full(),
-            profile.name.clone(),
+            profile_name,
         ));
     }
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
     let node_id = node_id();
     let endpoint = endpoint(&args.master_host, args.master_port);
+    let profile_path = args.profile.clone().unwrap_or_default();
     eprintln!(
-        "cloudswarm worker {node_id}: profile {} ({} user classes), master {endpoint}",
-        args.profile.display(),
-        profile.users.len()
+        "cloudswarm worker {node_id}: profile {}, master {endpoint}",
+        match &profile {
+            Some(p) => format!(
+                "{} ({} user classes)",
+                profile_path.display(),
+                p.users.len()
+            ),
+            None => "from the master".into(),
+        }
     );
     let mut w = Worker {
         args,
         profile,
+        profile_path,
+        profile_text: None,
         clients,
         node_id,
         endpoint,
@@ -481,11 +500,37 @@ impl Worker {
     }
 
     fn zero_classes(&self) -> Vec<(String, u64)> {
-        self.profile
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), 0))
-            .collect()
+        self.profile.as_ref().map_or_else(Vec::new, |p| {
+            p.users.iter().map(|u| (u.name.clone(), 0)).collect()
+        })
+    }
+
+    /// Takes the profile cloudswarm's master sent (between runs only).
+    async fn take_profile(&mut self, name: &str, text: &str) -> bool {
+        if self.profile_text.as_deref() == Some(text) {
+            return true;
+        }
+        if !matches!(self.phase, Phase::Idle) {
+            self.exception("the master changed the profile during a run: spawn ignored".into())
+                .await;
+            return false;
+        }
+        let path = PathBuf::from(format!("master:{name}"));
+        match profile::parse(&path, text) {
+            Ok(p) => {
+                self.profile = Some(p);
+                self.profile_path = path;
+                self.profile_text = Some(text.to_string());
+                true
+            }
+            Err(e) => {
+                self.exception(format!(
+                    "the master's profile {name} is not valid here: {e}"
+                ))
+                .await;
+                false
+            }
+        }
     }
 
     /// Handles one message; answers a reason to quit.
@@ -531,24 +576,36 @@ impl Worker {
         }
         self.last_spawn = spawn.timestamp;
         self.stop_timeout = Duration::from_secs_f64(spawn.stop_timeout.min(86_400.0));
-        let mut targets = vec![0u64; self.profile.users.len()];
+        if let Some((name, text)) = &spawn.profile
+            && !self.take_profile(name, text).await
+        {
+            return;
+        }
+        let Some(profile) = self.profile.as_ref() else {
+            return self
+                .exception(
+                    "no profile: a worker under a stock Locust master needs -f PROFILE".into(),
+                )
+                .await;
+        };
+        let mut targets = vec![0u64; profile.users.len()];
         let mut unknown = vec![];
         for (name, n) in &spawn.classes {
-            match self.profile.users.iter().position(|u| &u.name == name) {
+            match profile.users.iter().position(|u| &u.name == name) {
                 Some(i) => targets[i] = *n,
                 None if *n > 0 => unknown.push(format!("{name} ({n})")),
                 None => {}
             }
         }
         if !unknown.is_empty() {
-            let known: Vec<&str> = self.profile.users.iter().map(|u| u.name.as_str()).collect();
-            self.exception(format!(
+            let known: Vec<&str> = profile.users.iter().map(|u| u.name.as_str()).collect();
+            let msg = format!(
                 "spawn names user classes profile {} does not have: {} (its classes: {}); those users are not started",
-                self.args.profile.display(),
+                self.profile_path.display(),
                 unknown.join(", "),
                 known.join(", ")
-            ))
-            .await;
+            );
+            self.exception(msg).await;
         }
         self.want = targets;
         match &self.phase {
@@ -579,12 +636,11 @@ impl Worker {
     /// Prepares a run in the background (preflight, journal): the
     /// heartbeats go on meanwhile.
     fn prepare(&self, run_id: Option<RunId>) {
-        let (profile, clients, limits) = (
-            self.profile.clone(),
-            self.clients.clone(),
-            self.args.limits.clone(),
-        );
-        let path = self.args.profile.clone();
+        let Some(profile) = self.profile.clone() else {
+            return;
+        };
+        let (clients, limits) = (self.clients.clone(), self.args.limits.clone());
+        let path = self.profile_path.clone();
         // Workers under one run id each name from their own range.
         let name_base = (self.index.unwrap_or(0) + 1) * 1_000_000_000;
         let tx = self.jobs_tx.clone();
