@@ -519,6 +519,7 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         .start(
             run_id.clone(),
             profile,
+            crate::stats::Stats::new(),
             first.0,
             first.1,
             args.limits.stop_timeout.as_secs_f64(),
@@ -619,8 +620,8 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
             if w.missing { " (missing)" } else { "" }
         );
     }
-    let history = master.stats.lock().history.clone();
-    let snap = master.stats.snapshot();
+    let history = master.stats().lock().history.clone();
+    let snap = master.stats().snapshot();
     // Let the workers' quit messages leave before the process does.
     tokio::time::sleep(Duration::from_millis(300)).await;
     outputs(
@@ -637,7 +638,7 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
 
 /// The status line of a distributed run.
 fn master_status_line(m: &Master, t0: Instant) -> String {
-    let snap = m.stats.snapshot();
+    let snap = m.stats().snapshot();
     let t = &snap.total;
     let (target, _) = m.target();
     let workers = m.workers();

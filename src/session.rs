@@ -214,6 +214,44 @@ impl Session {
         })
     }
 
+    /// A run whose users live on workers (the dashboard as a master): no
+    /// preflight and no journal here (each worker has its own); the
+    /// figures are `stats`, which the master fills from the workers'
+    /// reports. Its engine never starts.
+    pub fn for_master(
+        profile: Profile,
+        spec: Spec<'_>,
+        run_id: RunId,
+        stats: Stats,
+    ) -> Result<Session> {
+        let services = Services {
+            ec2: uses(&profile, |o| o.service() == Service::Ec2),
+            s3: uses(&profile, |o| o.service() == Service::S3),
+        };
+        let tracker = Tracker::open(&spec.state_dir, &run_id)?;
+        let ctx = Arc::new(RunCtx::new(
+            run_id.clone(),
+            spec.clients,
+            stats,
+            tracker.clone(),
+            spec.caps,
+        ));
+        let engine = Engine::new(ctx.clone(), Arc::new(profile), 1);
+        Ok(Session {
+            run_id,
+            profile_path: spec.profile_path.to_path_buf(),
+            engine,
+            ctx,
+            tracker,
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            t0: Instant::now(),
+            services,
+        })
+    }
+
     // A run's life: ready → hatching/running (the engine) → stopping →
     // cleaning up → stopped. The drivers (run.rs, web/) call these; only
     // the session writes the run's state.

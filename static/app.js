@@ -160,6 +160,33 @@
     $("cleanup-status").textContent = cs;
     $("cleanup-log").textContent = (c.log || []).join("\n");
 
+    // workers (the dashboard as a master)
+    var workers = d.workers || null;
+    $("workers-tab").hidden = workers === null;
+    if (workers !== null) {
+      var live = workers.filter(function (w) { return !w.missing; }).length;
+      var missing = workers.length - live;
+      $("worker-count").textContent = workers.length ? live + (missing ? " (" + missing + " missing)" : "") : "0";
+      var wb = document.querySelector("#workers-table tbody");
+      wb.replaceChildren.apply(wb, workers.map(function (w) {
+        var tr = document.createElement("tr");
+        tr.dataset.worker = w.id;
+        if (w.missing) tr.classList.add("missing");
+        cell(tr, String(w.index));
+        cell(tr, w.id);
+        cell(tr, w.missing ? "missing" : w.state);
+        cell(tr, num(w.user_count, 0), "num");
+        cell(tr, num(w.rps, 1), "num");
+        cell(tr, num(w.num_requests, 0), "num");
+        cell(tr, num(w.num_failures, 0), "num");
+        cell(tr, num(w.cpu_usage, 0), "num");
+        cell(tr, bytes(w.memory_usage), "num");
+        cell(tr, num(w.last_heartbeat_s, 1) + " s ago", "num");
+        return tr;
+      }));
+      $("workers-empty").hidden = workers.length > 0;
+    }
+
     if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history);
   }
 

@@ -924,3 +924,109 @@ async fn sigterm_stops_the_swarm_and_cleans_up_before_exiting() {
         "left behind: {i:?} {v:?} {b:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_that_is_a_master_runs_on_its_workers_and_shows_them() {
+    let _one = BROWSER.lock().await;
+    let moto = Moto::start();
+    let mport = free_port();
+    let mut d = Dashboard::start(
+        &moto,
+        &["--master", "--master-bind-port", &mport.to_string()],
+    );
+    let states: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Child> = states
+        .iter()
+        .map(|s| {
+            // No -f: the dashboard sends the profile chosen in the form.
+            cloudswarm()
+                .args(["worker", "--master-port", &mport.to_string()])
+                .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+                .args(["--state-dir", s.path().to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    d.wait_for("two workers", Duration::from_secs(60), |v| {
+        v["worker_count"] == 2
+    });
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form(&[
+            ("user_count", "4"),
+            ("spawn_rate", "4"),
+            ("profile", "storage"),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run_id = json(&r)["run_id"].as_str().unwrap().to_string();
+
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&format!("{}/#workers", d.url)).await.unwrap();
+    let shown = until(
+        &b,
+        "two running workers with 4 users between them",
+        Duration::from_secs(60),
+        r#"const rows = Array.from(document.querySelectorAll('#workers-table tbody tr'));
+           const cells = rows.map(r => Array.from(r.cells).map(c => c.textContent));
+           const users = cells.reduce((a, c) => a + Number(c[3]), 0);
+           return rows.length === 2 && cells.every(c => c[2] === 'running') && users === 4
+             && !document.getElementById('tab-workers').hidden ? cells : null;"#,
+    )
+    .await;
+    let cells = shown.as_array().unwrap();
+    assert!(
+        cells.iter().all(|c| c[3] == "2"),
+        "users dealt evenly: {shown}"
+    );
+    until(
+        &b,
+        "the workers' requests in the statistics",
+        Duration::from_secs(30),
+        "return document.getElementById('worker-count').textContent === '2' && Number(document.querySelector('#workers-table tbody tr').cells[5].textContent.replace(/,/g, '')) > 0",
+    )
+    .await;
+    let v = d.requests();
+    assert_eq!(v["user_count"], 4, "{v}");
+    assert!(
+        row(&v, "s3:PutObject").is_some_and(|r| r["num_requests"].as_u64() > Some(0)),
+        "{v}"
+    );
+
+    // Stopping waits for each worker's clean-up and says how it went.
+    let r = d.http("POST", "/stop", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = d.wait_for("the workers' clean-up", Duration::from_secs(120), |v| {
+        v["state"] == "stopped" && v["cleanup"]["outcome"]["leaked"] == 0
+    });
+    assert!(
+        done["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "ready"),
+        "{done}"
+    );
+    let m = d.http("GET", "/metrics", &[], "");
+    assert!(
+        m.body.contains("cloudswarm_workers{state=\"ready\"} 2"),
+        "{}",
+        m.body
+    );
+    assert!(everything_of_run(&moto, &run_id).await.is_empty());
+    drop(b);
+    // The dashboard's shutdown tells its workers to quit.
+    assert!(d.terminate().success());
+    for w in workers.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "a worker did not quit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -165,7 +165,8 @@ struct Inner {
 
 /// The master of a distributed run.
 pub struct Master {
-    pub stats: Stats,
+    /// The current run's figures (a new [`Stats`] per run).
+    stats: Mutex<Stats>,
     endpoint: String,
     token: Option<String>,
     inner: Mutex<Inner>,
@@ -235,7 +236,7 @@ impl Master {
         let (mut tx, mut rx) = socket.split();
         let (out, mut out_rx) = mpsc::channel::<(String, Message)>(4096);
         let master = Arc::new(Master {
-            stats: Stats::new(),
+            stats: Mutex::new(Stats::new()),
             endpoint: ep.to_string(),
             token: cfg.token,
             inner: Mutex::new(Inner {
@@ -295,6 +296,34 @@ impl Master {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current run's figures.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the Prometheus gauge of workers by state.
+    pub fn observe(&self) {
+        let mut by: BTreeMap<&str, u64> = [
+            "ready", "spawning", "running", "stopping", "cleanup", "stopped", "missing",
+        ]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+        for w in self.workers() {
+            let st = if w.missing {
+                "missing"
+            } else {
+                w.state.as_str()
+            };
+            if let Some(n) = by.get_mut(st) {
+                *n += 1;
+            }
+        }
+        for (state, n) in by {
+            metrics::gauge!("cloudswarm_workers", "state" => state).set(n as f64);
+        }
     }
 
     /// Where workers connect (`tcp://host:port`).
@@ -487,7 +516,8 @@ impl Master {
                         n.held = r.held;
                     }
                     drop(g);
-                    let mut s = self.stats.lock();
+                    let stats = self.stats();
+                    let mut s = stats.lock();
                     let d = r.stats;
                     for (name, e) in d.entries {
                         s.add_entry(&name, e);
@@ -597,7 +627,7 @@ impl Master {
         g.peak = g.peak.max(users);
         drop(g);
         if running {
-            self.stats.lock().history_tick(users);
+            self.stats().lock().history_tick(users);
         }
     }
 
@@ -688,6 +718,7 @@ impl Master {
         &self,
         run_id: RunId,
         profile: (Arc<Profile>, Arc<str>),
+        stats: Stats,
         users: u64,
         rate: f64,
         stop_timeout: f64,
@@ -696,6 +727,15 @@ impl Master {
         if g.nodes.values().all(|n| n.missing) {
             return Err("no worker has joined the master".into());
         }
+        if matches!(
+            g.state,
+            RunState::Hatching | RunState::Running | RunState::Stopping | RunState::CleaningUp
+        ) {
+            return Err("a run is going on".into());
+        }
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        g.state = RunState::Ready;
+        g.peak = 0;
         let classes = profile.0.users.len();
         g.profile = Some(profile);
         for n in g.nodes.values_mut() {
@@ -774,6 +814,26 @@ impl Master {
     /// The users the workers run now.
     pub fn user_count(&self) -> u64 {
         Self::users_of(&self.lock())
+    }
+
+    /// Users per class of `profile`, summed over the workers' reports.
+    pub fn user_counts(&self, profile: &Profile) -> Vec<(String, u64)> {
+        let g = self.lock();
+        profile
+            .users
+            .iter()
+            .map(|u| {
+                let n = g
+                    .nodes
+                    .values()
+                    .filter(|n| !n.missing)
+                    .flat_map(|n| n.classes.iter())
+                    .filter(|(c, _)| *c == u.name)
+                    .map(|(_, k)| k)
+                    .sum();
+                (u.name.clone(), n)
+            })
+            .collect()
     }
 
     /// Most users the workers ran at once.
@@ -892,7 +952,7 @@ impl Master {
         }
         // The last reports (sent right before client_stopped) are in.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        self.stats.lock().history_tick(0);
+        self.stats().lock().history_tick(0);
         self.lock().state = RunState::Stopped;
     }
 

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::cluster::master::Master;
 use crate::engine::{MAX_RATE, MAX_USERS, RunState};
 use crate::output;
 use crate::resources::Kind;
@@ -32,6 +33,8 @@ pub struct CleanupView {
 /// A run the dashboard started (the current one, or the last one).
 pub struct Live {
     pub session: Session,
+    /// The master whose workers run the users (`serve --master`); None: the local engine.
+    pub master: Option<Arc<Master>>,
     pub profile: String,
     stopping: AtomicBool,
     pub cleanup: Mutex<CleanupView>,
@@ -56,6 +59,62 @@ pub struct App {
     starting: tokio::sync::Mutex<()>,
     /// Set at shutdown: no new swarm starts.
     closing: AtomicBool,
+    /// `serve --master`: runs go to the workers that joined it.
+    pub master: Option<Arc<Master>>,
+}
+
+impl Live {
+    /// The run's state, from the engine or the master.
+    pub fn state(&self) -> RunState {
+        match &self.master {
+            Some(m) => m.state(),
+            None => self.session.engine.state(),
+        }
+    }
+
+    fn set_target(&self, users: u64, rate: f64) -> Result<(), String> {
+        match &self.master {
+            Some(m) => m.set_target(users, rate),
+            None => self.session.engine.set_target(users, rate),
+        }
+    }
+
+    pub fn user_count(&self) -> u64 {
+        match &self.master {
+            Some(m) => m.user_count(),
+            None => self.session.engine.user_count(),
+        }
+    }
+
+    fn target(&self) -> (u64, f64) {
+        match &self.master {
+            Some(m) => m.target(),
+            None => self.session.engine.target(),
+        }
+    }
+
+    pub fn peak_users(&self) -> u64 {
+        match &self.master {
+            Some(m) => m.peak_users(),
+            None => self.session.engine.peak_users(),
+        }
+    }
+
+    /// Users per class: the engine's, or summed over the workers' reports.
+    fn user_counts(&self) -> Vec<(String, u64)> {
+        match &self.master {
+            Some(m) => m.user_counts(&self.session.engine.profile),
+            None => self.session.engine.user_counts(),
+        }
+    }
+
+    /// The run's resources: the tracker's, or summed over the workers'.
+    pub fn resources(&self) -> std::collections::BTreeMap<Kind, crate::resources::KindCounts> {
+        match &self.master {
+            Some(m) => m.resources(),
+            None => self.session.tracker.counts(),
+        }
+    }
 }
 
 fn unix_now() -> f64 {
@@ -152,6 +211,7 @@ impl App {
         port: u16,
         profiles_dir: PathBuf,
         static_dir: PathBuf,
+        master: Option<Arc<Master>>,
     ) -> App {
         use rand::Rng;
         let mut rng = rand::rng();
@@ -169,6 +229,7 @@ impl App {
             current: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            master,
         }
     }
 
@@ -197,7 +258,7 @@ impl App {
     pub fn state(&self) -> RunState {
         match self.current() {
             None => RunState::Ready,
-            Some(l) => l.session.engine.state(),
+            Some(l) => l.state(),
         }
     }
 
@@ -223,7 +284,7 @@ impl App {
     /// None when the last run is over and a new one may start.
     fn edit(self: &Arc<Self>, live: &Arc<Live>, f: &SwarmForm) -> Option<Response> {
         {
-            let mut state = live.session.engine.state();
+            let mut state = live.state();
             if live.stopping.load(Ordering::SeqCst)
                 && matches!(
                     state,
@@ -246,7 +307,7 @@ impl App {
                             ),
                         ));
                     }
-                    if let Err(e) = live.session.engine.set_target(f.user_count, f.spawn_rate) {
+                    if let Err(e) = live.set_target(f.user_count, f.spawn_rate) {
                         return Some(bad(StatusCode::CONFLICT, None, e));
                     }
                     if let Some(d) = f.run_time {
@@ -302,13 +363,22 @@ impl App {
                 ),
             );
         }
-        let session = match self.prepare(name).await {
-            Ok(s) => s,
-            Err(answer) => return answer,
+        let session = match &self.master {
+            Some(m) => match self.prepare_on_workers(m, name, &f) {
+                Ok(s) => s,
+                Err(answer) => return answer,
+            },
+            None => {
+                let session = match self.prepare(name).await {
+                    Ok(s) => s,
+                    Err(answer) => return answer,
+                };
+                if let Err(e) = session.start(f.user_count, f.spawn_rate) {
+                    return bad(StatusCode::BAD_REQUEST, None, e);
+                }
+                session
+            }
         };
-        if let Err(e) = session.start(f.user_count, f.spawn_rate) {
-            return bad(StatusCode::BAD_REQUEST, None, e);
-        }
         let run_id = session.run_id.clone();
         tracing::info!(
             run_id = %run_id,
@@ -318,6 +388,7 @@ impl App {
         );
         let live = Arc::new(Live {
             session,
+            master: self.master.clone(),
             profile: name.to_string(),
             stopping: AtomicBool::new(false),
             cleanup: Mutex::new(CleanupView::default()),
@@ -334,6 +405,52 @@ impl App {
             "run_id": run_id,
         }))
         .into_response()
+    }
+
+    /// Starts a run of profile `name` on the master's workers; the answer
+    /// to give when that fails (built once per failed start: its size is moot).
+    #[allow(clippy::result_large_err)]
+    fn prepare_on_workers(
+        &self,
+        master: &Arc<Master>,
+        name: &str,
+        f: &SwarmForm,
+    ) -> Result<Session, Response> {
+        let path = self.profiles_dir.join(format!("{name}.toml"));
+        let (profile, text) = match crate::profile::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                std::fs::read_to_string(&path)
+                    .map(|t| (p, t))
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(pt) => pt,
+            Err(e) => return Err(bad(StatusCode::BAD_REQUEST, Some("profile"), e)),
+        };
+        let spec = Spec {
+            profile_path: &path,
+            clients: self.clients.clone(),
+            state_dir: self.limits.state_dir(),
+            caps: self.limits.caps(),
+            max_inflight: 1,
+            run_id: None,
+            name_base: 0,
+        };
+        let run_id = crate::naming::RunId::new();
+        let stats = crate::stats::Stats::new();
+        let session = Session::for_master(profile.clone(), spec, run_id.clone(), stats.clone())
+            .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, None, format!("{e:#}")))?;
+        master
+            .start(
+                run_id,
+                (Arc::new(profile), text.into()),
+                stats,
+                f.user_count,
+                f.spawn_rate,
+                self.limits.stop_timeout.as_secs_f64(),
+            )
+            .map_err(|e| bad(StatusCode::CONFLICT, None, e))?;
+        Ok(session)
     }
 
     /// Loads profile `name` and prepares its run (preflight, journal,
@@ -407,7 +524,9 @@ impl App {
         if live.stopping.swap(true, Ordering::SeqCst) {
             return false;
         }
-        live.session.mark_stopping();
+        if live.master.is_none() {
+            live.session.mark_stopping();
+        }
         if let Some(t) = live
             .run_timer
             .lock()
@@ -418,6 +537,10 @@ impl App {
         }
         let (app, live) = (self.clone(), live.clone());
         tokio::spawn(async move {
+            if let Some(m) = live.master.clone() {
+                app.stop_workers(&live, &m).await;
+                return;
+            }
             let (a, l) = (app.clone(), live.clone());
             let stopped = tokio::spawn(async move {
                 l.session.stop(a.limits.stop_timeout).await;
@@ -432,6 +555,53 @@ impl App {
             }
         });
         true
+    }
+
+    /// Stops a run on workers: each stops its users and cleans up what it
+    /// made; the clean-up log shows who is still at it.
+    async fn stop_workers(&self, live: &Arc<Live>, m: &Arc<Master>) {
+        {
+            let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+            c.running = true;
+            c.log.clear();
+            c.log
+                .push("stopping the workers; each cleans up what it made".into());
+        }
+        let l = live.clone();
+        let progress = move |msg: &str| {
+            let mut c = l.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+            if c.log.len() < 500 {
+                c.log.push(msg.to_string());
+            }
+        };
+        let limit =
+            self.limits.stop_timeout + self.limits.cleanup_timeout + Duration::from_secs(30);
+        m.stop(limit, &progress).await;
+        *live.ended_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(unix_now());
+        let resources = m.resources();
+        let outcome = CleanupOutcome {
+            deleted: resources
+                .iter()
+                .filter(|(k, c)| c.deleted > 0 && **k != Kind::Object)
+                .map(|(k, c)| (k.as_str().to_string(), c.deleted))
+                .collect(),
+            leaked: m.left(),
+            list_error: m.left().is_none().then(|| {
+                format!(
+                    "a worker went missing or could not list the cloud: run `cloudswarm cleanup --run-id {}`",
+                    live.session.run_id
+                )
+            }),
+            ..Default::default()
+        };
+        let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+        c.log.push(match outcome.leaked {
+            Some(0) => "the workers cleaned up: nothing of the run is left".into(),
+            Some(n) => format!("the workers left {n} resource(s)"),
+            None => "what the workers left is unknown".into(),
+        });
+        c.running = false;
+        c.outcome = Some(outcome);
     }
 
     /// Marks a clean-up of `live` as running; false when one already is.
@@ -485,7 +655,7 @@ impl App {
         drop(self.starting.lock().await);
         let Some(live) = self.current() else { return };
         self.stop(&live);
-        while !matches!(live.session.engine.state(), RunState::Stopped)
+        while !matches!(live.state(), RunState::Stopped)
             || live
                 .cleanup
                 .lock()
@@ -493,6 +663,10 @@ impl App {
                 .running
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some(m) = &self.master {
+            m.quit();
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
 
@@ -536,14 +710,20 @@ impl App {
                 "resources": self.resources_json(&Default::default(), 0),
                 "live_resources": 0, "cleanup": CleanupView::default(), "target": target,
                 "started_at": null, "ended_at": null,
+                "workers": self.workers_json(),
+                "worker_count": self.master.as_ref().map_or(0, |m| m.live_workers()),
             });
         };
         let s = &live.session;
         let snap = s.ctx.stats.snapshot();
-        let (target_users, rate) = s.engine.target();
-        let counts = s.tracker.counts();
+        let (target_users, rate) = live.target();
+        let counts = live.resources();
         let resources = self.resources_json(&counts, s.tracker.object_bytes());
-        let live_resources: u64 = s.live_resources().iter().map(|(_, n)| n).sum();
+        let live_resources: u64 = counts
+            .iter()
+            .filter(|(k, _)| **k != Kind::Object)
+            .map(|(_, c)| c.alive)
+            .sum();
         let mut rows: Vec<Value> = snap.entries.iter().map(stat_row).collect();
         rows.push(stat_row(&snap.total));
         let errors: Vec<Value> = snap
@@ -561,14 +741,16 @@ impl App {
             .collect();
         let cur = |q: f64| percentile_of(&snap.current_percentiles_ms, q).unwrap_or(0.0);
         json!({
-            "state": locust_state(s.engine.state()),
-            "state_label": s.engine.state().as_str(),
+            "state": locust_state(live.state()),
+            "state_label": live.state().as_str(),
             "run_id": s.run_id,
             "profile": live.profile,
-            "user_count": s.engine.user_count(),
+            "user_count": live.user_count(),
             "target_user_count": target_users,
             "spawn_rate": rate,
-            "user_classes": s.engine.user_counts().into_iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+            "user_classes": live.user_counts().into_iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+            "workers": self.workers_json(),
+            "worker_count": self.master.as_ref().map_or(0, |m| m.live_workers()),
             "stats": rows,
             "errors": errors,
             "total_rps": snap.total.current_rps,
@@ -591,6 +773,14 @@ impl App {
         })
     }
 
+    /// The workers (Locust's field names), when the dashboard is a master.
+    pub fn workers_json(&self) -> Value {
+        match &self.master {
+            Some(m) => serde_json::to_value(m.workers()).unwrap_or_default(),
+            None => Value::Null,
+        }
+    }
+
     /// The run's snapshot and history (empty before the first run).
     pub fn snapshot(&self) -> Option<(Arc<Live>, Snapshot, Vec<crate::stats::HistoryRow>)> {
         let live = self.current()?;
@@ -610,7 +800,7 @@ impl App {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(unix_now);
-        let counts = s.tracker.counts();
+        let counts = live.resources();
         let leaked = live
             .cleanup
             .lock()
@@ -623,11 +813,15 @@ impl App {
             profile: &live.profile,
             started_at: s.started_at,
             duration_s: ended - s.started_at,
-            users: s.engine.peak_users(),
+            users: live.peak_users(),
             resources: &counts,
             leaked,
         };
-        Some(output::json_report(&facts, &snap))
+        let mut report = output::json_report(&facts, &snap);
+        if self.master.is_some() {
+            report["workers"] = self.workers_json();
+        }
+        Some(report)
     }
 }
 
@@ -837,6 +1031,13 @@ pub async fn report_json(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// `GET /workers`: the master's workers (Locust's field names; `[]` when
+/// the dashboard runs users itself).
+pub async fn workers(State(app): State<Arc<App>>) -> Response {
+    let list = app.workers_json();
+    Json(if list.is_null() { json!([]) } else { list }).into_response()
+}
+
 /// `POST /cleanup`: clean up the stopped run again (what its stop left).
 pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
     let Ok(_one) = app.starting.try_lock() else {
@@ -845,7 +1046,7 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
     let Some(live) = app.current() else {
         return bad(StatusCode::CONFLICT, None, "no run to clean up");
     };
-    if !matches!(live.session.engine.state(), RunState::Stopped) {
+    if !matches!(live.state(), RunState::Stopped) {
         return bad(
             StatusCode::CONFLICT,
             None,
@@ -865,6 +1066,9 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Some(live) = app.current() {
         crate::metrics::observe(&live.session.engine, &live.profile);
+    }
+    if let Some(m) = &app.master {
+        m.observe();
     }
     crate::metrics::response()
 }

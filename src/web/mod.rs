@@ -41,6 +41,8 @@ pub struct ServeArgs {
     pub limits: Limits,
     #[command(flatten)]
     pub target: TargetArgs,
+    #[command(flatten)]
+    pub master: crate::cluster::master::MasterArgs,
 }
 
 /// `given`, else `name` in the working directory, else next to the binary
@@ -113,6 +115,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/stop", get(api::stop).post(api::stop))
         .route("/stats/reset", get(api::reset).post(api::reset))
         .route("/stats/requests", get(api::requests))
+        .route("/workers", get(api::workers))
         .route("/stats/history", get(api::history))
         .route("/stats/requests/csv", get(api::stats_csv))
         .route("/stats/failures/csv", get(api::failures_csv))
@@ -152,6 +155,20 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
             signals_tx.send_modify(|n| *n += 1);
         }
     });
+    let master = if args.master.master {
+        for w in args.master.warnings() {
+            eprintln!("{w}");
+        }
+        let m = crate::cluster::master::Master::bind(args.master.config()).await?;
+        eprintln!(
+            "master on {}: runs started here go to the workers that joined (cloudswarm worker --master-host HOST --master-port {})",
+            m.endpoint(),
+            args.master.master_bind_port
+        );
+        Some(m)
+    } else {
+        None
+    };
     let app = Arc::new(App::new(
         clients,
         args.limits.clone(),
@@ -159,6 +176,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         args.bind.port(),
         profiles_dir,
         static_dir,
+        master,
     ));
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await

@@ -182,7 +182,7 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
             "EC2 {} · S3 {} · region {}",
             info.ec2_endpoint, info.s3_endpoint, info.region
         ),
-        peak_users: s.engine.peak_users(),
+        peak_users: live.peak_users(),
         rows,
         errors: snap
             .errors
@@ -194,9 +194,8 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
                 count: e.count,
             })
             .collect(),
-        resources: s
-            .tracker
-            .counts()
+        resources: live
+            .resources()
             .into_iter()
             .map(|(k, c)| ResRow {
                 kind: k.as_str(),
