@@ -96,6 +96,9 @@ pub struct SwarmForm {
     pub spawn_rate: f64,
     pub profile: Option<String>,
     pub run_time: Option<Duration>,
+    /// Arrivals per second of the open classes together (`20/s`), split
+    /// in proportion to their profile rates; None: as they are.
+    pub arrival_rate: Option<f64>,
 }
 
 /// Validates the form fields; errors name the field.
@@ -136,11 +139,15 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
             Some(d)
         }
     };
+    let arrival_rate = get("arrival_rate")
+        .map(|r| crate::units::parse_rate(r).map_err(|e| ("arrival_rate", e)))
+        .transpose()?;
     Ok(SwarmForm {
         user_count,
         spawn_rate,
         profile: get("profile").map(str::to_string),
         run_time,
+        arrival_rate,
     })
 }
 
@@ -246,7 +253,13 @@ impl App {
                             ),
                         ));
                     }
-                    if let Err(e) = live.session.engine.set_target(f.user_count, f.spawn_rate) {
+                    let engine = &live.session.engine;
+                    if let Some(r) = f.arrival_rate
+                        && let Err(e) = engine.set_arrival_rate(r)
+                    {
+                        return Some(bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e));
+                    }
+                    if let Err(e) = engine.set_target(f.user_count, f.spawn_rate) {
                         return Some(bad(StatusCode::CONFLICT, None, e));
                     }
                     if let Some(d) = f.run_time {
@@ -255,7 +268,7 @@ impl App {
                     return Some(
                         Json(json!({
                             "success": true,
-                            "message": format!("Swarm changed: {} users at {} users/s", f.user_count, f.spawn_rate),
+                            "message": format!("Swarm changed: {} users at {} users/s{}", f.user_count, f.spawn_rate, arrivals_note(f)),
                             "run_id": live.session.run_id,
                         }))
                         .into_response(),
@@ -306,6 +319,11 @@ impl App {
             Ok(s) => s,
             Err(answer) => return answer,
         };
+        if let Some(r) = f.arrival_rate
+            && let Err(e) = session.engine.set_arrival_rate(r)
+        {
+            return bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e);
+        }
         if let Err(e) = session.start(f.user_count, f.spawn_rate) {
             return bad(StatusCode::BAD_REQUEST, None, e);
         }
@@ -330,7 +348,7 @@ impl App {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
         Json(json!({
             "success": true,
-            "message": format!("Swarming started: {} users at {} users/s", f.user_count, f.spawn_rate),
+            "message": format!("Swarming started: {} users at {} users/s{}", f.user_count, f.spawn_rate, arrivals_note(&f)),
             "run_id": run_id,
         }))
         .into_response()
@@ -530,6 +548,7 @@ impl App {
                 "state": "ready", "state_label": RunState::Ready.as_str(),
                 "run_id": null, "profile": null, "user_count": 0,
                 "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
+                "arrival_rate": null, "dropped": {},
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
                 "fail_ratio": 0, "total_throttled": 0, "user_panics": 0,
                 "current_response_time_percentiles": {},
@@ -568,7 +587,11 @@ impl App {
             "user_count": s.engine.user_count(),
             "target_user_count": target_users,
             "spawn_rate": rate,
-            "user_classes": s.engine.user_counts().into_iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+            "user_classes": user_classes(&s.engine, &snap),
+            // All open classes together (null without any), and the
+            // arrivals dropped per class.
+            "arrival_rate": s.engine.arrival_rate(),
+            "dropped": snap.dropped,
             "stats": rows,
             "errors": errors,
             "total_rps": snap.total.current_rps,
@@ -641,6 +664,31 @@ fn panic_message(e: tokio::task::JoinError) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
+}
+
+/// What an answer adds when the form set an arrival rate.
+fn arrivals_note(f: &SwarmForm) -> String {
+    f.arrival_rate.map_or(String::new(), |r| {
+        format!(", arrivals {}", crate::units::format_rate(r))
+    })
+}
+
+/// Users per class, and for open classes their arrival rate (per second)
+/// and the arrivals dropped.
+fn user_classes(engine: &crate::engine::Engine, snap: &Snapshot) -> Vec<Value> {
+    let rates = engine.arrival_rates();
+    engine
+        .user_counts()
+        .into_iter()
+        .map(|(name, count)| {
+            let mut v = json!({"name": name, "count": count});
+            if let Some((_, r)) = rates.iter().find(|(c, _)| *c == name) {
+                v["arrival_rate"] = json!(r);
+                v["dropped"] = json!(snap.dropped.get(&name).copied().unwrap_or(0));
+            }
+            v
+        })
+        .collect()
 }
 
 /// One row of the statistics table (Locust's field names, plus ours).
@@ -896,6 +944,14 @@ mod tests {
         .unwrap();
         assert_eq!(ok.user_count, 10);
         assert_eq!(ok.run_time, Some(Duration::from_secs(90)));
+        assert_eq!(ok.arrival_rate, None);
+        let open = parse_swarm_form(&form(&[
+            ("user_count", "10"),
+            ("spawn_rate", "2.5"),
+            ("arrival_rate", "90/min"),
+        ]))
+        .unwrap();
+        assert_eq!(open.arrival_rate, Some(1.5));
         for (pairs, field) in [
             (
                 vec![("user_count", "-3"), ("spawn_rate", "1")],
@@ -923,6 +979,22 @@ mod tests {
                     ("run_time", "soon"),
                 ],
                 "run_time",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("arrival_rate", "0/s"),
+                ],
+                "arrival_rate",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("arrival_rate", "20"),
+                ],
+                "arrival_rate",
             ),
         ] {
             let e = parse_swarm_form(&form(&pairs)).unwrap_err();
