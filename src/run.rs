@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::engine::{Engine, MAX_RATE, MAX_USERS};
+use crate::cluster::master::{Master, MasterArgs};
+use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
 use crate::error::config_err;
 use crate::ops::Op;
 use crate::output::{self, RunFacts, sla::Sla};
@@ -163,12 +164,17 @@ pub struct RunArgs {
     pub status_every: u64,
     #[command(flatten)]
     pub target: TargetArgs,
+    #[command(flatten)]
+    pub master: MasterArgs,
 }
 
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     signals::take_over();
     let (profile, slas) = validate(&args)?;
+    if args.master.master {
+        return run_master(args, profile, slas).await;
+    }
     let clients = args
         .target
         .clients()
@@ -242,6 +248,11 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
         bail!(config_err(format!(
             "-r: the hatch rate must be above 0 and at most {MAX_RATE}"
         )));
+    }
+    if args.master.master && args.stages.as_ref().is_some_and(Shape::sets_arrival_rate) {
+        bail!(config_err(
+            "--master: rate= stages are not sent to workers (each worker runs its open classes at the profile's arrival_rate)"
+        ));
     }
     if args.stages.as_ref().is_some_and(Shape::sets_arrival_rate)
         && profile.users.iter().all(|u| u.arrival.is_none())
@@ -430,39 +441,72 @@ fn report(
     stage_error: Option<String>,
 ) -> Result<i32> {
     let run_id = &session.run_id;
-    let snap = session.ctx.stats.snapshot();
-    println!("{}", output::summary_table(&snap));
     let live: Vec<String> = facts
         .resources
         .iter()
         .filter(|(k, c)| c.alive > 0 && **k != Kind::Object)
         .map(|(k, c)| format!("{} {}", c.alive, k.as_str()))
         .collect();
+    let mut warnings = vec![];
     if !live.is_empty() && !args.keep_resources {
-        eprintln!(
+        warnings.push(format!(
             "WARNING: resources of run {run_id} are left: {}; delete them with `cloudswarm cleanup --run-id {run_id}` (journal {})",
             live.join(", "),
             session.tracker.journal_path().display()
-        );
+        ));
         for (k, id, why) in failed {
-            eprintln!("  {k} {id}: {why}");
+            warnings.push(format!("  {k} {id}: {why}"));
         }
+    }
+    let history = session.ctx.stats.lock().history.clone();
+    let snap = session.ctx.stats.snapshot();
+    outputs(
+        args,
+        facts,
+        &snap,
+        &history,
+        &warnings,
+        None,
+        slas,
+        stage_error,
+    )
+}
+
+/// The summary, warnings, CSV and JSON reports (`extra` joins the JSON
+/// report's keys) and SLA verdicts of a run, local or distributed.
+#[allow(clippy::too_many_arguments)]
+fn outputs(
+    args: &RunArgs,
+    facts: &RunFacts<'_>,
+    snap: &crate::stats::Snapshot,
+    history: &[crate::stats::HistoryRow],
+    warnings: &[String],
+    extra: Option<(&str, serde_json::Value)>,
+    slas: &[Sla],
+    stage_error: Option<String>,
+) -> Result<i32> {
+    println!("{}", output::summary_table(snap));
+    for w in warnings {
+        eprintln!("{w}");
     }
     let mut unwritten = Vec::new();
-    if let Some(prefix) = &args.csv {
-        let history = session.ctx.stats.lock().history.clone();
-        if let Err(e) = output::write_csv(prefix, &snap, &history) {
-            unwritten.push(format!("--csv: {e:#}"));
-        }
-    }
-    if let Some(path) = &args.json
-        && let Err(e) = output::write_json(path, &output::json_report(facts, &snap))
+    if let Some(prefix) = &args.csv
+        && let Err(e) = output::write_csv(prefix, snap, history)
     {
-        unwritten.push(format!("--json: {e:#}"));
+        unwritten.push(format!("--csv: {e:#}"));
+    }
+    if let Some(path) = &args.json {
+        let mut report = output::json_report(facts, snap);
+        if let Some((k, v)) = extra {
+            report[k] = v;
+        }
+        if let Err(e) = output::write_json(path, &report) {
+            unwritten.push(format!("--json: {e:#}"));
+        }
     }
     let mut code = 0;
     for s in slas {
-        let v = s.check(&snap);
+        let v = s.check(snap);
         let verdict = if v.held { "held" } else { "FAILED" };
         println!("SLA {:<40} {verdict} (actual {})", v.sla, v.actual);
         if !v.held {
@@ -482,6 +526,201 @@ fn report(
         )));
     }
     Ok(code)
+}
+
+/// `run --master`: the same run, its users on workers. Waits for
+/// `--expect-workers`, starts them under one run id, drives the load shape,
+/// stops them (each cleans up what it made), quits them, then reports the
+/// merged figures, with the workers, like a local run.
+async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) -> Result<i32> {
+    for w in args.master.warnings() {
+        eprintln!("{w}");
+    }
+    let name = profile.name.clone();
+    let master = Master::bind(args.master.config(), std::sync::Arc::new(profile)).await?;
+    let want = args.master.expect_workers as usize;
+    eprintln!(
+        "cloudswarm master on {}: waiting for {want} worker(s) (cloudswarm worker --master-host HOST --master-port {} -f {})",
+        master.endpoint(),
+        args.master.master_bind_port,
+        args.profile.display()
+    );
+    let limit = args
+        .master
+        .expect_workers_max_wait
+        .unwrap_or(Duration::from_secs(365 * 86_400));
+    let have = tokio::select! {
+        n = master.wait_for_workers(want, limit) => n,
+        _ = signals::shutdown() => {
+            master.quit();
+            eprintln!("interrupted while waiting for workers");
+            return Ok(1);
+        }
+    };
+    if have < want {
+        master.quit();
+        bail!(
+            "only {have} of {want} worker(s) joined within {}",
+            humantime::format_duration(limit)
+        );
+    }
+    let run_id = crate::naming::RunId::new();
+    let t0 = Instant::now();
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
+    // validate refused rate= stages: every stage sets users.
+    let first = shape.first().map_or((args.users, args.rate), |st| {
+        (st.users.unwrap_or(args.users), st.rate.unwrap_or(args.rate))
+    });
+    master
+        .start(
+            run_id.clone(),
+            first.0,
+            first.1,
+            args.limits.stop_timeout.as_secs_f64(),
+        )
+        .map_err(config_err)?;
+    eprintln!(
+        "cloudswarm run {run_id} on {have} worker(s): profile {}",
+        args.profile.display()
+    );
+    let status = {
+        let (m, every) = (master.clone(), args.status_every);
+        tokio::spawn(async move {
+            if every == 0 {
+                return std::future::pending().await;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(every));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("{}", master_status_line(&m, t0));
+            }
+        })
+    };
+    let shape_done = async {
+        if shape.is_empty() {
+            return std::future::pending::<Option<String>>().await;
+        }
+        for (i, st) in shape.iter().enumerate() {
+            let users = st.users.unwrap_or(args.users);
+            if let Err(e) = master.set_target(users, st.rate.unwrap_or(args.rate)) {
+                return Some(format!("--stages: stage {}: {e}", i + 1));
+            }
+            tokio::time::sleep(st.duration).await;
+        }
+        None
+    };
+    let run_time = async {
+        match args.run_time {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut stage_error = None;
+    let reason = tokio::select! {
+        _ = run_time => "run time reached",
+        e = shape_done => {
+            stage_error = e;
+            if stage_error.is_some() { "a stage was refused" } else { "last stage done" }
+        }
+        _ = master.stopped_by_itself() => "every worker went missing",
+        _ = signals::shutdown() => "interrupted",
+    };
+    status.abort();
+    eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
+    let peak_users = master.peak_users();
+    let limit = args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
+    let progress = |m: &str| eprintln!("clean-up: {m}");
+    tokio::select! {
+        _ = master.stop(limit, &progress) => {}
+        _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
+    }
+    let duration_s = t0.elapsed().as_secs_f64();
+    // What the workers said, before they quit (and leave the list).
+    let resources = master.resources();
+    let leaked = master.left();
+    let listed = master.workers();
+    master.quit();
+    let facts = RunFacts {
+        run_id: &run_id,
+        profile: &name,
+        started_at,
+        duration_s,
+        users: peak_users,
+        resources: &resources,
+        leaked,
+    };
+    let mut warnings = vec![];
+    match leaked {
+        Some(0) => {}
+        Some(n) => warnings.push(format!(
+            "WARNING: {n} resource(s) of run {run_id} are left; delete them with `cloudswarm cleanup --run-id {run_id}` (from any machine: tags and markers find them)"
+        )),
+        None => warnings.push(format!(
+            "WARNING: what run {run_id} left is unknown (a worker went missing or could not list the cloud); run `cloudswarm cleanup --run-id {run_id}`"
+        )),
+    }
+    let workers = serde_json::to_value(&listed).unwrap_or_default();
+    for w in &listed {
+        eprintln!(
+            "worker {} {}: {} requests, {} failures{}",
+            w.index,
+            w.id,
+            w.num_requests,
+            w.num_failures,
+            if w.missing { " (missing)" } else { "" }
+        );
+    }
+    let history = master.stats.lock().history.clone();
+    let snap = master.stats.snapshot();
+    // Let the workers' quit messages leave before the process does.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    outputs(
+        &args,
+        &facts,
+        &snap,
+        &history,
+        &warnings,
+        Some(("workers", workers)),
+        &slas,
+        stage_error,
+    )
+}
+
+/// The status line of a distributed run.
+fn master_status_line(m: &Master, t0: Instant) -> String {
+    let snap = m.stats.snapshot();
+    let t = &snap.total;
+    let (target, _) = m.target();
+    let workers = m.workers();
+    let missing = workers.iter().filter(|w| w.missing).count();
+    format!(
+        "[{:>6}] {:<9} workers {}{}  users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}",
+        humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
+        match m.state() {
+            RunState::CleaningUp => "cleaning up",
+            s => s.as_str(),
+        },
+        workers.len() - missing,
+        if missing > 0 {
+            format!(" ({missing} missing)")
+        } else {
+            String::new()
+        },
+        m.user_count(),
+        target,
+        t.num_requests,
+        t.num_failures,
+        t.failure_ratio() * 100.0,
+        t.current_rps,
+        snap.current_percentiles_ms[0],
+        snap.current_percentiles_ms[5],
+        t.num_throttled,
+    )
 }
 
 /// One status line: state, users, requests, failures, rates, percentiles,

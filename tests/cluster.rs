@@ -203,3 +203,315 @@ fn a_stock_locust_master_drives_two_cloudswarm_workers() {
         assert!(left.is_empty(), "run {run} left {left:?}");
     }
 }
+
+/// A child whose stderr lines are collected as they come, with when.
+struct Watched {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watched {
+    fn new(mut child: Child) -> Watched {
+        use std::io::BufRead;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        let out = child.stdout.take().unwrap();
+        let o = stdout.clone();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::BufReader::new(out).read_to_string(&mut s);
+            *o.lock().unwrap() = s;
+        });
+        Watched {
+            child,
+            lines,
+            stdout,
+        }
+    }
+
+    /// The first stderr line containing `needle`, waiting up to `limit`.
+    fn wait_line(&self, needle: &str, limit: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+            {
+                return Some(l.clone());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for exit; the code and stdout.
+    fn finish(&mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self.stdout.lock().unwrap().clone();
+        assert!(
+            status.is_some(),
+            "did not exit within {limit:?}\n--- stdout\n{out}\n--- stderr\n{}",
+            self.stderr()
+        );
+        (status.and_then(|s| s.code()), out)
+    }
+
+    /// The worker's node id (its first line).
+    fn node_id(&self) -> String {
+        let (_, l) = self
+            .wait_line("cloudswarm worker ", Duration::from_secs(30))
+            .expect("a worker's first line");
+        l["cloudswarm worker ".len()..]
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn master(profile: &str, port: u16, json: &Path, extra: &[&str]) -> Watched {
+    Watched::new(
+        cloudswarm()
+            .args(["run", "--master", "-f", profile])
+            .args(["--master-bind-port", &port.to_string()])
+            .args(["--json", json.to_str().unwrap(), "--status-every", "1"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the master"),
+    )
+}
+
+/// A summary table's rows: name → (requests, max ms).
+fn summary_rows(out: &str) -> BTreeMap<String, (u64, f64)> {
+    out.lines()
+        .filter(|l| l.starts_with("ec2:") || l.starts_with("s3:") || l.starts_with("Aggregated"))
+        // The first table (the second, of percentiles, has no `|`).
+        .filter(|l| l.contains(" | "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Name, # reqs, fails(%), |, Avg, Min, Max, ...
+            let max = f.get(6)?.parse().ok()?;
+            Some((f[0].to_string(), (f[1].parse().ok()?, max)))
+        })
+        .collect()
+}
+
+#[test]
+fn cloudswarms_master_merges_its_workers_exactly_and_shares_users_with_a_late_one() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let profile = "profiles/storage.toml";
+    let mut m = master(
+        profile,
+        port,
+        &json,
+        &["--expect-workers", "2", "-u", "6", "-r", "6", "-t", "20s"],
+    );
+    let states: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Watched> = states[..2]
+        .iter()
+        .map(|s| Watched::new(worker(&moto, port, s.path(), profile)))
+        .collect();
+    let (_, started) = m
+        .wait_line(" on 2 worker(s)", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the run did not start\n{}", m.stderr()));
+    let run_id = started.split_whitespace().nth(2).unwrap().to_string();
+    assert!(
+        m.wait_line("6 users over 2 workers", Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        m.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    workers.push(Watched::new(worker(&moto, port, states[2].path(), profile)));
+    assert!(
+        m.wait_line("6 users over 3 workers", Duration::from_secs(20))
+            .is_some(),
+        "a late worker gets a share\n{}",
+        m.stderr()
+    );
+    let (code, m_out) = m.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{m_out}\n{}", m.stderr());
+    let mut rows: Vec<BTreeMap<String, (u64, f64)>> = vec![];
+    for w in workers.iter_mut() {
+        let (code, out) = w.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{out}\n{}", w.stderr());
+        // Every worker ran under the master's run id.
+        assert!(
+            w.wait_line(&format!("worker: run {run_id} started"), Duration::ZERO)
+                .is_some(),
+            "{}",
+            w.stderr()
+        );
+        assert!(
+            out.contains(&format!("run {run_id}: nothing left")),
+            "{out}"
+        );
+        rows.push(summary_rows(&out));
+    }
+    assert!(
+        rows[2].get("Aggregated").is_some_and(|r| r.0 > 0),
+        "the late worker sent requests: {:?}",
+        rows[2]
+    );
+
+    // The master's figures are the workers' sums; its max is the largest.
+    let report = read_json(&json);
+    assert_eq!(report["run_id"], run_id.as_str());
+    let total = &report["total"];
+    let sum: u64 = rows.iter().map(|r| r["Aggregated"].0).sum();
+    assert_eq!(total["num_requests"].as_u64().unwrap(), sum, "{report:#}");
+    for name in ["s3:PutObject", "s3:GetObject", "s3:CreateBucket"] {
+        let e = find_entry(&report, name).unwrap_or_else(|| panic!("no {name}"));
+        let sum: u64 = rows.iter().filter_map(|r| r.get(name)).map(|r| r.0).sum();
+        assert_eq!(e["num_requests"].as_u64().unwrap(), sum, "{name}");
+        let max = rows
+            .iter()
+            .filter_map(|r| r.get(name))
+            .map(|r| r.1)
+            .fold(0.0, f64::max);
+        let merged = e["max_ms"].as_f64().unwrap();
+        // The workers' tables print 2 or 3 significant digits.
+        assert!(
+            (merged - max).abs() <= 0.006 * max + 0.006,
+            "{name}: merged max {merged} vs the workers' largest {max}: {rows:?}\n{e:#}"
+        );
+    }
+    let listed = report["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{report:#}");
+    assert!(
+        listed
+            .iter()
+            .all(|w| w["exact"] == true && w["num_requests"].as_u64() > Some(0)),
+        "{listed:#?}"
+    );
+    assert_eq!(report["resources"]["leaked"], 0, "{report:#}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(everything_of_run(&moto, &run_id)).is_empty());
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_missing_within_5_s_and_its_leftovers_are_found_by_tag() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let profile = "profiles/burn-in.toml";
+    let mut m = master(
+        profile,
+        port,
+        &json,
+        &["--expect-workers", "3", "-u", "9", "-r", "9", "-t", "25s"],
+    );
+    let states: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Watched> = states
+        .iter()
+        .map(|s| Watched::new(worker(&moto, port, s.path(), profile)))
+        .collect();
+    let (_, started) = m
+        .wait_line(" on 3 worker(s)", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the run did not start\n{}", m.stderr()));
+    let run_id = started.split_whitespace().nth(2).unwrap().to_string();
+    // Let the victim create resources, then kill it outright.
+    std::thread::sleep(Duration::from_secs(8));
+    let victim = workers.remove(0);
+    let victim_id = victim.node_id();
+    let mut child = victim.child;
+    child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = child.wait();
+    let (at, _) = m
+        .wait_line(
+            &format!("worker {victim_id} is missing"),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|| panic!("never marked missing\n{}", m.stderr()));
+    let after = at.duration_since(killed);
+    assert!(after < Duration::from_secs(5), "missing after {after:?}");
+    // Its users moved to the two others.
+    let (_, moved) = m
+        .wait_line("9 users over 2 workers", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("users did not move\n{}", m.stderr()));
+    let mut shares: Vec<u64> = moved
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(|p| p.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    shares.sort();
+    assert_eq!(shares, vec![4, 5], "{moved}");
+    let (code, out) = m.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{out}\n{}", m.stderr());
+    for w in workers.iter_mut() {
+        let (code, out) = w.finish(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{out}\n{}", w.stderr());
+    }
+    let report = read_json(&json);
+    assert!(
+        report["resources"]["leaked"].is_null(),
+        "a missing worker's leftovers are unknown to the master: {:#}\n{}",
+        report["resources"],
+        m.stderr()
+    );
+    let listed = report["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{report:#}");
+    for w in listed {
+        let is_victim = w["id"] == victim_id.as_str();
+        assert_eq!(w["missing"] == true, is_victim, "{w:#}");
+    }
+
+    // From another machine (no journal here), the run's tag and markers find the rest.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let c = cloudswarm()
+        .args(["cleanup", "--run-id", &run_id])
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .args(["--state-dir", elsewhere.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", text(&c));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let left = rt.block_on(everything_of_run(&moto, &run_id));
+    assert!(
+        left.is_empty(),
+        "left after cleanup: {left:?}\n{}",
+        text(&c)
+    );
+}

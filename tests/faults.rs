@@ -247,27 +247,23 @@ fn seen_by_the_front(front: &ThrottlingFront) -> BTreeMap<String, (u64, u64)> {
     seen
 }
 
-/// Requests and throttled answers per API call, from a JSON report.
+/// Requests and throttled answers per API call, from a JSON report: the
+/// waits' polls (`ec2:DescribeInstances:poll`) count with their call.
 fn in_the_stats(report: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
-    report["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            // API calls (`s3:PutObject`), not waits or parts of a measure.
-            let parts: Vec<&str> = e["name"].as_str().unwrap().split(':').collect();
-            parts.len() == 2 && parts[1].starts_with(char::is_uppercase)
-        })
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().to_string(),
-                (
-                    e["num_requests"].as_u64().unwrap(),
-                    e["num_throttled"].as_u64().unwrap(),
-                ),
-            )
-        })
-        .collect()
+    let mut calls: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in report["entries"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let call = name.strip_suffix(":poll").unwrap_or(name);
+        // API calls (`s3:PutObject`), not waits or parts of a measure.
+        let parts: Vec<&str> = call.split(':').collect();
+        if parts.len() != 2 || !parts[1].starts_with(char::is_uppercase) {
+            continue;
+        }
+        let c = calls.entry(call.to_string()).or_default();
+        c.0 += e["num_requests"].as_u64().unwrap();
+        c.1 += e["num_throttled"].as_u64().unwrap();
+    }
+    calls
 }
 
 /// A cloud that throttles most calls does not stop a run from starting:
@@ -342,10 +338,12 @@ fn the_preflight_waits_out_throttling() {
 
 /// Every call that reached the throttling front, answered or throttled, is
 /// one request in the report, under its own op; and every throttle answer
-/// is one throttled request. Waits are left out of the profile (their polls
-/// are not recorded one by one yet), and so are the ops of the preflight
-/// (DescribeAvailabilityZones, ListBuckets), whose calls are left out of the
-/// count. The throttling starts before the preflight, which waits it out;
+/// is one throttled request. That holds for the waits' polls too: the
+/// shared pollers' Describe calls, throttled or not, are the requests on
+/// the `:poll` rows (the front sees them as the API call they are). The
+/// ops of the preflight (DescribeAvailabilityZones, ListBuckets) are left
+/// out of the profile, their calls out of the count; the image is named, so
+/// the preflight looks none up. The throttling starts before the preflight, which waits it out;
 /// the run keeps its resources so that no clean-up call reaches the front,
 /// and `cleanup` then goes straight to moto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,16 +353,32 @@ async fn every_request_the_cloud_saw_is_in_the_stats() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let profile = dir.path().join("p.toml");
+    let (ec2, _) = clients(&moto).await;
+    let images = ec2.describe_images().send().await.unwrap();
+    let image = images.images()[0].image_id().unwrap();
     std::fs::write(
         &profile,
-        r#"
+        format!(
+            r#"
 [params]
 object_size = "4KiB"
 bucket = "per-user"
+image_id = "{image}"
+poll_interval = "200ms"
+
+[[user]]
+name = "compute"
+fixed_count = 2
+wait = {{ constant = 0.1 }}
+[[user.task]]
+sequence = ["ec2:RunInstances", "ec2:instance-running", "ec2:CreateVolume", "ec2:AttachVolume",
+            "ec2:volume-in-use", "ec2:DetachVolume", "ec2:volume-available", "ec2:CreateSnapshot",
+            "ec2:snapshot-completed", "ec2:DeleteSnapshot", "ec2:TerminateInstances",
+            "ec2:instance-terminated", "ec2:DeleteVolume"]
 
 [[user]]
 name = "network"
-wait = { constant = 0.1 }
+wait = {{ constant = 0.1 }}
 [[user.task]]
 sequence = ["ec2:CreateKeyPair", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
             "ec2:AllocateAddress", "ec2:DescribeInstances", "ec2:DescribeImages", "ec2:ReleaseAddress",
@@ -372,14 +386,15 @@ sequence = ["ec2:CreateKeyPair", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecuri
 
 [[user]]
 name = "objects"
-wait = { constant = 0.1 }
+wait = {{ constant = 0.1 }}
 [[user.task]]
 sequence = ["s3:PutObject", "s3:HeadObject", "s3:GetObject", "s3:ListObjects", "s3:HeadBucket",
             "s3:DeleteObject", "s3:PutObject", "s3:PutObject", "s3:DeleteObjects"]
 weight = 4
 [[user.task]]
 sequence = ["s3:CreateBucket", "s3:PutObject", "s3:DeleteBucket"]
-"#,
+"#
+        ),
     )
     .unwrap();
     let json = dir.path().join("r.json");
@@ -392,9 +407,9 @@ sequence = ["s3:CreateBucket", "s3:PutObject", "s3:DeleteBucket"]
             "-f",
             profile.to_str().unwrap(),
             "-u",
-            "4",
+            "6",
             "-r",
-            "4",
+            "6",
             "-t",
             "12s",
             "--ec2-endpoint",
@@ -444,6 +459,21 @@ sequence = ["s3:CreateBucket", "s3:PutObject", "s3:DeleteBucket"]
     assert!(
         seen["ec2:CreateKeyPair"].1 > 0 && seen["s3:PutObject"].1 > 0,
         "the front throttled both services\n{both}"
+    );
+    // The waits were polled, and some polls throttled.
+    let polled = |row: &str| {
+        find_entry(&report, row).map_or((0, 0), |e| {
+            (
+                e["num_requests"].as_u64().unwrap(),
+                e["num_throttled"].as_u64().unwrap(),
+            )
+        })
+    };
+    let (ipolls, ithrottled) = polled("ec2:DescribeInstances:poll");
+    let (vpolls, vthrottled) = polled("ec2:DescribeVolumes:poll");
+    assert!(
+        ipolls > 0 && vpolls > 0 && ithrottled + vthrottled > 0,
+        "instances {ipolls} ({ithrottled} throttled), volumes {vpolls} ({vthrottled})\n{both}"
     );
     assert_eq!(
         seen_requests, requests,

@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["tasks"],
     &["engine"],
-    &["metrics::exporter", "session", "output"],
+    &["metrics::exporter", "session", "output", "cluster::master"],
     &["run", "reclaim", "web", "cluster::worker"],
     &["cli"],
 ];

@@ -191,6 +191,99 @@ async fn burn_in_run_measures_and_leaves_nothing_behind() {
     assert!(stdout.contains("SLA failure_rate<5%"), "{stdout}");
 }
 
+/// Twenty users waiting for instances and volumes at the same time share
+/// one poller per kind: each poll interval asks for every waiting id in one
+/// Describe call, so the poll rows grow with the intervals elapsed, not
+/// with the users (one call per waiting user per interval before). Each
+/// resource's wait is still measured on its own row.
+#[test]
+fn many_users_waiting_share_one_poll_per_interval() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("waits.toml");
+    std::fs::write(
+        &profile,
+        r#"
+[params]
+image_id = "auto"
+poll_interval = "500ms"
+[[user]]
+name = "c"
+wait = { constant = 0 }
+[[user.task]]
+# moto answers CreateVolume with `available` (a wait of zero, no poll), but
+# an attach or a detach is polled for.
+sequence = ["ec2:RunInstances", "ec2:instance-running", "ec2:CreateVolume", "ec2:AttachVolume",
+            "ec2:volume-in-use", "ec2:DetachVolume", "ec2:volume-available",
+            "ec2:TerminateInstances", "ec2:DeleteVolume"]
+"#,
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let t0 = std::time::Instant::now();
+    let out = run_against(
+        &moto,
+        dir.path(),
+        &[
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "20",
+            "-r",
+            "20",
+            "-t",
+            "8s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_json(&json);
+    let n = |name: &str| find_entry(&r, name).map_or(0, |e| e["num_requests"].as_u64().unwrap());
+    let (runs, running) = (n("ec2:RunInstances"), n("ec2:instance-running"));
+    let (attaches, in_use) = (n("ec2:AttachVolume"), n("ec2:volume-in-use"));
+    let (detaches, available) = (n("ec2:DetachVolume"), n("ec2:volume-available"));
+    let (ipolls, vpolls) = (
+        n("ec2:DescribeInstances:poll"),
+        n("ec2:DescribeVolumes:poll"),
+    );
+    let intervals = (took.as_secs_f64() / 0.5).ceil() as u64;
+    let figures = format!(
+        "{took:?} ({intervals} intervals): RunInstances {runs}, instance-running {running}, \
+         DescribeInstances:poll {ipolls}; AttachVolume {attaches}, volume-in-use {in_use}, \
+         DetachVolume {detaches}, volume-available {available}, DescribeVolumes:poll {vpolls}\n\
+         errors: {:#}",
+        r["errors"]
+    );
+    eprintln!("{figures}");
+    assert_eq!(r["total"]["num_failures"], 0, "{figures}");
+    // Every user waited (81 to 157 times each kind when written); each
+    // resource's wait is measured on its own row, once per call that set
+    // it going.
+    assert!(
+        running >= 20 && in_use >= 20 && available >= 20,
+        "{figures}"
+    );
+    for (calls, waits) in [(runs, running), (attaches, in_use), (detaches, available)] {
+        assert!(waits <= calls && calls <= waits + 20, "{figures}");
+    }
+    // At most about one round per interval the whole process lived (the
+    // run is 8 s of it; a group's first round comes at once, hence the one
+    // more), however many users wait.
+    for polls in [ipolls, vpolls] {
+        assert!(polls >= 1 && polls <= intervals + 1, "{figures}");
+    }
+    // Polling alone, each wait asked at least once (157 waits of each kind
+    // made 157 DescribeInstances and 314 DescribeVolumes before the pollers
+    // were shared); now the calls are a fraction of the waits (12 to 18 per
+    // kind for 81 to 105 waits of each when written).
+    assert!(
+        ipolls * 2 <= running && vpolls * 2 <= in_use + available,
+        "{figures}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn user_count_follows_stages_and_sla_breach_exits_1() {
     let moto = Moto::start();

@@ -15,6 +15,7 @@ use rmpv::Value;
 use sha2::{Digest, Sha256};
 
 use crate::naming::RunId;
+use crate::resources::{Kind, KindCounts};
 use crate::stats::{Entry, ErrorStat, StatsData};
 
 /// What a worker sends as its version in `client_ready`: Locust masters
@@ -337,9 +338,23 @@ fn entry_value(name: &str, method: &str, e: &Entry, start_time: f64) -> Value {
     ])
 }
 
+/// What a cloudswarm worker's report says besides figures: its run's
+/// resources (counts so far) and, once its clean-up is done, what the
+/// cloud still held (`Some(None)`: unknown, the listing failed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Holdings {
+    pub resources: Vec<(Kind, KindCounts)>,
+    pub left: Option<Option<u64>>,
+}
+
 /// A worker's `stats` report: the figures recorded since the last one, in
 /// Locust's format, with cloudswarm's exact figures alongside.
-pub fn stats_report(delta: &StatsData, classes: &[(String, u64)], run_id: &str) -> Value {
+pub fn stats_report(
+    delta: &StatsData,
+    classes: &[(String, u64)],
+    run_id: &str,
+    held: &Holdings,
+) -> Value {
     let stats: Vec<Value> = delta
         .entries
         .iter()
@@ -390,6 +405,14 @@ pub fn stats_report(delta: &StatsData, classes: &[(String, u64)], run_id: &str) 
             .map(|(k, n)| (Value::from(k.as_str()), Value::from(*n)))
             .collect(),
     );
+    // Arrivals of open classes that found no free user, per class.
+    let dropped = Value::Map(
+        delta
+            .dropped
+            .iter()
+            .map(|(k, n)| (Value::from(k.as_str()), Value::from(*n)))
+            .collect(),
+    );
     let users: u64 = classes.iter().map(|(_, n)| n).sum();
     map([
         ("stats", Value::Array(stats)),
@@ -411,7 +434,32 @@ pub fn stats_report(delta: &StatsData, classes: &[(String, u64)], run_id: &str) 
                 ("run_id", Value::from(run_id)),
                 ("errors", ours_errors),
                 ("capped", capped),
+                ("dropped", dropped),
                 ("user_panics", Value::from(delta.user_panics)),
+                (
+                    "resources",
+                    Value::Map(
+                        held.resources
+                            .iter()
+                            .map(|(k, c)| {
+                                let v = Value::Array(vec![
+                                    Value::from(c.created),
+                                    Value::from(c.deleted),
+                                    Value::from(c.alive),
+                                ]);
+                                (Value::from(k.as_str()), v)
+                            })
+                            .collect(),
+                    ),
+                ),
+                (
+                    "left",
+                    match held.left {
+                        None => Value::Boolean(false),
+                        Some(None) => Value::Nil,
+                        Some(Some(n)) => Value::from(n),
+                    },
+                ),
             ]),
         ),
     ])
@@ -450,6 +498,9 @@ pub struct Report {
     /// True when every entry came with its exact histogram (a cloudswarm
     /// worker); false when Locust's ms buckets had to stand in.
     pub exact: bool,
+    /// The worker's run id (empty: none yet, or not a cloudswarm worker).
+    pub run_id: String,
+    pub held: Holdings,
 }
 
 fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
@@ -599,7 +650,48 @@ impl Report {
                     }
                 }
             }
+            if let Some(Value::Map(m)) = get(x, "dropped") {
+                for (k, n) in m.iter().take(1000) {
+                    if let (Some(k), Some(n)) = (k.as_str(), count(n)) {
+                        stats.count_dropped(k, n);
+                    }
+                }
+            }
             stats.user_panics = get(x, "user_panics").and_then(count).unwrap_or(0);
+        }
+        let mut held = Holdings::default();
+        let mut run_id = String::new();
+        if let Some(x) = ext {
+            run_id = get(x, "run_id")
+                .and_then(Value::as_str)
+                .filter(|r| RunId::parse(r).is_ok())
+                .unwrap_or("")
+                .to_string();
+            if let Some(Value::Map(m)) = get(x, "resources") {
+                for (k, v) in m {
+                    let Some(kind) = k
+                        .as_str()
+                        .and_then(|k| Kind::ALL.into_iter().find(|x| x.as_str() == k))
+                    else {
+                        continue;
+                    };
+                    let Value::Array(a) = v else { continue };
+                    let n = |i: usize| a.get(i).and_then(count).unwrap_or(0);
+                    held.resources.push((
+                        kind,
+                        KindCounts {
+                            created: n(0),
+                            deleted: n(1),
+                            alive: n(2),
+                        },
+                    ));
+                }
+            }
+            held.left = match get(x, "left") {
+                Some(Value::Nil) => Some(None),
+                Some(v) => count(v).map(Some),
+                None => None,
+            };
         }
         let classes = match get(data, "user_classes_count") {
             Some(Value::Map(m)) => m
@@ -613,6 +705,8 @@ impl Report {
             stats,
             classes,
             exact,
+            run_id,
+            held,
         })
     }
 }
@@ -705,12 +799,25 @@ mod tests {
             Bytes::default(),
             Some(&f),
         );
-        let v = stats_report(&d, &[("storage".into(), 3)], "abc");
+        d.count_dropped("api", 7);
+        let held = Holdings {
+            resources: vec![(
+                Kind::Bucket,
+                KindCounts {
+                    created: 2,
+                    deleted: 1,
+                    alive: 1,
+                },
+            )],
+            left: Some(Some(0)),
+        };
+        let v = stats_report(&d, &[("storage".into(), 3)], "abc", &held);
         let mut bytes = Vec::new();
         rmpv::encode::write_value(&mut bytes, &v).unwrap();
         let back = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
         let r = Report::parse(&back).unwrap();
         assert!(r.exact);
+        assert_eq!((r.run_id.as_str(), &r.held), ("abc", &held));
         assert_eq!(r.classes, vec![("storage".to_string(), 3)]);
         let put = &r.stats.entries["s3:PutObject"];
         assert_eq!(put.num_requests, 4);
@@ -724,6 +831,7 @@ mod tests {
             (e.code.as_str(), e.message.as_str(), e.count),
             ("SlowDown", "please", 1)
         );
+        assert_eq!(r.stats.dropped.get("api"), Some(&7), "arrivals dropped");
         // Locust's view: ms buckets and per-second counts.
         let entry = match get_entry(&back, "s3:PutObject") {
             Some(e) => e,

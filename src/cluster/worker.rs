@@ -25,7 +25,7 @@ use zeromq::{
     SocketSend, ZmqMessage,
 };
 
-use super::wire::{self, Message, Spawn, map};
+use super::wire::{self, Holdings, Message, Spawn, map};
 use crate::engine::{MAX_RATE, RunState};
 use crate::error::config_err;
 use crate::naming::RunId;
@@ -198,6 +198,8 @@ struct Worker {
     total: StatsData,
     reports: u64,
     runs: Vec<(RunId, CleanupOutcome)>,
+    /// What the last run's clean-up left (reported until the next run).
+    left: Option<Option<u64>>,
     /// The engine `/metrics` observes.
     current: Arc<arc_swap::ArcSwapOption<crate::engine::Engine>>,
 }
@@ -253,6 +255,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         total: StatsData::default(),
         reports: 0,
         runs: vec![],
+        left: None,
         current,
     };
     w.run(&mut jobs_rx).await
@@ -450,15 +453,25 @@ impl Worker {
     /// Sends the figures recorded since the last report (kept for the next
     /// one if the master cannot be reached).
     async fn report(&mut self) {
-        let (delta, classes, run_id) = match self.session() {
+        let (delta, classes, run_id, resources) = match self.session() {
             Some(s) => (
                 s.ctx.stats.take(),
                 s.engine.user_counts(),
                 s.run_id.to_string(),
+                s.tracker.counts().into_iter().collect(),
             ),
-            None => (StatsData::default(), self.zero_classes(), String::new()),
+            None => (
+                StatsData::default(),
+                self.zero_classes(),
+                String::new(),
+                vec![],
+            ),
         };
-        let data = wire::stats_report(&delta, &classes, &run_id);
+        let held = Holdings {
+            resources,
+            left: self.left,
+        };
+        let data = wire::stats_report(&delta, &classes, &run_id, &held);
         if self.send("stats", data).await {
             self.total.merge(&delta);
             self.reports += 1;
@@ -606,6 +619,7 @@ impl Worker {
         match j {
             Job::Prepared(Ok(s)) => {
                 let s = Arc::new(s);
+                self.left = None;
                 eprintln!(
                     "worker: run {} started (journal {})",
                     s.run_id,
@@ -647,6 +661,7 @@ impl Worker {
             }
             Job::Stopped(s, outcome) => {
                 self.report_run_end(&s, &outcome);
+                self.left = Some(outcome.leaked);
                 self.report().await;
                 self.runs.push((s.run_id.clone(), outcome));
                 self.phase = Phase::Idle;

@@ -1,8 +1,9 @@
 //! What every user of a run shares ([`RunCtx`]), and the protocols every
 //! op follows: measure a call and record it, create a resource (reserve
 //! room under its cap, name it, journal the intent, send, measure, record
-//! it created or failed), and wait for a resource's state (poll until ready,
-//! failed or out of time, recording the wait).
+//! it created or failed), and wait for a resource's state (the kind's shared
+//! poller says when it is ready or broken, or the wait runs out of time;
+//! the wait is recorded).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use super::{StepError, payload, sdk};
+use super::poller::{self, Pollers};
+use super::{Pool, StepError, Want, payload, sdk};
 use crate::failure::{self, Failure};
 use crate::metrics::sink;
 use crate::naming::RunId;
@@ -40,6 +42,8 @@ pub struct RunCtx {
     names: AtomicU64,
     /// The S3 endpoint answered ListObjectsV2 as unsupported: use V1.
     pub(super) list_v1: AtomicBool,
+    /// The pollers every provisioning wait of the run shares.
+    pub(super) pollers: Pollers,
 }
 
 impl RunCtx {
@@ -50,6 +54,7 @@ impl RunCtx {
         tracker: Tracker,
         caps: Caps,
     ) -> RunCtx {
+        let pollers = Pollers::new(&clients.ec2, &stats);
         RunCtx {
             run_id,
             clients,
@@ -62,6 +67,7 @@ impl RunCtx {
             shared_bucket_creation: tokio::sync::Mutex::new(()),
             names: AtomicU64::new(0),
             list_v1: AtomicBool::new(false),
+            pollers,
         }
     }
 
@@ -82,8 +88,7 @@ impl RunCtx {
         payload(size as usize)
     }
 
-    /// Records one measurement of entry `name`: the one place that feeds
-    /// both the stats and Prometheus.
+    /// Records one measurement of entry `name` (see [`record`]).
     pub(super) fn record(
         &self,
         name: &'static str,
@@ -91,10 +96,7 @@ impl RunCtx {
         bytes: Bytes,
         fail: Option<&Failure>,
     ) {
-        // The stats entry knows its kind (looked up in the catalogue once,
-        // when the entry was made): no lookup per request.
-        let kind = self.stats.record(name, took, bytes, fail);
-        sink::record(name, kind, took, bytes, fail);
+        record(&self.stats, name, took, bytes, fail);
     }
 
     /// Counts an op a budget cap kept from creating.
@@ -109,7 +111,7 @@ impl RunCtx {
         sink::panicked(name);
     }
 
-    /// Records a finished SDK call; returns the value on success.
+    /// Records a finished SDK call (see [`measure`]); returns the value on success.
     pub(super) fn measure<T, E>(
         &self,
         name: &'static str,
@@ -120,26 +122,7 @@ impl RunCtx {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let took = t0.elapsed();
-        match res {
-            Ok(v) => {
-                self.record(name, took, bytes, None);
-                Ok(v)
-            }
-            Err(e) => {
-                let f = failure::classify(&e);
-                self.record(
-                    name,
-                    took,
-                    Bytes {
-                        sent: bytes.sent,
-                        received: 0,
-                    },
-                    Some(&f),
-                );
-                Err(f)
-            }
-        }
+        measure(&self.stats, name, t0, res, bytes)
     }
 
     /// Journals the intent to create (durably, before the call is sent). If
@@ -170,7 +153,53 @@ impl RunCtx {
     }
 }
 
+/// Records one measurement of entry `name` into `stats`: the one place that
+/// feeds both the stats and Prometheus (the users' ops and the pollers).
+pub(super) fn record(
+    stats: &Stats,
+    name: &'static str,
+    took: Duration,
+    bytes: Bytes,
+    fail: Option<&Failure>,
+) {
+    // The stats entry knows its kind (looked up in the catalogue once,
+    // when the entry was made): no lookup per request.
+    let kind = stats.record(name, took, bytes, fail);
+    sink::record(name, kind, took, bytes, fail);
+}
+
+/// Records a finished SDK call started at `t0` under `name`, a failure with
+/// its classified code; returns the value on success.
+pub(super) fn measure<T, E>(
+    stats: &Stats,
+    name: &'static str,
+    t0: Instant,
+    res: Result<T, SdkError<E, HttpResponse>>,
+    bytes: Bytes,
+) -> Result<T, Failure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let took = t0.elapsed();
+    match res {
+        Ok(v) => {
+            record(stats, name, took, bytes, None);
+            Ok(v)
+        }
+        Err(e) => {
+            let f = failure::classify(&e);
+            let sent = Bytes {
+                sent: bytes.sent,
+                received: 0,
+            };
+            record(stats, name, took, sent, Some(&f));
+            Err(f)
+        }
+    }
+}
+
 /// What one poll of a provisioning wait saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Poll {
     Ready,
     Pending(String),
@@ -237,27 +266,43 @@ impl RunCtx {
         Ok((out, ids))
     }
 
-    /// The wait protocol: polls `check` every `poll_interval` until it says
-    /// ready (recorded under `name` as the time since `since`), broken
-    /// (failed as `state-<state>`) or `wait_timeout` has passed since `since`
-    /// (failed as `wait-timeout`). A throttled or timed-out poll is retried
-    /// until the deadline.
-    pub(super) async fn wait_for<F, Fut>(
+    /// The wait protocol: registers `id` of `pool` with the kind's shared
+    /// poller (see [`poller`]), to be polled every `poll_interval`, until a
+    /// poll says `want` is reached (recorded under `name` as the time since
+    /// `since`), the resource broke (failed as `state-<state>`), a poll
+    /// failed (with its code; throttling and timeouts are sat out), or
+    /// `wait_timeout` has passed since `since` (failed as `wait-timeout`, at
+    /// that deadline whatever the poller does). A wait that starts at or
+    /// after its deadline (a resource made long before) still waits up to
+    /// two intervals for one poll, as it was always polled once.
+    pub(super) async fn wait_for(
         &self,
         params: &Params,
         name: &'static str,
-        what: &str,
+        (pool, id, want): (Pool, &str, Want),
         since: Instant,
-        mut check: F,
-    ) -> Result<(), StepError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Poll, Failure>>,
-    {
+    ) -> Result<(), StepError> {
         let deadline = since + params.wait_timeout;
-        let mut last: String;
+        let mut watch = self.pollers.watch(pool, id, want, params.poll_interval);
+        // The first poll's answer comes within an interval and a call
+        // (unless throttling holds the poller back).
+        let mut until = deadline.max(Instant::now() + 2 * params.poll_interval);
+        let mut last = String::from("not polled yet");
         loop {
-            match check().await {
+            let polled = tokio::time::timeout_at(until.into(), watch.next()).await;
+            until = deadline;
+            let Ok(polled) = polled else {
+                let f = Failure::new(
+                    "wait-timeout",
+                    format!(
+                        "{} {id} not ready after {:?} (last state: {last})",
+                        pool.what(),
+                        params.wait_timeout
+                    ),
+                );
+                return Err(self.fail(name, since.elapsed(), f).into());
+            };
+            match polled {
                 Ok(Poll::Ready) => {
                     self.record(name, since.elapsed(), Bytes::default(), None);
                     return Ok(());
@@ -265,25 +310,14 @@ impl RunCtx {
                 Ok(Poll::Broken(state)) => {
                     let f = Failure::new(
                         format!("state-{state}"),
-                        format!("{what} went to `{state}` while waiting"),
+                        format!("{} {id} went to `{state}` while waiting", pool.what()),
                     );
                     return Err(self.fail(name, since.elapsed(), f).into());
                 }
                 Ok(Poll::Pending(state)) => last = state,
-                Err(f) if f.throttled || f.code == "timeout" => last = f.code,
+                Err(f) if poller::sat_out(&f) => last = f.code,
                 Err(f) => return Err(self.fail(name, since.elapsed(), f).into()),
             }
-            if Instant::now() + params.poll_interval > deadline {
-                let f = Failure::new(
-                    "wait-timeout",
-                    format!(
-                        "{what} not ready after {:?} (last state: {last})",
-                        params.wait_timeout
-                    ),
-                );
-                return Err(self.fail(name, since.elapsed(), f).into());
-            }
-            tokio::time::sleep(params.poll_interval).await;
         }
     }
 }

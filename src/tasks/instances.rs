@@ -1,17 +1,18 @@
 //! EC2 compute ops: instances (run, stop, start, reboot, terminate),
-//! created with the run's tag, the polls behind their provisioning waits
+//! created with the run's tag, their provisioning waits
 //! (`ec2:instance-running`...: measured from the call's answer to the state
-//! observed by our own polling, since the SDK waiters poll every 15 s at
-//! best), and the listings instances are made from (images, zones).
+//! observed by our own shared poller, see `poller.rs`, since the SDK waiters
+//! poll every 15 s at best), and the listings instances are made from
+//! (images, zones).
 
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{InstanceStateName, InstanceType, Placement, ResourceType};
 
-use super::ctx::{Poll, none};
+use super::ctx::none;
 use super::{Held, Pool, RunCtx, StepError, StepResult, User, Want, sdk};
 use crate::failure::Failure;
-use crate::ops::{INSTANCES_POLL, Op};
+use crate::ops::Op;
 use crate::resources::Kind;
 use crate::stats::Bytes;
 
@@ -188,7 +189,7 @@ impl User {
                     }
                 }
                 let mut h = held;
-                h.head_for(Want::Completed);
+                h.head_for(Want::Terminated);
                 self.terminating.push_back(h);
                 if self.terminating.len() > 100 {
                     self.terminating.pop_front();
@@ -240,52 +241,6 @@ impl User {
         Ok(())
     }
 
-    pub(super) async fn poll_instance(
-        &self,
-        ctx: &RunCtx,
-        id: &str,
-        want: InstanceStateName,
-    ) -> Result<Poll, Failure> {
-        let t0 = Instant::now();
-        let res = sdk(|| ctx.clients.ec2.describe_instances().instance_ids(id).send()).await;
-        // Every poll is a request the cloud serves: recorded under its own row.
-        let res = match ctx.measure(INSTANCES_POLL, t0, res, Bytes::default()) {
-            Ok(r) => r,
-            // Eventual consistency: a new id may not be known yet; a gone one is terminated.
-            Err(f) if f.code.ends_with(".NotFound") => {
-                return Ok(if want == InstanceStateName::Terminated {
-                    Poll::Ready
-                } else {
-                    Poll::Pending("not found yet".into())
-                });
-            }
-            Err(f) => return Err(f),
-        };
-        let state = res
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| i.instance_id() == Some(id))
-            .and_then(|i| i.state())
-            .and_then(|s| s.name())
-            .cloned();
-        Ok(match state {
-            Some(s) if s == want => Poll::Ready,
-            Some(s)
-                if want != InstanceStateName::Terminated
-                    && matches!(
-                        s,
-                        InstanceStateName::Terminated | InstanceStateName::ShuttingDown
-                    ) =>
-            {
-                Poll::Broken(s.as_str().to_string())
-            }
-            Some(s) => Poll::Pending(s.as_str().to_string()),
-            None if want == InstanceStateName::Terminated => Poll::Ready,
-            None => Poll::Pending("not listed".into()),
-        })
-    }
-
     pub(super) async fn wait_instance(&mut self, ctx: &RunCtx, want: Want) -> StepResult {
         let name = match want {
             Want::Stopped => Op::InstanceStopped.name(),
@@ -305,15 +260,10 @@ impl User {
             .ok_or_else(|| none("instance", "TerminateInstances"))?;
         self.terminating[idx].waited = true;
         let held = self.terminating[idx].clone();
-        let what = format!("instance {}", held.id);
-        ctx.wait_for(
-            &self.params,
-            Op::InstanceTerminated.name(),
-            &what,
-            held.since,
-            || self.poll_instance(ctx, &held.id, InstanceStateName::Terminated),
-        )
-        .await?;
+        let subject = (Pool::Instances, held.id.as_str(), Want::Terminated);
+        let name = Op::InstanceTerminated.name();
+        ctx.wait_for(&self.params, name, subject, held.since)
+            .await?;
         self.terminating.retain(|h| h.id != held.id);
         Ok(())
     }

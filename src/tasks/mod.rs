@@ -7,6 +7,7 @@
 mod ctx;
 mod instances;
 mod network;
+mod poller;
 mod s3;
 mod volumes;
 
@@ -64,6 +65,8 @@ enum Want {
     Available,
     InUse,
     Completed,
+    /// An instance on its way out (the terminating list).
+    Terminated,
 }
 
 /// A resource the user holds.
@@ -238,27 +241,6 @@ impl User {
         }
     }
 
-    /// Asks the cloud once where a resource is on its way to `want`.
-    async fn poll(
-        &self,
-        ctx: &RunCtx,
-        pool: Pool,
-        id: &str,
-        want: Want,
-    ) -> Result<ctx::Poll, Failure> {
-        match pool {
-            Pool::Instances => {
-                let state = match want {
-                    Want::Stopped => aws_sdk_ec2::types::InstanceStateName::Stopped,
-                    _ => aws_sdk_ec2::types::InstanceStateName::Running,
-                };
-                self.poll_instance(ctx, id, state).await
-            }
-            Pool::Volumes => self.poll_volume(ctx, id, want).await,
-            Pool::Snapshots => self.poll_snapshot(ctx, id).await,
-        }
-    }
-
     /// The wait protocol for what the user holds: measures the newest move
     /// of one of `pool`'s resources to `want` that no wait has measured yet
     /// (making one first if there is none), recorded under `name`. A
@@ -282,11 +264,8 @@ impl User {
         if held.ready {
             ctx.record(name, std::time::Duration::ZERO, Bytes::default(), None);
         } else {
-            let what = format!("{} {}", pool.what(), held.id);
-            ctx.wait_for(&self.params, name, &what, held.since, || {
-                self.poll(ctx, pool, &held.id, want)
-            })
-            .await?;
+            ctx.wait_for(&self.params, name, (pool, &held.id, want), held.since)
+                .await?;
         }
         if let Some(h) = self.pool(pool).iter_mut().find(|h| h.id == held.id) {
             h.ready = true;
@@ -350,26 +329,29 @@ impl User {
 mod tests {
     use super::*;
 
-    /// No op holds an SDK request's future inline (see [`sdk`]): the ops'
-    /// future is smaller than one PutObject send future (3 KB against 9.6 KB
-    /// in a release build; 20.7 KB before the boxing). Building the clients
-    /// sends nothing.
-    /// A run context whose clients point at a closed port: building them
-    /// sends nothing, and the tests below send nothing either.
-    async fn offline_ctx(dir: &std::path::Path) -> RunCtx {
+    /// A run context whose clients point at `url` (signing with test keys,
+    /// from a eucarc in `dir`). Building them sends nothing.
+    pub(super) async fn ctx_at(dir: &std::path::Path, url: &str) -> RunCtx {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             target: crate::target::TargetArgs,
         }
+        let eucarc = dir.join("eucarc");
+        let keys = format!(
+            "EC2_URL={url}\nS3_URL={url}\nEC2_ACCESS_KEY=testing\nEC2_SECRET_KEY=testing\n"
+        );
+        std::fs::write(&eucarc, keys).unwrap();
         let cli = <Cli as clap::Parser>::parse_from([
             "t",
             "--ec2-endpoint",
-            "http://127.0.0.1:9/",
+            url,
             "--s3-endpoint",
-            "http://127.0.0.1:9/",
+            url,
             "--region",
             "us-east-1",
+            "--eucarc",
+            eucarc.to_str().unwrap(),
         ]);
         let clients = cli.target.clients().await.unwrap();
         let run = crate::naming::RunId::parse("sizes").unwrap();
@@ -390,6 +372,56 @@ mod tests {
         RunCtx::new(run, clients, crate::stats::Stats::new(), tracker, caps)
     }
 
+    /// A run context whose clients point at a closed port.
+    pub(super) async fn offline_ctx(dir: &std::path::Path) -> RunCtx {
+        ctx_at(dir, "http://127.0.0.1:9/").await
+    }
+
+    /// A moto server on a free loopback port (`MOTO_SERVER`, else the
+    /// repository's `.venv`), for as long as this value lives.
+    pub(super) struct Moto {
+        child: std::process::Child,
+        pub url: String,
+    }
+
+    impl Moto {
+        pub(super) fn start() -> Moto {
+            let bin = std::env::var_os("MOTO_SERVER").map_or_else(
+                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
+                std::path::PathBuf::from,
+            );
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let child = std::process::Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "moto did not start");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Moto {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            }
+        }
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// No op holds an SDK request's future inline (see [`sdk`]): the ops'
+    /// future is smaller than one PutObject send future (3 KB against 9.6 KB
+    /// in a release build; 20.7 KB before the boxing).
     #[tokio::test]
     async fn no_op_future_holds_an_sdk_future_inline() {
         let dir = tempfile::tempdir().unwrap();

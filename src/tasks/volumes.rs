@@ -1,16 +1,15 @@
 //! EC2 block storage ops: volumes (create, attach, detach, delete) and
-//! snapshots, created with the run's tag, and the polls behind their
-//! provisioning waits (`ec2:volume-available`, `ec2:volume-in-use`,
-//! `ec2:snapshot-completed`).
+//! snapshots, created with the run's tag, and their provisioning waits
+//! (`ec2:volume-available`, `ec2:volume-in-use`, `ec2:snapshot-completed`;
+//! polled by the run's shared poller, see `poller.rs`).
 
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{ResourceType, SnapshotState, VolumeState, VolumeType};
 
-use super::ctx::{Poll, none};
+use super::ctx::none;
 use super::{Held, Pool, RunCtx, StepError, StepResult, User, Want, sdk};
-use crate::failure::Failure;
-use crate::ops::{Op, SNAPSHOTS_POLL, VOLUMES_POLL};
+use crate::ops::Op;
 use crate::resources::Kind;
 use crate::stats::Bytes;
 
@@ -66,42 +65,6 @@ impl User {
         Ok(())
     }
 
-    pub(super) async fn poll_volume(
-        &self,
-        ctx: &RunCtx,
-        id: &str,
-        want: Want,
-    ) -> Result<Poll, Failure> {
-        let t0 = Instant::now();
-        let res = sdk(|| ctx.clients.ec2.describe_volumes().volume_ids(id).send()).await;
-        let res = match ctx.measure(VOLUMES_POLL, t0, res, Bytes::default()) {
-            Ok(r) => r,
-            Err(f) if f.code.ends_with(".NotFound") => {
-                return Ok(Poll::Pending("not found yet".into()));
-            }
-            Err(f) => return Err(f),
-        };
-        let state = res
-            .volumes()
-            .iter()
-            .find(|v| v.volume_id() == Some(id))
-            .and_then(|v| v.state())
-            .cloned();
-        let target = if want == Want::InUse {
-            VolumeState::InUse
-        } else {
-            VolumeState::Available
-        };
-        Ok(match state {
-            Some(s) if s == target => Poll::Ready,
-            Some(s @ (VolumeState::Error | VolumeState::Deleted | VolumeState::Deleting)) => {
-                Poll::Broken(s.as_str().to_string())
-            }
-            Some(s) => Poll::Pending(s.as_str().to_string()),
-            None => Poll::Pending("not listed".into()),
-        })
-    }
-
     pub(super) async fn wait_volume(&mut self, ctx: &RunCtx, want: Want) -> StepResult {
         let name = if want == Want::InUse {
             Op::VolumeInUse.name()
@@ -127,14 +90,9 @@ impl User {
             } else {
                 let id = self.volumes[i].id.clone();
                 let since = self.volumes[i].since;
-                ctx.wait_for(
-                    &self.params,
-                    Op::VolumeAvailable.name(),
-                    &format!("volume {id}"),
-                    since,
-                    || self.poll_volume(ctx, &id, Want::Available),
-                )
-                .await?;
+                let subject = (Pool::Volumes, id.as_str(), Want::Available);
+                ctx.wait_for(&self.params, Op::VolumeAvailable.name(), subject, since)
+                    .await?;
             }
         }
         Ok(i)
@@ -265,24 +223,6 @@ impl User {
         let name = Op::SnapshotCompleted.name();
         self.wait_held(ctx, Pool::Snapshots, Want::Completed, name)
             .await
-    }
-
-    pub(super) async fn poll_snapshot(&self, ctx: &RunCtx, id: &str) -> Result<Poll, Failure> {
-        let t0 = Instant::now();
-        let res = sdk(|| ctx.clients.ec2.describe_snapshots().snapshot_ids(id).send()).await;
-        let res = ctx.measure(SNAPSHOTS_POLL, t0, res, Bytes::default())?;
-        let state = res
-            .snapshots()
-            .iter()
-            .find(|s| s.snapshot_id() == Some(id))
-            .and_then(|s| s.state())
-            .cloned();
-        Ok(match state {
-            Some(SnapshotState::Completed) => Poll::Ready,
-            Some(SnapshotState::Error) => Poll::Broken("error".into()),
-            Some(s) => Poll::Pending(s.as_str().to_string()),
-            None => Poll::Pending("not listed".into()),
-        })
     }
 
     pub(super) async fn delete_snapshot(&mut self, ctx: &RunCtx) -> StepResult {
