@@ -417,4 +417,17 @@ fn check_and_run_explain_arrival_mistakes_before_anything_starts() {
             "refused before the preflight: {err}"
         );
     }
+    // A master sends no arrival rate to its workers: refused before it binds.
+    let out = cloudswarm()
+        .args(["run", "--master", "--expect-workers", "1", "-f", &good])
+        .args(["--stages", "rate=10/s:1m", "--master-bind-port"])
+        .arg(free_port().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--master: rate= stages are not sent to workers"),
+        "{err}"
+    );
 }
