@@ -3,7 +3,14 @@
 //! when the target drops, samples per-second history, and stops with a stop
 //! timeout. Control is by absolute targets so a coordinator can later drive
 //! many engines the same way.
+//!
+//! An open class (`arrival_rate` in the profile) has an arrival scheduler:
+//! task starts arrive at the class's rate whatever the latency, each handed
+//! to a free user of the class (its pool); an arrival that finds none is
+//! counted as dropped, never queued. Each start's lateness (actual start
+//! minus scheduled arrival) is recorded on the class's `arrival:<class>` row.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -14,15 +21,20 @@ use std::time::{Duration, Instant};
 
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tokio::sync::{SemaphorePermit, TryAcquireError};
+use tokio::sync::{SemaphorePermit, TryAcquireError, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::Failure;
+use crate::metrics::sink;
 use crate::ops::Op;
-use crate::profile::{Params, Profile, Task, UserClass, WaitTime};
+use crate::profile::{ArrivalProcess, Params, Profile, Task, UserClass, WaitTime};
+use crate::stats::Bytes;
 use crate::tasks::{RunCtx, User};
+use crate::units::{MAX_ARRIVAL_RATE, MIN_ARRIVAL_RATE, format_rate};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,6 +115,14 @@ pub fn distribute(classes: &[(u32, Option<u32>)], total: u64) -> Vec<u64> {
 struct ClassRt {
     name: String,
     wait: WaitTime,
+    /// Set for an open class: its arrivals and its free users.
+    arrivals: Option<Arrivals>,
+    /// The class's `arrival:<class>` row (task starts and their lateness).
+    arrival_entry: String,
+    /// Users alive and the target, as the hatcher last left them (for the
+    /// arrival scheduler, which runs while both are above zero).
+    alive: AtomicU64,
+    target: AtomicU64,
     tasks: Vec<Task>,
     /// Over u64: the sum of the tasks' u32 weights cannot overflow it.
     pick: WeightedIndex<u64>,
@@ -117,6 +137,16 @@ impl ClassRt {
         ClassRt {
             name: c.name.clone(),
             wait: c.wait,
+            arrivals: c.arrival.map(|a| Arrivals {
+                process: a.process,
+                base: a.rate,
+                rate: AtomicU64::new(a.rate.to_bits()),
+                changed: tokio::sync::Notify::new(),
+                free: Mutex::new(VecDeque::new()),
+            }),
+            arrival_entry: crate::ops::arrival_entry(&c.name),
+            alive: AtomicU64::new(0),
+            target: AtomicU64::new(0),
             tasks: c.tasks.clone(),
             // Validation gives every class a task and every task a weight of
             // 1 or more: the only errors WeightedIndex has (none, all zero,
@@ -129,6 +159,11 @@ impl ClassRt {
         }
     }
 
+    /// True while the class's arrivals run: it has users, and a target.
+    fn open_for_arrivals(&self) -> bool {
+        self.alive.load(Ordering::Relaxed) > 0 && self.target.load(Ordering::Relaxed) > 0
+    }
+
     /// Takes the ids of the users that died since the last call.
     fn take_dead(&self) -> Vec<u64> {
         if !self.has_dead.swap(false, Ordering::Acquire) {
@@ -136,6 +171,204 @@ impl ClassRt {
         }
         std::mem::take(&mut *self.dead.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// An open class's arrivals: the rate (changed at run time), the spacing,
+/// and the free users of the class waiting for one.
+struct Arrivals {
+    process: ArrivalProcess,
+    /// The profile's rate: a single rate given at run time scales these.
+    base: f64,
+    /// Arrivals per second now (the bits of an f64).
+    rate: AtomicU64,
+    /// Wakes the scheduler when the rate changes.
+    changed: tokio::sync::Notify,
+    /// Free users, longest waiting first; each takes the scheduled instant
+    /// of the arrival it is handed.
+    free: Mutex<VecDeque<oneshot::Sender<Instant>>>,
+}
+
+impl Arrivals {
+    fn rate(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<Instant>>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a user in the free pool: the receiver gets the next arrival
+    /// handed to it.
+    fn wait_free(&self) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        self.free().push_back(tx);
+        rx
+    }
+}
+
+/// Longest gap or offset a schedule computes (a century): far beyond any run.
+const MAX_OFFSET: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).map_or(MAX_OFFSET, |d| d.min(MAX_OFFSET))
+}
+
+/// When the `k`-th arrival (from 0) of an even schedule at `rate` per
+/// second comes, after the schedule's start. Computed from the start, not
+/// added up gap by gap, so timer jitter never shifts later arrivals.
+pub fn constant_offset(rate: f64, k: u64) -> Duration {
+    secs(k as f64 / rate)
+}
+
+/// A gap between two arrivals of a Poisson process at `rate` per second,
+/// for a uniform draw `u` in [0, 1): exponential, of mean 1/rate.
+pub fn exponential_gap(rate: f64, u: f64) -> Duration {
+    secs(-(1.0 - u).ln() / rate)
+}
+
+/// When the arrivals of one open class are due.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    process: ArrivalProcess,
+    rate: f64,
+    /// The start the even spacing counts from.
+    anchor: Instant,
+    /// Arrivals due since the anchor.
+    k: u64,
+    /// The last arrival handed out or dropped.
+    last: Option<Instant>,
+    next: Instant,
+}
+
+impl Schedule {
+    /// Arrivals at `rate` per second, the first at `start`.
+    pub fn new(process: ArrivalProcess, rate: f64, start: Instant) -> Schedule {
+        Schedule {
+            process,
+            rate,
+            anchor: start,
+            k: 0,
+            last: None,
+            next: start,
+        }
+    }
+
+    /// When the next arrival is due.
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// Arrivals per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Moves on to the arrival after [`Schedule::next`].
+    pub fn advance(&mut self, rng: &mut impl Rng) {
+        self.last = Some(self.next);
+        self.k += 1;
+        self.next = match self.process {
+            ArrivalProcess::Constant => self.anchor + constant_offset(self.rate, self.k),
+            ArrivalProcess::Poisson => self.next + exponential_gap(self.rate, rng.random()),
+        };
+    }
+
+    /// Goes on at `rate` from `now`: evenly, the next arrival comes one new
+    /// gap after the last one (at once if that is already past) and the
+    /// spacing counts from there; a Poisson process starts afresh (it has
+    /// no memory).
+    pub fn set_rate(&mut self, rate: f64, now: Instant, rng: &mut impl Rng) {
+        let from = match self.process {
+            ArrivalProcess::Constant => self
+                .last
+                .map_or(now, |l| (l + constant_offset(rate, 1)).max(now)),
+            ArrivalProcess::Poisson => now + exponential_gap(rate, rng.random()),
+        };
+        self.rate = rate;
+        self.anchor = from;
+        self.k = 0;
+        self.next = from;
+    }
+}
+
+/// Hands the arrival scheduled at `at` to the longest-waiting free user;
+/// false when none is free (users that left the pool are skipped).
+fn hand(free: &mut VecDeque<oneshot::Sender<Instant>>, at: Instant) -> bool {
+    while let Some(tx) = free.pop_front() {
+        if tx.send(at).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// How often an idle scheduler looks again (the class may have got users),
+/// and the longest it sleeps while waiting for an arrival.
+const ARRIVAL_CHECK: Duration = Duration::from_millis(100);
+
+/// The arrival scheduler of open class `class`: while the class has users
+/// and a target, hands each arrival when it is due to a free user, or
+/// gives it to `dropped` (counted by the batch). When behind, every due
+/// arrival goes out in one loop, with its scheduled instant: no timer per
+/// arrival, and lateness shows in the users' start times.
+async fn schedule_arrivals(class: Arc<ClassRt>, dropped: impl Fn(u64)) {
+    let Some(arr) = class.arrivals.as_ref() else {
+        return;
+    };
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut sched: Option<Schedule> = None;
+    let mut pruned = Instant::now();
+    loop {
+        let now = Instant::now();
+        if !class.open_for_arrivals() {
+            // No users or no target: no arrivals; the schedule starts
+            // afresh when they come back.
+            sched = None;
+            tokio::select! {
+                _ = tokio::time::sleep(ARRIVAL_CHECK) => {}
+                _ = arr.changed.notified() => {}
+            }
+            continue;
+        }
+        let rate = arr.rate();
+        let s = sched.get_or_insert_with(|| Schedule::new(arr.process, rate, now));
+        if s.rate() != rate {
+            s.set_rate(rate, now, &mut rng);
+        }
+        if s.next() > now {
+            let wake = s.next().min(now + ARRIVAL_CHECK);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = arr.changed.notified() => {}
+            }
+            continue;
+        }
+        let mut lost = 0;
+        {
+            let mut free = arr.free();
+            while s.next() <= now {
+                if !hand(&mut free, s.next()) {
+                    lost += 1;
+                }
+                s.advance(&mut rng);
+            }
+            // Users retired while free leave a closed sender behind.
+            if now.duration_since(pruned) >= Duration::from_secs(1) {
+                free.retain(|tx| !tx.is_closed());
+                pruned = now;
+            }
+        }
+        if lost > 0 {
+            dropped(lost);
+        }
+    }
+}
+
+/// Counts `n` arrivals of `class` that found no free user: the stats and
+/// Prometheus.
+fn record_dropped(ctx: &RunCtx, class: &str, n: u64) {
+    ctx.stats.lock().count_dropped(class, n);
+    sink::dropped(class, n);
 }
 
 struct UserHandle {
@@ -262,9 +495,104 @@ impl Engine {
         if c.stopped {
             return Err("the run is stopping".into());
         }
+        for (k, t) in self.classes.iter().zip(&targets) {
+            k.target.store(*t, Ordering::Relaxed);
+        }
         c.targets = targets;
         c.rate = rate;
         Ok(())
+    }
+
+    /// True when the profile has open classes (an `arrival_rate`).
+    pub fn has_arrivals(&self) -> bool {
+        self.classes.iter().any(|k| k.arrivals.is_some())
+    }
+
+    /// The arrival rate (per second) of each open class now, in profile order.
+    pub fn arrival_rates(&self) -> Vec<(String, f64)> {
+        self.classes
+            .iter()
+            .filter_map(|k| Some((k.name.clone(), k.arrivals.as_ref()?.rate())))
+            .collect()
+    }
+
+    /// The arrival rate of all open classes together; None without any.
+    pub fn arrival_rate(&self) -> Option<f64> {
+        self.has_arrivals()
+            .then(|| self.arrival_rates().iter().map(|(_, r)| r).sum())
+    }
+
+    /// Sets the arrival rate of all open classes together (per second),
+    /// split in proportion to their profile rates: with `a` at 20/s and `b`
+    /// at 10/s, 60/s gives `a` 40/s and `b` 20/s.
+    pub fn set_arrival_rate(&self, total: f64) -> Result<(), String> {
+        let base: f64 = self
+            .classes
+            .iter()
+            .filter_map(|k| Some(k.arrivals.as_ref()?.base))
+            .sum();
+        if base <= 0.0 {
+            return Err(
+                "the profile has no open class: an arrival rate needs a class with arrival_rate"
+                    .into(),
+            );
+        }
+        if !(total.is_finite() && total > 0.0) {
+            return Err(format!("an arrival rate must be above zero, got {total}"));
+        }
+        let rates = self
+            .classes
+            .iter()
+            .map(|k| k.arrivals.as_ref().map(|a| total * a.base / base))
+            .collect();
+        self.set_class_arrival_rates(rates)
+    }
+
+    /// Sets an absolute arrival rate (per second) per class, in profile
+    /// order: None leaves a class as it is, and only open classes take one.
+    pub fn set_class_arrival_rates(&self, rates: Vec<Option<f64>>) -> Result<(), String> {
+        if rates.len() != self.classes.len() {
+            return Err(format!(
+                "expected {} class arrival rates, got {}",
+                self.classes.len(),
+                rates.len()
+            ));
+        }
+        for (k, r) in self.classes.iter().zip(&rates) {
+            let Some(r) = *r else { continue };
+            if k.arrivals.is_none() {
+                return Err(format!(
+                    "class `{}` has no arrival_rate (it is a closed class: its users wait between tasks)",
+                    k.name
+                ));
+            }
+            if !(r.is_finite() && (MIN_ARRIVAL_RATE..=MAX_ARRIVAL_RATE).contains(&r)) {
+                return Err(format!(
+                    "the arrival rate of class `{}` would be {r}/s: rates are from one a day (0.0417/h) to 1000000/s",
+                    k.name
+                ));
+            }
+        }
+        if self.ctl().stopped {
+            return Err("the run is stopping".into());
+        }
+        for (k, r) in self.classes.iter().zip(rates) {
+            if let (Some(a), Some(r)) = (&k.arrivals, r) {
+                a.rate.store(r.to_bits(), Ordering::Relaxed);
+                a.changed.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Each open class's arrival rate, as the status line and the
+    /// dashboard say it (`web 20/s`).
+    pub fn arrival_summary(&self) -> String {
+        self.arrival_rates()
+            .iter()
+            .map(|(c, r)| format!("{c} {}", format_rate(*r)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Users alive now, per class name.
@@ -310,6 +638,21 @@ impl Engine {
         let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
         bg.push(hatcher);
         bg.push(sampler);
+        for k in self.classes.iter().filter(|k| k.arrivals.is_some()) {
+            // The class shows in the dropped figures from the start, at 0.
+            record_dropped(&self.ctx, &k.name, 0);
+            let ctx = self.ctx.clone();
+            let name = k.name.clone();
+            let dropped = move |n| record_dropped(&ctx, &name, n);
+            bg.push(tokio::spawn(schedule_arrivals(k.clone(), dropped)));
+        }
+    }
+
+    /// Tells each class's arrival scheduler how many users it has.
+    fn mirror_alive(&self, c: &Control) {
+        for (k, u) in self.classes.iter().zip(&c.users) {
+            k.alive.store(u.len() as u64, Ordering::Relaxed);
+        }
     }
 
     async fn hatch_loop(self: Arc<Self>) {
@@ -331,6 +674,7 @@ impl Engine {
                     c.users[i].retain(|h| !dead.contains(&h.id));
                 }
             }
+            self.mirror_alive(&c);
             let pending: u64 = c
                 .targets
                 .iter()
@@ -355,6 +699,7 @@ impl Engine {
                 }
                 budget -= 1.0;
             }
+            self.mirror_alive(&c);
         }
     }
 
@@ -462,6 +807,9 @@ impl Engine {
             let mut c = self.ctl();
             c.stopped = true;
             c.targets.iter_mut().for_each(|t| *t = 0);
+            for k in &self.classes {
+                k.target.store(0, Ordering::Relaxed);
+            }
             let mut all: Vec<JoinHandle<()>> = c.retiring.drain(..).collect();
             for class in c.users.iter_mut() {
                 all.extend(class.drain(..).map(|h| h.join));
@@ -499,6 +847,8 @@ struct Resume {
 enum Pause {
     /// The task is done and its wait comes next.
     Wait(Duration),
+    /// The task of an open class's user is done: it is free for the next arrival.
+    Free,
     /// Every in-flight slot is taken: wait for one, then go on from here.
     Slot(Resume),
     /// The user is cancelled or the engine closed.
@@ -564,6 +914,14 @@ async fn user_loop(
     // The op the user is in, for a panic's report.
     let mut at: Option<Op> = None;
     loop {
+        // A user of an open class waits, free, for an arrival to run.
+        let arrival = match &class.arrivals {
+            Some(arr) if resume.is_none() => match next_arrival(&ctx, &class, arr, &token).await {
+                Some(t) => Some(t),
+                None => return,
+            },
+            _ => None,
+        };
         // The ops' state (the SDK's futures, several KiB) lives in this box
         // only while the user is busy: a user that waits (its wait time, or
         // for a slot) holds just its own small state. A user that never
@@ -577,6 +935,7 @@ async fn user_loop(
             &mut user,
             &token,
             resume.take(),
+            arrival,
             &mut at,
         ));
         let result = CatchPanic(busy).await;
@@ -589,6 +948,7 @@ async fn user_loop(
         };
         match pause {
             Pause::Stop => return,
+            Pause::Free => {}
             Pause::Wait(wait) => tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = token.cancelled() => return,
@@ -608,8 +968,39 @@ async fn user_loop(
     }
 }
 
+/// Waits, in the class's free pool, for an arrival: its scheduled instant.
+/// None when the user is told to stop (an arrival it was handed meanwhile
+/// is counted as dropped: it never ran).
+async fn next_arrival(
+    ctx: &RunCtx,
+    class: &ClassRt,
+    arr: &Arrivals,
+    token: &CancellationToken,
+) -> Option<Instant> {
+    if token.is_cancelled() {
+        return None;
+    }
+    let mut rx = arr.wait_free();
+    let got = tokio::select! {
+        got = &mut rx => got.ok(),
+        _ = token.cancelled() => {
+            rx.close();
+            rx.try_recv().ok()
+        }
+    };
+    if got.is_some() && token.is_cancelled() {
+        record_dropped(ctx, &class.name, 1);
+        return None;
+    }
+    got
+}
+
 /// Runs the user's tasks back to back (from `resume`, if given, with its
-/// slot) until one is followed by a wait or a step finds no free slot.
+/// slot) until one is followed by a wait or a step finds no free slot. A
+/// user of an open class runs one task, the one `arrival` (its scheduled
+/// instant) asks for, recording the start's lateness on the class's
+/// arrival row when its first step starts.
+#[allow(clippy::too_many_arguments)]
 async fn busy<'a>(
     ctx: &RunCtx,
     slots: &'a tokio::sync::Semaphore,
@@ -617,13 +1008,17 @@ async fn busy<'a>(
     user: &mut User,
     token: &CancellationToken,
     mut resume: Option<(Resume, SemaphorePermit<'a>)>,
+    mut arrival: Option<Instant>,
     at: &mut Option<Op>,
 ) -> Pause {
+    let open = class.arrivals.is_some();
     loop {
-        let (task, first, t0, mut slot) = match resume.take() {
-            Some((at, permit)) => (at.task, at.step, at.t0, Some(permit)),
-            None if token.is_cancelled() => return Pause::Stop,
-            None => (class.pick.sample(user.rng()), 0, Instant::now(), None),
+        let (task, first, t0, mut slot) = match (resume.take(), arrival.take()) {
+            (Some((at, permit)), _) => (at.task, at.step, at.t0, Some(permit)),
+            (None, Some(due)) => (class.pick.sample(user.rng()), 0, due, None),
+            (None, None) if open => return Pause::Free,
+            (None, None) if token.is_cancelled() => return Pause::Stop,
+            (None, None) => (class.pick.sample(user.rng()), 0, Instant::now(), None),
         };
         for (step, &op) in class.tasks[task].steps.iter().enumerate().skip(first) {
             let permit = match slot.take() {
@@ -636,6 +1031,12 @@ async fn busy<'a>(
                     Err(TryAcquireError::Closed) => return Pause::Stop,
                 },
             };
+            if open && step == 0 {
+                // Timed from the scheduled arrival: a wait for a free slot
+                // (`--max-inflight`) makes the start late, visibly.
+                ctx.stats
+                    .record(&class.arrival_entry, t0.elapsed(), Bytes::default(), None);
+            }
             *at = Some(op);
             #[cfg(test)]
             test_hooks::maybe_panic(&class.name, op);
@@ -645,6 +1046,9 @@ async fn busy<'a>(
             if failed {
                 break;
             }
+        }
+        if open {
+            return Pause::Free;
         }
         let wait = class.wait.next_wait(t0.elapsed(), user.rng());
         if !wait.is_zero() {
@@ -793,6 +1197,255 @@ mod tests {
         assert_eq!(snap.total.num_requests, 1);
         assert_eq!(snap.errors[0].name, "s3:ListBuckets");
         assert_eq!(snap.errors[0].code, "refused");
+    }
+
+    /// Arrivals of `sched` due before `end`, advancing it past them.
+    fn due_before(sched: &mut Schedule, end: Instant, rng: &mut impl Rng) -> u64 {
+        let mut n = 0;
+        while sched.next() < end {
+            n += 1;
+            sched.advance(rng);
+        }
+        n
+    }
+
+    #[test]
+    fn constant_and_poisson_schedules_keep_their_rate() {
+        assert_eq!(constant_offset(20.0, 0), Duration::ZERO);
+        assert_eq!(constant_offset(20.0, 1), Duration::from_millis(50));
+        assert_eq!(constant_offset(20.0, 400), Duration::from_secs(20));
+        // Counted from the start, so no rounding piles up over a long run.
+        assert_eq!(
+            constant_offset(3.0, 3_000_000),
+            Duration::from_secs(1_000_000)
+        );
+        assert_eq!(constant_offset(1e-300, 5), MAX_OFFSET);
+        assert_eq!(exponential_gap(2.0, 0.0), Duration::ZERO);
+        let g = exponential_gap(2.0, 1.0 - (-1.0f64).exp());
+        assert!((g.as_secs_f64() - 0.5).abs() < 1e-9, "{g:?}");
+        assert!(exponential_gap(2.0, 1.0) <= MAX_OFFSET);
+
+        let mut rng = SmallRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut even = Schedule::new(ArrivalProcess::Constant, 20.0, t0);
+        assert_eq!(even.next(), t0, "the first arrival is at the start");
+        assert_eq!(
+            due_before(&mut even, t0 + Duration::from_secs(20), &mut rng),
+            400
+        );
+        // Poisson: 20/s over 10,000 s is 200,000 arrivals, within 1% (σ ≈ 0.22%).
+        let mut poisson = Schedule::new(ArrivalProcess::Poisson, 20.0, t0);
+        let n = due_before(&mut poisson, t0 + Duration::from_secs(10_000), &mut rng);
+        assert!((198_000..=202_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_rate_change_goes_on_from_the_last_arrival_at_the_new_spacing() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        // 5/s for 6 s, then 20/s for 6 s: 30 + 120 arrivals.
+        let mut sched = Schedule::new(ArrivalProcess::Constant, 5.0, t0);
+        assert_eq!(due_before(&mut sched, s(6.0), &mut rng), 30);
+        sched.set_rate(20.0, s(6.0), &mut rng);
+        assert_eq!(sched.next(), s(6.0), "5.8 s + 50 ms is past: at once");
+        assert_eq!(due_before(&mut sched, s(12.0), &mut rng), 120);
+        // Slower: the next one is a new gap after the last.
+        sched.set_rate(1.0, s(12.0), &mut rng);
+        assert_eq!(sched.next(), s(12.95));
+        assert_eq!(sched.rate(), 1.0);
+        let mut poisson = Schedule::new(ArrivalProcess::Poisson, 5.0, t0);
+        due_before(&mut poisson, s(6.0), &mut rng);
+        poisson.set_rate(50.0, s(6.0), &mut rng);
+        assert!(poisson.next() >= s(6.0));
+        let n = due_before(&mut poisson, s(206.0), &mut rng);
+        assert!((9_500..=10_500).contains(&n), "{n}");
+    }
+
+    /// An open class of the given profile lines, with its users and target
+    /// set as the hatcher would.
+    fn open_class(lines: &str, users: u64) -> Arc<ClassRt> {
+        let text =
+            format!("[[user]]\nname = \"web\"\n{lines}\n[[user.task]]\nop = \"s3:ListBuckets\"\n");
+        let p = crate::profile::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let class = Arc::new(ClassRt::new(&p.users[0]));
+        class.alive.store(users, Ordering::Relaxed);
+        class.target.store(users, Ordering::Relaxed);
+        class
+    }
+
+    /// Free users that take each arrival handed to them, hold it `busy`,
+    /// and count it; the scheduler runs for about `run`. Answers (taken,
+    /// dropped, how long the scheduler really ran).
+    async fn run_pool(
+        class: Arc<ClassRt>,
+        users: usize,
+        busy: Duration,
+        run: Duration,
+    ) -> (u64, u64, Duration) {
+        let taken = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..users {
+            let (class, taken) = (class.clone(), taken.clone());
+            tasks.push(tokio::spawn(async move {
+                let arr = class.arrivals.as_ref().unwrap();
+                while let Ok(at) = arr.wait_free().await {
+                    assert!(at <= Instant::now(), "handed when due");
+                    taken.fetch_add(1, Ordering::Relaxed);
+                    if !busy.is_zero() {
+                        tokio::time::sleep(busy).await;
+                    }
+                }
+            }));
+        }
+        let d = dropped.clone();
+        let t0 = Instant::now();
+        let sched = tokio::spawn(schedule_arrivals(class, move |n| {
+            d.fetch_add(n, Ordering::Relaxed);
+        }));
+        tokio::time::sleep(run).await;
+        sched.abort();
+        let ran = t0.elapsed();
+        for t in tasks {
+            t.abort();
+        }
+        let (taken, dropped) = (
+            taken.load(Ordering::Relaxed),
+            dropped.load(Ordering::Relaxed),
+        );
+        (taken, dropped, ran)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_scheduler_hands_5000_arrivals_a_second_on_one_thread() {
+        // Free users that do nothing: each arrival is taken, unless the
+        // thread stalls (a busy machine) longer than the pool absorbs.
+        let class = open_class("arrival_rate = \"5000/s\"", 500);
+        let (taken, dropped, ran) =
+            run_pool(class, 500, Duration::ZERO, Duration::from_secs(2)).await;
+        // Every arrival due while it ran (the first at 0) is accounted for...
+        let due = (ran.as_secs_f64() * 5000.0) as u64 + 1;
+        assert!(
+            taken + dropped <= due && taken + dropped >= due * 97 / 100,
+            "{taken} + {dropped} of {due}"
+        );
+        // ... and handed out.
+        assert!(dropped <= taken / 100, "{taken} taken, {dropped} dropped");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_arrival_with_no_free_user_is_dropped_not_queued() {
+        // One user busy 1 s per task at 20/s: it takes 2 in 1.5 s, and the
+        // rest are dropped (a queued arrival would be taken late instead).
+        let class = open_class("arrival_rate = \"20/s\"", 1);
+        let (taken, dropped, ran) = run_pool(
+            class,
+            1,
+            Duration::from_secs(1),
+            Duration::from_millis(1_530),
+        )
+        .await;
+        assert_eq!(taken, 2, "{dropped} dropped");
+        let due = (ran.as_secs_f64() * 20.0) as u64 + 1;
+        assert!(
+            dropped <= due - 2 && dropped + 4 >= due - 2,
+            "{dropped} of {due}"
+        );
+        // No users (or no target): no arrivals at all.
+        let class = open_class("arrival_rate = \"20/s\"", 0);
+        let (taken, dropped, _) =
+            run_pool(class, 0, Duration::ZERO, Duration::from_millis(500)).await;
+        assert_eq!((taken, dropped), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn arrival_rates_scale_with_the_profile_rates_and_are_bounded() {
+        let (engine, _dir) = engine_against_nothing(
+            "[[user]]\nname = \"a\"\narrival_rate = \"20/s\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n\
+             [[user]]\nname = \"b\"\narrival_rate = \"10/s\"\narrival = \"poisson\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n\
+             [[user]]\nname = \"closed\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n",
+        )
+        .await;
+        assert!(engine.has_arrivals());
+        assert_eq!(engine.arrival_rate(), Some(30.0));
+        engine.set_arrival_rate(60.0).unwrap();
+        assert_eq!(
+            engine.arrival_rates(),
+            [("a".to_string(), 40.0), ("b".to_string(), 20.0)]
+        );
+        assert_eq!(engine.arrival_summary(), "a 40/s, b 20/s");
+        engine
+            .set_class_arrival_rates(vec![None, Some(0.5), None])
+            .unwrap();
+        assert_eq!(engine.arrival_rate(), Some(40.5));
+        let e = engine
+            .set_class_arrival_rates(vec![None, None, Some(1.0)])
+            .unwrap_err();
+        assert!(e.contains("class `closed` has no arrival_rate"), "{e}");
+        for bad in [0.0, -1.0, f64::NAN, 3e6] {
+            assert!(engine.set_arrival_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            engine.arrival_rate(),
+            Some(40.5),
+            "a refused rate changes nothing"
+        );
+        let (closed, _dir) = engine_against_nothing(
+            "[[user]]\nname = \"c\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n",
+        )
+        .await;
+        assert_eq!(closed.arrival_rate(), None);
+        assert!(
+            closed
+                .set_arrival_rate(5.0)
+                .unwrap_err()
+                .contains("no open class")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_class_users_run_arrivals_and_record_their_lateness() {
+        // Requests fail at once (nothing listens): a pool of 20 runs the
+        // arrivals of 50/s, each start recorded on arrival:web.
+        let (engine, _dir) = engine_against_nothing(
+            "[[user]]\nname = \"web\"\narrival_rate = \"50/s\"\n[[user.task]]\nop = \"ec2:DescribeAvailabilityZones\"\n",
+        )
+        .await;
+        let stats = engine.ctx.stats.clone();
+        engine.start();
+        engine.set_target(20, 1000.0).unwrap();
+        until("20 users", || engine.user_count() == 20).await;
+        // Task starts and dropped arrivals: every arrival is one or the other.
+        let arrivals = || {
+            let s = stats.lock();
+            let starts = s.entries.get("arrival:web").map_or(0, |e| e.num_requests);
+            (starts, s.dropped.get("web").copied().unwrap_or(0))
+        };
+        let (s0, d0) = arrivals();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (s1, d1) = arrivals();
+        let (starts, dropped) = (s1 - s0, d1 - d0);
+        assert!(
+            (95..=105).contains(&(starts + dropped)),
+            "{starts} starts and {dropped} dropped in 2 s at 50/s"
+        );
+        assert!(starts >= 50, "{starts} starts, {dropped} dropped");
+        let snap = stats.snapshot();
+        let late = snap
+            .entries
+            .iter()
+            .find(|e| e.name == "arrival:web")
+            .unwrap();
+        assert!(late.max_ms < 2_000.0, "lateness: {late:?}");
+        let requests = snap.total.num_requests;
+        assert!(
+            requests + 20 >= s1,
+            "each start sends its request: {requests}"
+        );
+        let line = crate::run::status_line(&engine, Instant::now());
+        assert!(line.contains("arrivals web 50/s  dropped "), "{line}");
+        engine.stop(Duration::from_secs(30)).await;
     }
 
     #[test]

@@ -119,6 +119,17 @@ pub const SUB_ENTRIES: [(&str, EntryKind); 10] = [
     (SNAPSHOTS_POLL, EntryKind::Request),
 ];
 
+/// The prefix of an open class's arrival entry, `arrival:<class>`: one
+/// row per class whose count is the task starts and whose times are each
+/// start's lateness (actual start minus scheduled arrival). A timing, not a
+/// request.
+pub const ARRIVAL_PREFIX: &str = "arrival:";
+
+/// The arrival entry of open class `class`.
+pub fn arrival_entry(class: &str) -> String {
+    format!("{ARRIVAL_PREFIX}{class}")
+}
+
 /// What an entry measures, if the catalogue knows it.
 pub fn entry_kind(name: &str) -> Option<EntryKind> {
     Op::from_name(name).map(Op::kind).or_else(|| {
@@ -126,6 +137,10 @@ pub fn entry_kind(name: &str) -> Option<EntryKind> {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, k)| *k)
+            .or_else(|| {
+                name.starts_with(ARRIVAL_PREFIX)
+                    .then_some(EntryKind::Timing)
+            })
     })
 }
 
@@ -159,6 +174,8 @@ mod tests {
         assert!(!is_request("ec2:instance-running"));
         assert!(!is_request(GET_OBJECT_TTFB));
         assert!(is_request("GET /index.html"), "unknown names are requests");
+        assert_eq!(entry_kind(&arrival_entry("web")), Some(EntryKind::Timing));
+        assert!(!is_request("arrival:web"));
         for op in Op::all() {
             assert_eq!(Op::from_name(op.name()), Some(*op));
             let lower = op

@@ -1,6 +1,6 @@
 //! Profiles: the TOML files in `profiles/` that describe weighted user classes,
-//! their weighted tasks (single ops or ordered sequences), wait times and op
-//! parameters. Parsing validates everything up front and reports problems with
+//! their weighted tasks (single ops or ordered sequences), wait times (or,
+//! for an open class, an arrival rate) and op parameters. Parsing validates everything up front and reports problems with
 //! the file, line and column, so `cloudswarm check` and `run` fail early.
 
 use std::fmt;
@@ -28,9 +28,31 @@ pub struct UserClass {
     pub weight: u32,
     /// Exactly this many users of the class, taken before the weighted split.
     pub fixed_count: Option<u32>,
+    /// The pause between two tasks of a user (zero for an open class).
     pub wait: WaitTime,
+    /// Set for an open class: its task starts arrive at this rate whatever
+    /// the latency, and its users are the pool that runs them.
+    pub arrival: Option<Arrival>,
     pub tasks: Vec<Task>,
     pub params: Params,
+}
+
+/// The arrivals of an open class: task starts per second, and their spacing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrival {
+    /// Task starts per second, from [`crate::units::MIN_ARRIVAL_RATE`] to
+    /// [`crate::units::MAX_ARRIVAL_RATE`].
+    pub rate: f64,
+    pub process: ArrivalProcess,
+}
+
+/// How arrivals are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrivalProcess {
+    /// Evenly: one every 1/rate seconds.
+    Constant,
+    /// Exponential gaps of mean 1/rate (a Poisson process).
+    Poisson,
 }
 
 /// A weighted task: one op, or a sequence of ops run in order.
@@ -236,6 +258,8 @@ struct RawUser {
     weight: Option<Spanned<i64>>,
     fixed_count: Option<Spanned<i64>>,
     wait: Option<Spanned<RawWait>>,
+    arrival_rate: Option<Spanned<RawRate>>,
+    arrival: Option<Spanned<String>>,
     #[serde(default)]
     params: RawParams,
     #[serde(default)]
@@ -249,6 +273,15 @@ enum RawWait {
     Between([f64; 2]),
     ConstantPacing(f64),
     ConstantThroughput(f64),
+}
+
+/// `arrival_rate`: a string such as "20/s"; a bare number is refused with
+/// a message (its unit would be a guess).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRate {
+    Text(String),
+    Number(f64),
 }
 
 #[derive(Deserialize)]
@@ -470,6 +503,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
             }
             None => None,
         };
+        let arrival = arrival(&name, u.arrival_rate, u.arrival, u.wait.is_some(), &locate)?;
         let wait = match u.wait {
             None => WaitTime::Constant(Duration::ZERO),
             Some(w) => {
@@ -565,6 +599,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
             weight,
             fixed_count,
             wait,
+            arrival,
             tasks,
             params,
         });
@@ -593,6 +628,64 @@ fn positive(
         ));
     }
     Ok(v as u32)
+}
+
+/// A class's `arrival_rate` and `arrival`, checked: a rate with a unit in
+/// bounds, a known spacing, no `arrival` without a rate and no `wait` with
+/// one (an open class's users wait for arrivals, not for a wait time).
+fn arrival(
+    class: &str,
+    rate: Option<Spanned<RawRate>>,
+    process: Option<Spanned<String>>,
+    has_wait: bool,
+    locate: &impl Fn(Option<std::ops::Range<usize>>, String) -> ProfileError,
+) -> Result<Option<Arrival>, ProfileError> {
+    let Some(rate) = rate else {
+        if let Some(p) = process {
+            return Err(locate(
+                Some(p.span()),
+                format!(
+                    "user class `{class}` sets `arrival` without `arrival_rate`: add arrival_rate = \"20/s\" (or remove arrival)"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let span = rate.span();
+    if has_wait {
+        return Err(locate(
+            Some(span),
+            format!(
+                "user class `{class}` has both `wait` and `arrival_rate`: an open class's task starts arrive at its rate, so it has no wait time (remove one of them)"
+            ),
+        ));
+    }
+    let per_second = match rate.into_inner() {
+        RawRate::Text(t) => crate::units::parse_rate(&t),
+        RawRate::Number(n) => Err(format!(
+            "arrival_rate needs a unit: write \"{n}/s\" or \"{n}/min\""
+        )),
+    }
+    .map_err(|m| locate(Some(span.clone()), format!("user class `{class}`: {m}")))?;
+    let process = match process {
+        None => ArrivalProcess::Constant,
+        Some(p) => match p.get_ref().trim() {
+            "constant" => ArrivalProcess::Constant,
+            "poisson" => ArrivalProcess::Poisson,
+            other => {
+                return Err(locate(
+                    Some(p.span()),
+                    format!(
+                        "user class `{class}`: arrival must be \"constant\" (even spacing) or \"poisson\" (exponential gaps), got \"{other}\""
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Some(Arrival {
+        rate: per_second,
+        process,
+    }))
 }
 
 fn wait_time(w: RawWait) -> Result<WaitTime, String> {
@@ -1103,6 +1196,59 @@ mod tests {
         );
         std::fs::write(&big, [0xff, 0xfe]).unwrap();
         assert!(load(&big).unwrap_err().message.contains("not UTF-8"));
+    }
+
+    #[test]
+    fn open_classes_take_an_arrival_rate_and_check_explains_mistakes() {
+        let c = with("arrival_rate = \"20/s\"", "").unwrap().users[0].clone();
+        assert_eq!(
+            c.arrival,
+            Some(Arrival {
+                rate: 20.0,
+                process: ArrivalProcess::Constant
+            })
+        );
+        assert_eq!(c.wait, WaitTime::Constant(Duration::ZERO));
+        let c = with("arrival_rate = \"90/min\"\narrival = \"poisson\"", "").unwrap();
+        assert_eq!(
+            c.users[0].arrival,
+            Some(Arrival {
+                rate: 1.5,
+                process: ArrivalProcess::Poisson
+            })
+        );
+        assert_eq!(with("", "").unwrap().users[0].arrival, None);
+
+        // Both a wait and a rate: located at the rate, naming the class.
+        let e = with("wait = { constant = 1 }\narrival_rate = \"20/s\"", "").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.message
+                .contains("user class `a` has both `wait` and `arrival_rate`"),
+            "{e}"
+        );
+        for (rate, says) in [
+            ("\"0/s\"", "must be above zero"),
+            ("\"-3/s\"", "must be above zero"),
+            ("\"20/fortnight\"", "unknown rate unit `/fortnight`"),
+            ("\"20\"", "is not a rate"),
+            ("20", "arrival_rate needs a unit: write \"20/s\""),
+            ("\"2000000/s\"", "out of range"),
+        ] {
+            let e = with(&format!("arrival_rate = {rate}"), "").unwrap_err();
+            assert_eq!(e.line, Some(5), "{rate}: {e}");
+            assert!(e.message.contains("user class `a`"), "{rate}: {e}");
+            assert!(e.message.contains(says), "{rate}: {e}");
+        }
+        let e = with("arrival_rate = \"5/s\"\narrival = \"bursty\"", "").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(
+            e.message
+                .contains("arrival must be \"constant\" (even spacing) or \"poisson\""),
+            "{e}"
+        );
+        let e = with("arrival = \"poisson\"", "").unwrap_err();
+        assert!(e.message.contains("without `arrival_rate`"), "{e}");
     }
 
     #[test]

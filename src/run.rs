@@ -20,26 +20,64 @@ use crate::session::{Limits, Session, Spec};
 use crate::signals;
 use crate::target::TargetArgs;
 
-/// One stage of a load shape: hold `users` for `duration`.
+/// One stage of a load shape, held for `duration`: a user target (with
+/// its hatch rate), or an arrival rate for the open classes (users stay as
+/// they are).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
-    pub users: u64,
+    /// Users to hold; None for a `rate=` stage.
+    pub users: Option<u64>,
     pub duration: Duration,
+    /// Hatch rate (users per second).
     pub rate: Option<f64>,
+    /// Arrivals per second of all open classes together, for a `rate=`
+    /// stage (see [`Engine::set_arrival_rate`]).
+    pub arrival_rate: Option<f64>,
 }
 
 /// A load shape: stages run in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape(pub Vec<Stage>);
 
-/// Parses `10:30s,50:2m,0:30s` (users:duration[:rate], comma separated).
+impl Shape {
+    /// True when a stage sets an arrival rate.
+    pub fn sets_arrival_rate(&self) -> bool {
+        self.0.iter().any(|s| s.arrival_rate.is_some())
+    }
+}
+
+/// Parses `10:30s,50:2m,0:30s` (users:duration[:rate], comma separated),
+/// and arrival-rate stages `rate=10/s:1m` among them.
 pub fn parse_stages(s: &str) -> Result<Shape, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let f: Vec<&str> = part.split(':').collect();
+        if let Some(r) = f[0].trim().strip_prefix("rate=") {
+            if f.len() != 2 {
+                return Err(format!(
+                    "stage `{part}` is not rate=ARRIVALS:DURATION (e.g. rate=10/s:1m): a rate= stage keeps the users as they are, so it has no user count or hatch rate"
+                ));
+            }
+            let arrival_rate =
+                crate::units::parse_rate(r).map_err(|e| format!("stage `{part}`: {e}"))?;
+            let duration =
+                crate::units::parse_duration(f[1]).map_err(|e| format!("stage `{part}`: {e}"))?;
+            out.push(Stage {
+                users: None,
+                duration,
+                rate: None,
+                arrival_rate: Some(arrival_rate),
+            });
+            continue;
+        }
+        if f.iter().skip(1).any(|x| x.contains("rate=")) {
+            return Err(format!(
+                "stage `{part}`: an arrival rate is a stage of its own, rate=ARRIVALS:DURATION (e.g. 10:30s,rate=20/s:1m)"
+            ));
+        }
         if !(2..=3).contains(&f.len()) {
             return Err(format!(
-                "stage `{part}` is not USERS:DURATION[:RATE] (e.g. 10:30s or 50:2m:5)"
+                "stage `{part}` is not USERS:DURATION[:RATE] (e.g. 10:30s or 50:2m:5) or rate=ARRIVALS:DURATION (e.g. rate=20/s:1m)"
             ));
         }
         let users: u64 = f[0]
@@ -69,9 +107,10 @@ pub fn parse_stages(s: &str) -> Result<Shape, String> {
             None => None,
         };
         out.push(Stage {
-            users,
+            users: Some(users),
             duration,
             rate,
+            arrival_rate: None,
         });
     }
     if out.is_empty() {
@@ -100,7 +139,7 @@ pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C
     #[arg(short = 't', long = "run-time", value_parser = crate::units::parse_duration)]
     pub run_time: Option<Duration>,
-    /// Load shape USERS:DURATION[:RATE],... (e.g. "10:30s,50:2m,0:30s"); ends the run after the last stage
+    /// Load shape USERS:DURATION[:RATE],... (e.g. "10:30s,50:2m,0:30s"), with arrival-rate stages rate=ARRIVALS:DURATION for open classes (e.g. "rate=10/s:1m,rate=50/s:5m", users from -u); ends the run after the last stage
     #[arg(long, value_parser = parse_stages)]
     pub stages: Option<Shape>,
     /// Write PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv
@@ -210,6 +249,19 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
             "-r: the hatch rate must be above 0 and at most {MAX_RATE}"
         )));
     }
+    if args.master.master && args.stages.as_ref().is_some_and(Shape::sets_arrival_rate) {
+        bail!(config_err(
+            "--master: rate= stages are not sent to workers (each worker runs its open classes at the profile's arrival_rate)"
+        ));
+    }
+    if args.stages.as_ref().is_some_and(Shape::sets_arrival_rate)
+        && profile.users.iter().all(|u| u.arrival.is_none())
+    {
+        bail!(config_err(format!(
+            "--stages sets an arrival rate (rate=), but no class of {} has an arrival_rate: rate= stages drive open classes only",
+            args.profile.display()
+        )));
+    }
     // The reports are written at the end: find a bad path now, not after the run.
     let outputs = args
         .csv
@@ -245,9 +297,16 @@ async fn serve_metrics(addr: std::net::SocketAddr, session: &Session) -> Result<
 async fn drive(args: &RunArgs, session: &Session, t0: Instant) -> Result<Option<String>> {
     let engine = session.engine.clone();
     let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
+    // Users from the first stage (-u when it is a rate= stage), the
+    // arrival rate from the first stage if it sets one (or the profile's).
     let first = shape.first().map_or((args.users, args.rate), |st| {
-        (st.users, st.rate.unwrap_or(args.rate))
+        (st.users.unwrap_or(args.users), st.rate.unwrap_or(args.rate))
     });
+    if let Some(r) = shape.first().and_then(|st| st.arrival_rate) {
+        engine
+            .set_arrival_rate(r)
+            .map_err(|e| config_err(format!("--stages: stage 1: {e}")))?;
+    }
     session.start(first.0, first.1).map_err(config_err)?;
     let status = {
         let (engine, every) = (engine.clone(), args.status_every);
@@ -271,7 +330,12 @@ async fn drive(args: &RunArgs, session: &Session, t0: Instant) -> Result<Option<
         // only if the engine changed its mind: that ends the run (exit 2),
         // it does not go on with the last target.
         for (i, st) in shape.iter().enumerate() {
-            if let Err(e) = engine.set_target(st.users, st.rate.unwrap_or(args.rate)) {
+            let set = match (st.users, st.arrival_rate) {
+                (Some(users), _) => engine.set_target(users, st.rate.unwrap_or(args.rate)),
+                (None, Some(r)) => engine.set_arrival_rate(r),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = set {
                 return Some(format!("--stages: stage {}: {e}", i + 1));
             }
             tokio::time::sleep(st.duration).await;
@@ -512,8 +576,9 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         .unwrap_or_default()
         .as_secs_f64();
     let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
+    // validate refused rate= stages: every stage sets users.
     let first = shape.first().map_or((args.users, args.rate), |st| {
-        (st.users, st.rate.unwrap_or(args.rate))
+        (st.users.unwrap_or(args.users), st.rate.unwrap_or(args.rate))
     });
     master
         .start(
@@ -548,7 +613,8 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
             return std::future::pending::<Option<String>>().await;
         }
         for (i, st) in shape.iter().enumerate() {
-            if let Err(e) = master.set_target(st.users, st.rate.unwrap_or(args.rate)) {
+            let users = st.users.unwrap_or(args.users);
+            if let Err(e) = master.set_target(users, st.rate.unwrap_or(args.rate)) {
                 return Some(format!("--stages: stage {}: {e}", i + 1));
             }
             tokio::time::sleep(st.duration).await;
@@ -668,7 +734,8 @@ fn master_status_line(m: &Master, t0: Instant) -> String {
     )
 }
 
-/// One status line: state, users, requests, failures, rates, percentiles, live resources.
+/// One status line: state, users, requests, failures, rates, percentiles,
+/// live resources, and for open classes the arrival rates and the dropped.
 pub fn status_line(engine: &Engine, t0: Instant) -> String {
     let snap = engine.ctx.stats.snapshot();
     let t = &snap.total;
@@ -677,8 +744,14 @@ pub fn status_line(engine: &Engine, t0: Instant) -> String {
     let live = |k: Kind| counts.get(&k).map_or(0, |c| c.alive);
     // Saturated if a user had to wait for a slot since the last line, or all are busy now.
     let saturated = engine.saturated();
+    let arrivals = if engine.has_arrivals() {
+        let dropped: u64 = snap.dropped.values().sum();
+        format!("  arrivals {}  dropped {dropped}", engine.arrival_summary())
+    } else {
+        String::new()
+    };
     format!(
-        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{}{}",
+        "[{:>6}] {:<9} users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}  live: {} inst, {} vol, {} bkt{arrivals}{}{}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
         engine.state().as_str(),
         engine.user_count(),
@@ -714,7 +787,7 @@ mod tests {
     fn stages_parse() {
         let s = parse_stages("10:30s,50:2m:5,0:30s").unwrap().0;
         assert_eq!(s.len(), 3);
-        assert_eq!(s[1].users, 50);
+        assert_eq!(s[1].users, Some(50));
         assert_eq!(s[1].duration, Duration::from_secs(120));
         assert_eq!(s[1].rate, Some(5.0));
         assert!(parse_stages("10").is_err());
@@ -724,11 +797,47 @@ mod tests {
     }
 
     #[test]
+    fn arrival_rate_stages_parse_and_mixes_that_make_no_sense_are_refused() {
+        let s = parse_stages("rate=10/s:1m, rate=90/min:5m,20:30s:4,rate=50/s:10s").unwrap();
+        assert!(s.sets_arrival_rate());
+        let s = s.0;
+        assert_eq!(s.len(), 4);
+        assert_eq!(
+            s[0],
+            Stage {
+                users: None,
+                duration: Duration::from_secs(60),
+                rate: None,
+                arrival_rate: Some(10.0)
+            }
+        );
+        assert_eq!(s[1].arrival_rate, Some(1.5));
+        assert_eq!(
+            (s[2].users, s[2].rate, s[2].arrival_rate),
+            (Some(20), Some(4.0), None)
+        );
+        assert!(!parse_stages("10:30s").unwrap().sets_arrival_rate());
+        for (bad, says) in [
+            ("rate=10/s:1m:5", "is not rate=ARRIVALS:DURATION"),
+            ("rate=10/s", "is not rate=ARRIVALS:DURATION"),
+            ("10:1m:rate=5/s", "an arrival rate is a stage of its own"),
+            ("rate=0/s:1m", "must be above zero"),
+            ("rate=-2/s:1m", "must be above zero"),
+            ("rate=10:1m", "is not a rate"),
+            ("rate=10/s:soon", "is not a duration"),
+        ] {
+            let e = parse_stages(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(e.starts_with(&format!("stage `{bad}`")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn stages_beyond_the_engine_limits_are_refused_when_parsed() {
         let s = parse_stages(&format!("{MAX_USERS}:1s:{MAX_RATE}"))
             .unwrap()
             .0;
-        assert_eq!((s[0].users, s[0].rate), (MAX_USERS, Some(MAX_RATE)));
+        assert_eq!((s[0].users, s[0].rate), (Some(MAX_USERS), Some(MAX_RATE)));
         assert_eq!(
             parse_stages("10:1s,1000001:30s").unwrap_err(),
             "stage `1000001:30s`: 1000001 users; at most 1000000"

@@ -213,6 +213,8 @@ pub struct HistoryRow {
     pub total_min_ms: f64,
     pub total_max_ms: f64,
     pub total_avg_content_size: f64,
+    /// Arrivals of open classes dropped so far, all classes.
+    pub total_dropped: u64,
 }
 
 /// All statistics of a run (or of a delta from one engine): mergeable.
@@ -225,6 +227,9 @@ pub struct StatsData {
     pub capped: BTreeMap<String, u64>,
     /// Users whose task panicked (each also an error of code `panic`).
     pub user_panics: u64,
+    /// Arrivals of open classes that found no free user, per class: never
+    /// run, never queued.
+    pub dropped: BTreeMap<String, u64>,
     /// Aggregated histograms of the last seconds, for current percentiles.
     window: VecDeque<(u64, Histogram<u64>)>,
     pub history: Vec<HistoryRow>,
@@ -238,6 +243,7 @@ impl Default for StatsData {
             errors: BTreeMap::new(),
             capped: BTreeMap::new(),
             user_panics: 0,
+            dropped: BTreeMap::new(),
             window: VecDeque::new(),
             history: Vec::new(),
         }
@@ -325,12 +331,30 @@ impl StatsData {
         *self.capped.entry(name.to_string()).or_default() += 1;
     }
 
+    /// Counts `n` arrivals of open class `class` that found no free user
+    /// (0 makes the class show with none dropped). The class's
+    /// `arrival:<class>` row shows from then on, even before a task starts.
+    pub fn count_dropped(&mut self, class: &str, n: u64) {
+        match self.dropped.get_mut(class) {
+            Some(d) => *d += n,
+            None => {
+                self.dropped.insert(class.to_string(), n);
+                let row = crate::ops::arrival_entry(class);
+                let e = Entry::named(&row);
+                self.entries.entry(row).or_insert(e);
+            }
+        }
+    }
+
     /// Adds another engine's statistics (or a delta of them) into these.
     pub fn merge(&mut self, o: &StatsData) {
         self.started = self.started.min(o.started);
         self.user_panics += o.user_panics;
         for (k, n) in &o.capped {
             *self.capped.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &o.dropped {
+            self.count_dropped(k, *n);
         }
         for (k, e) in &o.entries {
             self.entries
@@ -465,6 +489,7 @@ impl StatsData {
             total_min_ms: snap.min_ms,
             total_max_ms: snap.max_ms,
             total_avg_content_size: snap.avg_content_size,
+            total_dropped: self.dropped.values().sum(),
         };
         self.history.push(row);
         // A day of seconds at most: older rows are thinned, never the newest.
@@ -553,6 +578,7 @@ impl StatsData {
             errors,
             capped: self.capped.clone(),
             user_panics: self.user_panics,
+            dropped: self.dropped.clone(),
         }
     }
 }
@@ -631,6 +657,34 @@ pub struct Snapshot {
     pub capped: BTreeMap<String, u64>,
     /// Users whose task panicked.
     pub user_panics: u64,
+    /// Arrivals dropped per open class.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    /// The arrivals of each open class seen so far: (class, task starts,
+    /// dropped, its `arrival:<class>` entry if a task started), by class name.
+    pub fn arrivals(&self) -> Vec<(String, u64, u64, Option<&EntrySummary>)> {
+        let mut classes: std::collections::BTreeSet<&str> =
+            self.dropped.keys().map(String::as_str).collect();
+        for e in &self.entries {
+            if let Some(c) = e.name.strip_prefix(crate::ops::ARRIVAL_PREFIX) {
+                classes.insert(c);
+            }
+        }
+        classes
+            .into_iter()
+            .map(|c| {
+                let e = self
+                    .entries
+                    .iter()
+                    .find(|e| e.name.strip_prefix(crate::ops::ARRIVAL_PREFIX) == Some(c));
+                let started = e.map_or(0, |e| e.num_requests);
+                let dropped = self.dropped.get(c).copied().unwrap_or(0);
+                (c.to_string(), started, dropped, e)
+            })
+            .collect()
+    }
 }
 
 /// The shared recorder of one engine.
@@ -828,6 +882,37 @@ mod tests {
         }
         let (rps, _) = early.entries["x"].current(1003.0, 1000.0);
         assert!((rps - 5.0).abs() < 1e-9, "{rps}");
+    }
+
+    #[test]
+    fn dropped_arrivals_count_per_class_merge_and_stay_out_of_requests() {
+        let (mut a, mut b) = (StatsData::default(), StatsData::default());
+        a.count_dropped("web", 3);
+        a.count_dropped("batch", 0);
+        b.count_dropped("web", 4);
+        b.count_dropped("api", 2);
+        // A task start's lateness: a timing row, not a request.
+        b.record("arrival:web", ms(7), Bytes::default(), None);
+        b.record("s3:PutObject", ms(3), Bytes::default(), None);
+        a.merge(&b);
+        let want: BTreeMap<String, u64> = [("api", 2), ("batch", 0), ("web", 7)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(a.dropped, want);
+        assert_eq!(a.entries["arrival:web"].kind, EntryKind::Timing);
+        let snap = a.snapshot();
+        assert_eq!(snap.total.num_requests, 1, "lateness is not a request");
+        let arr = snap.arrivals();
+        let brief: Vec<(&str, u64, u64)> = arr
+            .iter()
+            .map(|(c, s, d, _)| (c.as_str(), *s, *d))
+            .collect();
+        assert_eq!(brief, [("api", 0, 2), ("batch", 0, 0), ("web", 1, 7)]);
+        // A class with no start yet has its (empty) row all the same.
+        assert!(arr[0].3.is_some_and(|e| e.num_requests == 0));
+        a.history_tick(1);
+        assert_eq!(a.history[0].total_dropped, 9);
     }
 
     #[test]

@@ -19,6 +19,11 @@
     while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
     return (i ? v.toFixed(1) : v) + " " + u[i];
   }
+  // Arrivals per second as people read them: 20/s, 30/min, 2/h.
+  function rate(r) {
+    var t = function (v) { return String(Number(v.toFixed(3))); };
+    return r >= 1 ? t(r) + "/s" : r * 60 >= 1 ? t(r * 60) + "/min" : t(r * 3600) + "/h";
+  }
   function when(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
   function cell(tr, text, cls) {
     var td = document.createElement("td");
@@ -97,6 +102,14 @@
     $("live-resources").textContent = d.live_resources;
     $("user-panics").textContent = d.user_panics || 0;
     $("panics-box").hidden = !d.user_panics;
+    // Open classes: their arrival rate, and the arrivals that found no free user.
+    var open = d.arrival_rate !== null && d.arrival_rate !== undefined;
+    var dropped = Object.keys(d.dropped || {}).reduce(function (a, k) { return a + d.dropped[k]; }, 0);
+    $("arrivals-box").hidden = !open;
+    $("arrival-rate").textContent = open ? rate(d.arrival_rate) : "—";
+    $("dropped-box").hidden = !open && !dropped;
+    $("dropped").textContent = num(dropped, 0);
+    $("dropped").classList.toggle("bad", dropped > 0);
     var running = state === "hatching" || state === "running";
     $("stop-button").hidden = !running;
     $("edit-button").hidden = !running || editing;
@@ -112,7 +125,11 @@
     tf.replaceChildren.apply(tf, total && rows.length ? [statRow(total)] : []);
     $("stats-empty").hidden = rows.length > 0;
     $("classes").textContent = d.user_classes.length
-      ? "Users per class: " + d.user_classes.map(function (c) { return c.name + " " + c.count; }).join(" · ")
+      ? "Users per class: " + d.user_classes.map(function (c) {
+        var s = c.name + " " + c.count;
+        if (c.arrival_rate !== undefined) s += " (arrivals " + rate(c.arrival_rate) + ", dropped " + num(c.dropped, 0) + ")";
+        return s;
+      }).join(" · ")
       : "";
 
     // failures
@@ -217,6 +234,10 @@
     $("profile").disabled = edit;
     $("field-profile").hidden = edit;
     $("field-run-time").hidden = edit;
+    // An edit shows the arrival rate only for a swarm with open classes.
+    var open = last && last.arrival_rate !== null && last.arrival_rate !== undefined;
+    $("field-arrival-rate").hidden = edit && !open;
+    $("arrival_rate").value = $("arrival_rate").dataset.shown = edit && open ? rate(last.arrival_rate) : "";
     $("form-cancel").hidden = false;
     if (edit && last) {
       $("user_count").value = last.target_user_count;
@@ -239,9 +260,12 @@
     e.preventDefault();
     clearErrors();
     var body = new URLSearchParams();
-    // An edit changes users and rate only (a run time would restart the countdown).
+    // An edit changes users and rates only (a run time would restart the countdown).
     (editing ? ["user_count", "spawn_rate"] : ["user_count", "spawn_rate", "run_time"])
       .forEach(function (k) { body.append(k, $(k).value); });
+    // The arrival rate is sent when given (an edit: when changed from the one shown).
+    var ar = $("arrival_rate").value.trim();
+    if (!$("field-arrival-rate").hidden && ar && !(editing && ar === $("arrival_rate").dataset.shown)) body.append("arrival_rate", ar);
     if (!editing) body.append("profile", $("profile").value);
     $("swarm-submit").disabled = true;
     $("form-error").textContent = editing ? "" : "preflight: checking the target…";

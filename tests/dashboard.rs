@@ -1030,3 +1030,138 @@ async fn a_dashboard_that_is_a_master_runs_on_its_workers_and_shows_them() {
         }
     }
 }
+
+/// An open workload from the page: the form's arrival rate starts it, the
+/// top bar and the class line show the rate and the dropped arrivals, an
+/// edit changes the rate, and the reports carry the dropped per class.
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_runs_an_open_workload_and_changes_its_arrival_rate() {
+    let _one = BROWSER.lock().await;
+    let moto = Moto::start();
+    let d = Dashboard::start(&moto, &[]);
+
+    // The API refuses a bad rate, and a rate for a profile without open classes.
+    let post = |pairs: &[(&str, &str)]| d.http("POST", "/swarm", &[], &form(pairs));
+    let r = post(&[
+        ("user_count", "5"),
+        ("spawn_rate", "10"),
+        ("profile", "open-storage"),
+        ("arrival_rate", "0/s"),
+    ]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(json(&r)["field"], "arrival_rate", "{}", r.body);
+    let r = post(&[
+        ("user_count", "2"),
+        ("spawn_rate", "10"),
+        ("profile", "smoke"),
+        ("arrival_rate", "20/s"),
+    ]);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        json(&r)["message"]
+            .as_str()
+            .unwrap()
+            .contains("no open class"),
+        "{}",
+        r.body
+    );
+    assert_eq!(d.requests()["state"], "ready");
+
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&d.url).await.unwrap();
+    until(
+        &b,
+        "the page script",
+        Duration::from_secs(30),
+        "return document.getElementById('status').textContent === 'ready'",
+    )
+    .await;
+    js(
+        &b,
+        "document.getElementById('profile').value = 'open-storage'; return 1",
+    )
+    .await;
+    fill(&b, "user_count", "10").await;
+    fill(&b, "spawn_rate", "20").await;
+    fill(&b, "arrival_rate", "20/s").await;
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "the arrival rate in the top bar",
+        Duration::from_secs(60),
+        "return !document.getElementById('arrivals-box').hidden && document.getElementById('arrival-rate').textContent === '20/s'",
+    )
+    .await;
+    let classes = until(
+        &b,
+        "the open class's arrivals in the class line",
+        Duration::from_secs(60),
+        "const t = document.getElementById('classes').textContent; return /api 9 \\(arrivals 20\\/s, dropped \\d+\\)/.test(t) ? t : null",
+    )
+    .await;
+    assert!(classes.as_str().unwrap().contains("browser 1"), "{classes}");
+    assert!(
+        !js(&b, "return document.getElementById('dropped-box').hidden")
+            .await
+            .as_bool()
+            .unwrap(),
+        "the Dropped box shows for an open workload"
+    );
+    let v = d.requests();
+    assert_eq!(v["arrival_rate"], 20.0, "{v}");
+    let api = v["user_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "api")
+        .unwrap();
+    assert_eq!(
+        api["arrival_rate"], 20.0,
+        "the one open class takes it all: {v}"
+    );
+    assert!(api["dropped"].is_u64(), "{v}");
+    until(
+        &b,
+        "task starts on the arrival:api row",
+        Duration::from_secs(60),
+        "const r = document.querySelector('#stats-table tbody tr[data-name=\"arrival:api\"]'); return r && r.children[2].textContent !== '0'",
+    )
+    .await;
+
+    // Edit: the rate shown is the current one; a new one takes effect.
+    click(&b, "#edit-button").await;
+    assert_eq!(
+        js(&b, "return document.getElementById('arrival_rate').value").await,
+        "20/s"
+    );
+    fill(&b, "arrival_rate", "60/min").await;
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "the new rate in the top bar",
+        Duration::from_secs(30),
+        "return document.getElementById('arrival-rate').textContent === '1/s'",
+    )
+    .await;
+    assert_eq!(d.requests()["arrival_rate"], 1.0);
+    std::fs::write(
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-open.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // Stop; the JSON and HTML reports carry the dropped arrivals per class.
+    click(&b, "#stop-button").await;
+    d.wait_for("stopped", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+    let report = json(&d.http("GET", "/report.json", &[], ""));
+    assert!(report["dropped"]["api"].is_u64(), "{report}");
+    let html = d.http("GET", "/report", &[], "").body;
+    assert!(
+        html.contains("<h2>Arrivals (open classes)</h2>") && html.contains("<td>api</td>"),
+        "{html}"
+    );
+    b.close().await.unwrap();
+}

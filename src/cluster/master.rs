@@ -528,6 +528,9 @@ impl Master {
                     for (k, c) in d.capped {
                         *s.capped.entry(k).or_default() += c;
                     }
+                    for (k, c) in d.dropped {
+                        s.count_dropped(&k, c);
+                    }
                     s.user_panics += d.user_panics;
                 }
                 Err(e) => {

@@ -432,6 +432,14 @@ pub fn stats_report(
             .map(|(k, n)| (Value::from(k.as_str()), Value::from(*n)))
             .collect(),
     );
+    // Arrivals of open classes that found no free user, per class.
+    let dropped = Value::Map(
+        delta
+            .dropped
+            .iter()
+            .map(|(k, n)| (Value::from(k.as_str()), Value::from(*n)))
+            .collect(),
+    );
     let users: u64 = classes.iter().map(|(_, n)| n).sum();
     map([
         ("stats", Value::Array(stats)),
@@ -453,6 +461,7 @@ pub fn stats_report(
                 ("run_id", Value::from(run_id)),
                 ("errors", ours_errors),
                 ("capped", capped),
+                ("dropped", dropped),
                 ("user_panics", Value::from(delta.user_panics)),
                 (
                     "resources",
@@ -668,6 +677,13 @@ impl Report {
                     }
                 }
             }
+            if let Some(Value::Map(m)) = get(x, "dropped") {
+                for (k, n) in m.iter().take(1000) {
+                    if let (Some(k), Some(n)) = (k.as_str(), count(n)) {
+                        stats.count_dropped(k, n);
+                    }
+                }
+            }
             stats.user_panics = get(x, "user_panics").and_then(count).unwrap_or(0);
         }
         let mut held = Holdings::default();
@@ -810,6 +826,7 @@ mod tests {
             Bytes::default(),
             Some(&f),
         );
+        d.count_dropped("api", 7);
         let held = Holdings {
             resources: vec![(
                 Kind::Bucket,
@@ -841,6 +858,7 @@ mod tests {
             (e.code.as_str(), e.message.as_str(), e.count),
             ("SlowDown", "please", 1)
         );
+        assert_eq!(r.stats.dropped.get("api"), Some(&7), "arrivals dropped");
         // Locust's view: ms buckets and per-second counts.
         let entry = match get_entry(&back, "s3:PutObject") {
             Some(e) => e,

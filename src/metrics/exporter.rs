@@ -1,6 +1,7 @@
 //! The exporter: installs the Prometheus recorder, sets the gauges (users,
-//! targets, resources, run info) from a run's engine at scrape time, and
-//! answers `/metrics` (on the dashboard, or alone for `--metrics-bind`).
+//! targets, arrival rates, resources, run info) from a run's engine at
+//! scrape time, and answers `/metrics` (on the dashboard, or alone for
+//! `--metrics-bind`).
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -57,7 +58,8 @@ pub fn enabled() -> bool {
     HANDLE.get().is_some()
 }
 
-/// Sets the gauges from a run's engine (users, targets, resources, run info).
+/// Sets the gauges from a run's engine (users, targets, arrival rates,
+/// resources, run info).
 pub fn observe(engine: &Engine, profile: &str) {
     if !enabled() {
         return;
@@ -69,6 +71,9 @@ pub fn observe(engine: &Engine, profile: &str) {
     let (target, rate) = engine.target();
     gauge!("cloudswarm_target_users").set(target as f64);
     gauge!("cloudswarm_spawn_rate").set(rate);
+    for (class, r) in engine.arrival_rates() {
+        gauge!("cloudswarm_arrival_rate", "class" => class).set(r);
+    }
     let counts = tracker.counts();
     for k in Kind::ALL {
         let c = counts.get(&k).copied().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The hot-path sink: each measurement's counters and histograms
 //! (requests, failures, throttling, bytes, provisioning waits), and capped
-//! ops. Labels are the ops' static names: nothing is allocated per request.
+//! ops, dropped arrivals. Labels are the ops' static names: nothing is
+//! allocated per request.
 //! Error codes are capped at [`MAX_CODES`] distinct labels.
 
 use std::collections::HashSet;
@@ -86,6 +87,14 @@ pub fn panicked(name: &str) {
     if enabled() {
         counter!("cloudswarm_errors_total", "op" => name.to_string(), "code" => "panic")
             .increment(1);
+    }
+}
+
+/// Counts `n` arrivals of open class `class` that found no free user
+/// (0 makes the class's counter show).
+pub fn dropped(class: &str, n: u64) {
+    if enabled() {
+        counter!("cloudswarm_dropped_arrivals_total", "class" => class.to_string()).increment(n);
     }
 }
 

@@ -106,7 +106,38 @@ pub fn summary_table(s: &Snapshot) -> String {
             let _ = writeln!(out, "{n:>9}  {name}");
         }
     }
+    arrivals_table(&mut out, s, w);
     out
+}
+
+/// The open classes' arrivals: task starts, arrivals dropped (no free
+/// user), and how late the starts were against their schedule.
+fn arrivals_table(out: &mut String, s: &Snapshot, w: usize) {
+    let arrivals = s.arrivals();
+    if arrivals.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Arrivals (open classes): task starts, dropped (no free user), start lateness (ms)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<w$} {:>9} {:>9} | {:>8} {:>8} {:>8}",
+        "Class", "# starts", "# dropped", "Med", "95%", "Max"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(w + 49));
+    for (class, started, dropped, e) in arrivals {
+        let late = |q: f64| e.and_then(|e| e.percentile(q)).map_or("-".into(), fmt_ms);
+        let _ = writeln!(
+            out,
+            "{class:<w$} {started:>9} {dropped:>9} | {:>8} {:>8} {:>8}",
+            late(0.5),
+            late(0.95),
+            late(1.0)
+        );
+    }
 }
 
 /// Writes PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv.
@@ -186,7 +217,16 @@ pub fn stats_csv(s: &Snapshot) -> String {
     .to_vec();
     header.extend(PERCENTILE_LABELS.iter().map(|l| l.to_string()));
     header.push("Throttled Count".into());
-    let rows = s.entries.iter().chain(std::iter::once(&s.total)).map(|e| {
+    // Arrivals dropped: on each open class's `arrival:<class>` row (its
+    // Request Count is the task starts), all classes on Aggregated.
+    header.push("Dropped Arrivals".into());
+    let dropped_of = |name: &str| -> u64 {
+        name.strip_prefix(crate::ops::ARRIVAL_PREFIX)
+            .and_then(|c| s.dropped.get(c))
+            .copied()
+            .unwrap_or(0)
+    };
+    let record = |e: &EntrySummary, dropped: u64| {
         let mut rec = vec![
             e.kind.clone(),
             e.name.clone(),
@@ -202,8 +242,14 @@ pub fn stats_csv(s: &Snapshot) -> String {
         ];
         rec.extend(e.percentiles_ms.iter().map(|v| format!("{v:.3}")));
         rec.push(e.num_throttled.to_string());
+        rec.push(dropped.to_string());
         rec
-    });
+    };
+    let rows = s
+        .entries
+        .iter()
+        .map(|e| record(e, dropped_of(&e.name)))
+        .chain(std::iter::once(record(&s.total, s.dropped.values().sum())));
     to_csv(std::iter::once(header).chain(rows))
 }
 
@@ -259,6 +305,7 @@ pub fn history_csv(history: &[HistoryRow]) -> String {
             "Total Max Response Time",
             "Total Average Content Size",
             "Total Throttled Count",
+            "Total Dropped Arrivals",
         ]
         .map(String::from),
     );
@@ -281,6 +328,7 @@ pub fn history_csv(history: &[HistoryRow]) -> String {
             format!("{:.3}", r.total_max_ms),
             format!("{:.1}", r.total_avg_content_size),
             r.total_throttled.to_string(),
+            r.total_dropped.to_string(),
         ]);
         rec
     });
@@ -362,6 +410,9 @@ pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
             "throttled": e.throttled, "first_seen": e.first_seen, "last_seen": e.last_seen,
         })).collect::<Vec<_>>(),
         "capped": s.capped,
+        // Arrivals of open classes that found no free user, by class (task
+        // starts and their lateness are the `arrival:<class>` entries).
+        "dropped": s.dropped,
         "resources": { "created": created, "deleted": deleted, "leaked": leaked, "by_kind": by_kind },
     })
 }

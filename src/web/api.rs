@@ -22,6 +22,9 @@ use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::stats::{PERCENTILES, Snapshot, percentile_of};
 use crate::target::Clients;
 
+/// Why a distributed run's arrival rate cannot be changed from here.
+const NO_RATE_ON_WORKERS: &str = "a run on workers keeps the profile's arrival rates (each worker runs them at the profile's rate): changing them from the master is not supported";
+
 /// Clean-up of the current run, as the page shows it.
 #[derive(Default, Clone, serde::Serialize)]
 pub struct CleanupView {
@@ -155,6 +158,9 @@ pub struct SwarmForm {
     pub spawn_rate: f64,
     pub profile: Option<String>,
     pub run_time: Option<Duration>,
+    /// Arrivals per second of the open classes together (`20/s`), split
+    /// in proportion to their profile rates; None: as they are.
+    pub arrival_rate: Option<f64>,
 }
 
 /// Validates the form fields; errors name the field.
@@ -195,11 +201,15 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
             Some(d)
         }
     };
+    let arrival_rate = get("arrival_rate")
+        .map(|r| crate::units::parse_rate(r).map_err(|e| ("arrival_rate", e)))
+        .transpose()?;
     Ok(SwarmForm {
         user_count,
         spawn_rate,
         profile: get("profile").map(str::to_string),
         run_time,
+        arrival_rate,
     })
 }
 
@@ -307,6 +317,18 @@ impl App {
                             ),
                         ));
                     }
+                    if let Some(r) = f.arrival_rate {
+                        if live.master.is_some() {
+                            return Some(bad(
+                                StatusCode::BAD_REQUEST,
+                                Some("arrival_rate"),
+                                NO_RATE_ON_WORKERS,
+                            ));
+                        }
+                        if let Err(e) = live.session.engine.set_arrival_rate(r) {
+                            return Some(bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e));
+                        }
+                    }
                     if let Err(e) = live.set_target(f.user_count, f.spawn_rate) {
                         return Some(bad(StatusCode::CONFLICT, None, e));
                     }
@@ -316,7 +338,7 @@ impl App {
                     return Some(
                         Json(json!({
                             "success": true,
-                            "message": format!("Swarm changed: {} users at {} users/s", f.user_count, f.spawn_rate),
+                            "message": format!("Swarm changed: {} users at {} users/s{}", f.user_count, f.spawn_rate, arrivals_note(f)),
                             "run_id": live.session.run_id,
                         }))
                         .into_response(),
@@ -364,6 +386,13 @@ impl App {
             );
         }
         let session = match &self.master {
+            Some(_) if f.arrival_rate.is_some() => {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    Some("arrival_rate"),
+                    NO_RATE_ON_WORKERS,
+                );
+            }
             Some(m) => match self.prepare_on_workers(m, name, &f) {
                 Ok(s) => s,
                 Err(answer) => return answer,
@@ -373,6 +402,11 @@ impl App {
                     Ok(s) => s,
                     Err(answer) => return answer,
                 };
+                if let Some(r) = f.arrival_rate
+                    && let Err(e) = session.engine.set_arrival_rate(r)
+                {
+                    return bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e);
+                }
                 if let Err(e) = session.start(f.user_count, f.spawn_rate) {
                     return bad(StatusCode::BAD_REQUEST, None, e);
                 }
@@ -401,7 +435,7 @@ impl App {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
         Json(json!({
             "success": true,
-            "message": format!("Swarming started: {} users at {} users/s", f.user_count, f.spawn_rate),
+            "message": format!("Swarming started: {} users at {} users/s{}", f.user_count, f.spawn_rate, arrivals_note(&f)),
             "run_id": run_id,
         }))
         .into_response()
@@ -704,6 +738,7 @@ impl App {
                 "state": "ready", "state_label": RunState::Ready.as_str(),
                 "run_id": null, "profile": null, "user_count": 0,
                 "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
+                "arrival_rate": null, "dropped": {},
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
                 "fail_ratio": 0, "total_throttled": 0, "user_panics": 0,
                 "current_response_time_percentiles": {},
@@ -748,9 +783,13 @@ impl App {
             "user_count": live.user_count(),
             "target_user_count": target_users,
             "spawn_rate": rate,
-            "user_classes": live.user_counts().into_iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+            "user_classes": user_classes(&live, &snap),
             "workers": self.workers_json(),
             "worker_count": self.master.as_ref().map_or(0, |m| m.live_workers()),
+            // All open classes together (null without any), and the
+            // arrivals dropped per class.
+            "arrival_rate": s.engine.arrival_rate(),
+            "dropped": snap.dropped,
             "stats": rows,
             "errors": errors,
             "total_rps": snap.total.current_rps,
@@ -835,6 +874,30 @@ fn panic_message(e: tokio::task::JoinError) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
+}
+
+/// What an answer adds when the form set an arrival rate.
+fn arrivals_note(f: &SwarmForm) -> String {
+    f.arrival_rate.map_or(String::new(), |r| {
+        format!(", arrivals {}", crate::units::format_rate(r))
+    })
+}
+
+/// Users per class, and for open classes their arrival rate (per second)
+/// and the arrivals dropped.
+fn user_classes(live: &Live, snap: &Snapshot) -> Vec<Value> {
+    let rates = live.session.engine.arrival_rates();
+    live.user_counts()
+        .into_iter()
+        .map(|(name, count)| {
+            let mut v = json!({"name": name, "count": count});
+            if let Some((_, r)) = rates.iter().find(|(c, _)| *c == name) {
+                v["arrival_rate"] = json!(r);
+                v["dropped"] = json!(snap.dropped.get(&name).copied().unwrap_or(0));
+            }
+            v
+        })
+        .collect()
 }
 
 /// One row of the statistics table (Locust's field names, plus ours).
@@ -1100,6 +1163,14 @@ mod tests {
         .unwrap();
         assert_eq!(ok.user_count, 10);
         assert_eq!(ok.run_time, Some(Duration::from_secs(90)));
+        assert_eq!(ok.arrival_rate, None);
+        let open = parse_swarm_form(&form(&[
+            ("user_count", "10"),
+            ("spawn_rate", "2.5"),
+            ("arrival_rate", "90/min"),
+        ]))
+        .unwrap();
+        assert_eq!(open.arrival_rate, Some(1.5));
         for (pairs, field) in [
             (
                 vec![("user_count", "-3"), ("spawn_rate", "1")],
@@ -1127,6 +1198,22 @@ mod tests {
                     ("run_time", "soon"),
                 ],
                 "run_time",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("arrival_rate", "0/s"),
+                ],
+                "arrival_rate",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("arrival_rate", "20"),
+                ],
+                "arrival_rate",
             ),
         ] {
             let e = parse_swarm_form(&form(&pairs)).unwrap_err();

@@ -65,6 +65,16 @@ struct Row {
     rps: String,
 }
 
+/// One open class of the report: task starts, arrivals dropped, lateness.
+struct ArrivalRow {
+    class: String,
+    starts: u64,
+    dropped: u64,
+    late_median: String,
+    late_p95: String,
+    late_max: String,
+}
+
 struct ErrRow {
     name: String,
     code: String,
@@ -89,6 +99,7 @@ struct Report {
     target: String,
     peak_users: u64,
     rows: Vec<Row>,
+    arrivals: Vec<ArrivalRow>,
     errors: Vec<ErrRow>,
     resources: Vec<ResRow>,
     leaked: String,
@@ -145,6 +156,21 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
     };
     let mut rows: Vec<Row> = snap.entries.iter().map(row).collect();
     rows.push(row(&snap.total));
+    let arrivals = snap
+        .arrivals()
+        .into_iter()
+        .map(|(class, starts, dropped, e)| {
+            let late = |q: f64| e.and_then(|e| e.percentile(q)).map_or("-".into(), ms);
+            ArrivalRow {
+                class,
+                starts,
+                dropped,
+                late_median: late(0.5),
+                late_p95: late(0.95),
+                late_max: late(1.0),
+            }
+        })
+        .collect();
     let ended = live
         .ended_at
         .lock()
@@ -184,6 +210,7 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
         ),
         peak_users: live.peak_users(),
         rows,
+        arrivals,
         errors: snap
             .errors
             .iter()
