@@ -2,8 +2,10 @@
 # cloudswarm bootstrap: installs a cloudswarm release on a stack's instance and converges it to a
 # working state, then signals the stack's wait condition (SUCCESS, or FAILURE with a reason).
 #   controller: cloudswarm serve (systemd, user cloudswarm), Prometheus scraping it, Grafana with
-#               the release's dashboards provisioned.
-#   worker:     the release, its environment and a disabled placeholder unit cloudswarm-worker.
+#               the release's dashboards provisioned. MASTER=1 (the stack has workers): serve is
+#               their master on 0.0.0.0:5557, with a worker token derived from the stack's token.
+#   worker:     cloudswarm worker (systemd, user cloudswarm, enabled) joining the controller's
+#               master on CONTROLLER_ADDRESS:5557 with the same token, endpoints and credentials.
 # Idempotent: a second run, or a run with a newer release (an upgrade), ends in the same state; a
 # new release is unpacked into /opt/cloudswarm/releases/<version> and /opt/cloudswarm/current is
 # switched atomically; the newest few releases are kept.
@@ -20,7 +22,8 @@
 # The env file holds KEY=VALUE lines, read literally (never sourced): ROLE (controller|worker),
 # RELEASE_URL, RELEASE_SHA256, DASHBOARD_TOKEN, EC2_ENDPOINT, S3_ENDPOINT, REGION, CREDENTIALS_URL,
 # ACCESS_KEY_ID, SECRET_ACCESS_KEY, PROMETHEUS_TARBALL_URL, GRAFANA_TARBALL_URL, WAIT_HANDLE_URL,
-# CONTROLLER_ADDRESS. The template's user data writes it; see README.md, Deploying with CloudFormation.
+# MASTER (controller: 1 with workers, 0 or absent without), CONTROLLER_ADDRESS (worker). The
+# template's user data writes it; see README.md, Deploying with CloudFormation.
 set -Eeuo pipefail
 umask 022
 
@@ -28,7 +31,8 @@ ROOT=/ ENV_FILE=/etc/cloudswarm/stack.env TARBALL='' RELEASE_URL_ARG='' NO_START
 STEP=start REASON='' ERR_LINE='?' VERSION=unknown RENDER=0 INCOMING=''
 P_ROLE='' P_RELEASE_URL='' P_RELEASE_SHA256='' P_DASHBOARD_TOKEN='' P_EC2_ENDPOINT='' P_S3_ENDPOINT=''
 P_REGION='' P_CREDENTIALS_URL='' P_ACCESS_KEY_ID='' P_SECRET_ACCESS_KEY='' P_PROMETHEUS_TARBALL_URL=''
-P_GRAFANA_TARBALL_URL='' P_WAIT_HANDLE_URL='' P_CONTROLLER_ADDRESS=''
+P_GRAFANA_TARBALL_URL='' P_WAIT_HANDLE_URL='' P_CONTROLLER_ADDRESS='' P_MASTER=''
+MASTER_PORT=5557 # the master's port: the template's security group opens it to the workers only
 
 usage() { sed -n '2,/^set -E/p' "$0" | sed '$d'; exit "${1:-0}"; }
 log() { echo "bootstrap: $*" >&2; }
@@ -94,7 +98,7 @@ read_params() {
     case $key in
       ROLE | RELEASE_URL | RELEASE_SHA256 | DASHBOARD_TOKEN | EC2_ENDPOINT | S3_ENDPOINT | REGION | \
         CREDENTIALS_URL | ACCESS_KEY_ID | SECRET_ACCESS_KEY | PROMETHEUS_TARBALL_URL | \
-        GRAFANA_TARBALL_URL | WAIT_HANDLE_URL | CONTROLLER_ADDRESS)
+        GRAFANA_TARBALL_URL | WAIT_HANDLE_URL | CONTROLLER_ADDRESS | MASTER)
         printf -v "P_$key" '%s' "${line#*=}" ;;
       *) log "warning: ignoring unknown parameter $key in $ENV_FILE" ;;
     esac
@@ -118,8 +122,10 @@ check_params() {
   [[ -n $P_ACCESS_KEY_ID && -z $P_SECRET_ACCESS_KEY || -z $P_ACCESS_KEY_ID && -n $P_SECRET_ACCESS_KEY ]] &&
     die "give both ACCESS_KEY_ID and SECRET_ACCESS_KEY, or neither"
   [[ $P_RELEASE_SHA256 =~ ^([0-9a-f]{64})?$ ]] || die "RELEASE_SHA256 must be 64 lowercase hex digits"
+  case $P_MASTER in '' | 0 | 1) ;; *) die "MASTER must be 1 or 0, not '$P_MASTER'" ;; esac
   if [ "$P_ROLE" = worker ]; then
     [[ $P_CONTROLLER_ADDRESS =~ ^[A-Za-z0-9.:-]+$ ]] || die "a worker needs CONTROLLER_ADDRESS"
+    [ "$P_MASTER" != 1 ] || die "MASTER=1 is for the controller, not a worker"
   else
     [ -n "$P_GRAFANA_TARBALL_URL" ] || die "GRAFANA_TARBALL_URL is empty"
   fi
@@ -251,50 +257,46 @@ configure_cloudswarm() {
   else
     rm -f "$ROOT$creds" # the instance role
   fi
+  # Tokens stay in this 0600 file, never on a command line. The controller gets the dashboard's
+  # token (DASHBOARD_TOKEN). The master (controller with workers) and the workers share a worker
+  # token derived from it, sha256("cloudswarm-worker:" + DASHBOARD_TOKEN) in hex: Locust's protocol
+  # sends it in clear, so what crosses the network cannot log into the dashboard. Workers get no
+  # dashboard token: they never call the dashboard.
+  local worker_token
+  worker_token=$(printf 'cloudswarm-worker:%s' "$P_DASHBOARD_TOKEN" | sha256sum | cut -d' ' -f1)
   {
     echo "# Written by cloudformation/bootstrap.sh from the stack's parameters; read by systemd."
-    echo "CLOUDSWARM_TOKEN=$P_DASHBOARD_TOKEN"
+    [ "$P_ROLE" != controller ] || echo "CLOUDSWARM_TOKEN=$P_DASHBOARD_TOKEN"
+    [ "$P_ROLE" = controller ] && [ "$P_MASTER" != 1 ] || echo "CLOUDSWARM_WORKER_TOKEN=$worker_token"
     echo "CLOUDSWARM_STATE_DIR=/var/lib/cloudswarm"
     [ -z "$P_REGION" ] || echo "AWS_REGION=$P_REGION"
     [ -z "$P_EC2_ENDPOINT" ] || echo "AWS_ENDPOINT_URL_EC2=$P_EC2_ENDPOINT"
     [ -z "$P_S3_ENDPOINT" ] || echo "AWS_ENDPOINT_URL_S3=$P_S3_ENDPOINT"
     [ ! -e "$ROOT$creds" ] || echo "AWS_SHARED_CREDENTIALS_FILE=$creds"
-    [ "$P_ROLE" != worker ] || echo "CLOUDSWARM_CONTROLLER=http://$P_CONTROLLER_ADDRESS:8089"
   } | put /etc/cloudswarm/cloudswarm.env 0600 root:root
 
+  # One unit per role, alike but for ExecStart: user cloudswarm, the env file above (token,
+  # endpoints, region, credentials file), state in /var/lib/cloudswarm, the same hardening, and a
+  # restart 5 s after any exit (a worker quits after 60 s without its master and comes back).
+  local unit description exec_start
   if [ "$P_ROLE" = controller ]; then
-    put /etc/systemd/system/cloudswarm.service 0644 root:root <<'EOF'
-# cloudswarm dashboard and controller; written by cloudformation/bootstrap.sh.
-[Unit]
-Description=cloudswarm load tester (web dashboard on :8089)
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-User=cloudswarm
-Group=cloudswarm
-WorkingDirectory=/opt/cloudswarm/current
-EnvironmentFile=/etc/cloudswarm/cloudswarm.env
-ExecStart=/opt/cloudswarm/current/bin/cloudswarm serve --bind 0.0.0.0:8089 --profiles-dir /opt/cloudswarm/current/profiles --static-dir /opt/cloudswarm/current/static --state-dir /var/lib/cloudswarm
-Restart=always
-RestartSec=5
-LimitNOFILE=65536
-NoNewPrivileges=true
-PrivateTmp=true
-ProtectHome=true
-ProtectSystem=full
-
-[Install]
-WantedBy=multi-user.target
-EOF
+    unit=cloudswarm.service
+    description="cloudswarm load tester (web dashboard on :8089)"
+    exec_start="/opt/cloudswarm/current/bin/cloudswarm serve --bind 0.0.0.0:8089 --profiles-dir /opt/cloudswarm/current/profiles --static-dir /opt/cloudswarm/current/static --state-dir /var/lib/cloudswarm"
+    if [ "$P_MASTER" = 1 ]; then # the dashboard drives the stack's workers instead of a local engine
+      description="cloudswarm load tester (web dashboard on :8089, master of the workers on :$MASTER_PORT)"
+      exec_start+=" --master --master-bind-host 0.0.0.0 --master-bind-port $MASTER_PORT"
+    fi
   else
-    put /etc/systemd/system/cloudswarm-worker.service 0644 root:root <<'EOF'
-# cloudswarm worker: a PLACEHOLDER, disabled. Distributed mode is not in cloudswarm yet; once
-# `cloudswarm worker` exists: systemctl enable --now cloudswarm-worker
-# Written by cloudformation/bootstrap.sh; CLOUDSWARM_CONTROLLER and the token are in the env file.
+    unit=cloudswarm-worker.service
+    description="cloudswarm worker (joins the master on $P_CONTROLLER_ADDRESS:$MASTER_PORT)"
+    # No -f: the master sends the profile with each run.
+    exec_start="/opt/cloudswarm/current/bin/cloudswarm worker --master-host $P_CONTROLLER_ADDRESS --master-port $MASTER_PORT --state-dir /var/lib/cloudswarm"
+  fi
+  put "/etc/systemd/system/$unit" 0644 root:root <<EOF
+# $description; written by cloudformation/bootstrap.sh.
 [Unit]
-Description=cloudswarm worker (joins the controller; placeholder until distributed mode exists)
+Description=$description
 Wants=network-online.target
 After=network-online.target
 
@@ -304,7 +306,7 @@ User=cloudswarm
 Group=cloudswarm
 WorkingDirectory=/opt/cloudswarm/current
 EnvironmentFile=/etc/cloudswarm/cloudswarm.env
-ExecStart=/opt/cloudswarm/current/bin/cloudswarm worker --controller ${CLOUDSWARM_CONTROLLER}
+ExecStart=$exec_start
 Restart=always
 RestartSec=5
 LimitNOFILE=65536
@@ -316,7 +318,6 @@ ProtectSystem=full
 [Install]
 WantedBy=multi-user.target
 EOF
-  fi
 }
 
 # --- Prometheus and Grafana (controller) --------------------------------------------------------
@@ -518,17 +519,22 @@ wait_http() { # wait_http NAME URL [bearer]: up to 3 minutes for a 2xx (Grafana 
 start_services() {
   step "start services"
   run_systemctl daemon-reload
-  if [ "$P_ROLE" = worker ]; then
-    log "worker: cloudswarm-worker.service stays disabled until distributed mode exists"
-    return 0
-  fi
   local units=(cloudswarm.service prometheus.service grafana-server.service)
+  [ "$P_ROLE" = controller ] || units=(cloudswarm-worker.service)
   run_systemctl enable "${units[@]}"
   if [ "$NO_START" = 1 ]; then
     log "--no-start: not starting ${units[*]}"
     return 0
   fi
   run_systemctl restart "${units[@]}"
+  if [ "$P_ROLE" = worker ]; then
+    # Nothing to wait for: the worker joins its master whenever the master is up (a worker has no
+    # wait condition to signal). Only a unit that dies at once is an error.
+    sleep 3
+    systemctl is-active --quiet cloudswarm-worker.service ||
+      die "cloudswarm-worker does not stay up (journalctl -u cloudswarm-worker)"
+    return 0
+  fi
   wait_http cloudswarm http://127.0.0.1:8089/ bearer
   wait_http prometheus http://127.0.0.1:9090/-/ready
   wait_http grafana-server http://127.0.0.1:3000/api/health

@@ -4,13 +4,22 @@
 #      when missing); errors and warnings fail, except the two rules ignored below.
 #   2. The templates against Eucalyptus 4.x (resource types from
 #      cloudformation/eucalyptus-resource-types.txt, sections, parameter types, functions, pseudo
-#      parameters) and against our rules: no ingress open to 0.0.0.0/0 or ::/0 by default, secrets
-#      NoEcho, IAM resources conditional, the wait handle in the controller's user data, user data
+#      parameters, LaunchConfiguration properties) and against our rules: no ingress open to
+#      0.0.0.0/0 or ::/0 by default, the master port 5557 open only to the worker security group
+#      (and the workers reaching nothing else), secrets NoEcho, IAM resources conditional, the wait
+#      handle in the controller's user data, MASTER in the controller's user data exactly when
+#      WorkerCount > 0, the workers' SpotPrice only from a non-blank WorkerSpotPrice, user data
 #      under 16 KB, every parameter and output in a README table, both create-stack commands there.
 #   3. cloudformation/bootstrap.sh in render mode on releases built by scripts/release.sh from a
 #      stand-in binary: units, configs, secret modes and owners, the `current` symlink, a second run
 #      leaving an identical tree, upgrades switching only `current`, pruning, a failed upgrade
-#      signalling FAILURE and keeping the running release, the worker role, credentials variants.
+#      signalling FAILURE and keeping the running release, credentials variants; the controller
+#      with workers (serve --master on 0.0.0.0:5557, the worker token in its 0600 env file) and
+#      without (neither); the worker role (an enabled `cloudswarm worker --master-host CONTROLLER
+#      --master-port 5557` unit with the token only in its 0600 env file and the controller's
+#      endpoints and credentials); the template's user data for all three.
+#   4. When a built target/debug/cloudswarm exists: `serve` and `worker` take the flags and the
+#      CLOUDSWARM_WORKER_TOKEN variable the units use, and `worker` needs no -f.
 # Prints each check; exits non-zero on any failure.
 #   scripts/check-cloudformation.sh
 #   CFN_README=OTHER.md scripts/check-cloudformation.sh   (another README to read)
@@ -65,6 +74,14 @@ SECRET = re.compile(r"token|secret|password|passwd|credential|key", re.I)
 NOT_SECRET = {"KeyName"}  # the name of a key pair, not a key
 OPEN = {"0.0.0.0/0", "::/0"}
 USERDATA_LIMIT = 16384
+# Properties Eucalyptus 4.x reads from an AWS::AutoScaling::LaunchConfiguration (eucalyptus/eucalyptus,
+# .../cloudformation/resources/standard/propertytypes/AWSAutoScalingLaunchConfigurationProperties);
+# it skips any other property silently. Its CloudFormation passes SpotPrice to CreateLaunchConfiguration,
+# which its Auto Scaling service does not store (it has no spot instances): workers launch on-demand.
+EUCA_LC_PROPS = {"AssociatePublicIpAddress", "BlockDeviceMappings", "EbsOptimized", "IamInstanceProfile",
+                 "ImageId", "InstanceId", "InstanceMonitoring", "InstanceType", "KernelId", "KeyName",
+                 "RamDiskId", "SecurityGroups", "SpotPrice", "UserData"}
+MASTER_PORT = 5557
 
 failures = []
 def fail(msg):
@@ -147,6 +164,9 @@ for path in sys.argv[1:]:
             for key in ("CidrIp", "CidrIpv6"):
                 if key in rule:
                     check_cidr(f"{where}.{key}", rule[key])
+        if rtype == "AWS::AutoScaling::LaunchConfiguration":
+            for prop in set(props) - EUCA_LC_PROPS:
+                fail(f"{path}: {name}.{prop} is not a LaunchConfiguration property Eucalyptus 4.x reads")
         if rtype.startswith("AWS::IAM::") and "Condition" not in r:
             fail(f"{path}: IAM resource {name} has no Condition (clouds without IAM need to skip it)")
         ud = props.get("UserData")
@@ -165,8 +185,8 @@ for path in sys.argv[1:]:
                     [x.get("Properties", {}).get("UserData") for x in res.values()])):
                 fail(f"{path}: no user data carries the wait handle {handle}")
     if os.path.basename(path) == "cloudswarm.json":
-        for p in ("ImageId", "InstanceType", "KeyName", "OperatorCidr", "WorkerCount", "Ec2Endpoint",
-                  "S3Endpoint", "Region", "ReleaseUrl", "DashboardToken", "CredentialsUrl",
+        for p in ("ImageId", "InstanceType", "KeyName", "OperatorCidr", "WorkerCount", "WorkerSpotPrice",
+                  "Ec2Endpoint", "S3Endpoint", "Region", "ReleaseUrl", "DashboardToken", "CredentialsUrl",
                   "CreateIamRole", "GrafanaTarballUrl"):
             if p not in params:
                 fail(f"{path}: parameter {p} is missing")
@@ -179,6 +199,83 @@ for path in sys.argv[1:]:
             fail(f"{path}: DashboardToken needs MinLength 16")
         if params.get("CredentialsUrl", {}).get("AllowedPattern") != "^$|^https://.*":
             fail(f"{path}: CredentialsUrl must be checked by AllowedPattern ^$|^https://.*")
+        conds = t.get("Conditions", {})
+
+        # The master port: one rule, on the controller's group, from the worker group; the workers
+        # reach nothing else on the controller (they never call the dashboard).
+        m = len(failures)
+        def ref(v):  # the logical id a Ref or Fn::GetAtt names
+            if isinstance(v, dict):
+                return v.get("Ref") or (v.get("Fn::GetAtt") or [None])[0]
+            return v
+        ingress = []  # (where, the group it opens, rule)
+        for name, r in res.items():
+            if r.get("Type") == "AWS::EC2::SecurityGroup":
+                ingress += [(f"{name}.SecurityGroupIngress[{i}]", name, rule)
+                            for i, rule in enumerate(r.get("Properties", {}).get("SecurityGroupIngress", []))]
+            elif r.get("Type") == "AWS::EC2::SecurityGroupIngress":
+                pr = r.get("Properties", {})
+                ingress.append((name, ref(pr.get("GroupName", pr.get("GroupId"))), pr))
+        def source(rule):
+            return ref(rule.get("SourceSecurityGroupName", rule.get("SourceSecurityGroupId")))
+        def covers(rule, port):
+            if str(rule.get("IpProtocol")) in ("-1", "all"):
+                return True
+            try:
+                return int(rule["FromPort"]) <= port <= int(rule["ToPort"])
+            except (KeyError, TypeError, ValueError):
+                return True  # cannot tell: count it
+        master = [(w, g, rule) for w, g, rule in ingress if covers(rule, MASTER_PORT)]
+        if [(g, source(rule), str(rule.get("IpProtocol")), rule.get("FromPort"), rule.get("ToPort"))
+                for _, g, rule in master] != [("ControllerSecurityGroup", "WorkerSecurityGroup", "tcp",
+                                               MASTER_PORT, MASTER_PORT)] or \
+                any(k in rule for _, _, rule in master for k in ("CidrIp", "CidrIpv6")):
+            fail(f"{path}: port {MASTER_PORT} must be opened exactly once, on ControllerSecurityGroup, to "
+                 f"SourceSecurityGroup WorkerSecurityGroup only: {[w for w, _, _ in master]}")
+        for w, g, rule in ingress:
+            if source(rule) == "WorkerSecurityGroup" and not (
+                    rule.get("FromPort") == MASTER_PORT == rule.get("ToPort") and str(rule.get("IpProtocol")) == "tcp"):
+                fail(f"{path}: {w} lets the workers reach more than the master port {MASTER_PORT}/tcp")
+        if not failures[m:]:
+            print(f"ok: port {MASTER_PORT} is open to WorkerSecurityGroup only, and the workers reach nothing else")
+        m = len(failures)
+
+        # MASTER=1 in the controller's user data exactly when WorkerCount > 0; never in the workers'.
+        def userdata(resource):
+            return res.get(resource, {}).get("Properties", {}).get("UserData", {}).get(
+                "Fn::Base64", {}).get("Fn::Join", ["", []])[1]
+        cud, wud = userdata("Controller"), userdata("WorkerLaunchConfig")
+        at = [i for i, x in enumerate(cud) if isinstance(x, str) and x.endswith("\nMASTER=")]
+        value = cud[at[0] + 1] if len(at) == 1 and at[0] + 1 < len(cud) else None
+        cond = value.get("Fn::If", [None])[0] if isinstance(value, dict) else None
+        if not (isinstance(value, dict) and value.get("Fn::If", [None, 0, 0])[1:] == ["1", "0"] and
+                conds.get(cond) == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WorkerCount"}, "0"]}]}):
+            fail(f"{path}: the controller's user data must say MASTER= Fn::If [a condition WorkerCount != 0, 1, 0]: {value}")
+        if any(isinstance(x, str) and "MASTER=" in x for x in wud):
+            fail(f"{path}: the workers' user data must not say MASTER=")
+        at = [i for i, x in enumerate(wud) if isinstance(x, str) and x.endswith("\nCONTROLLER_ADDRESS=")]
+        if not (len(at) == 1 and wud[at[0] + 1] == {"Fn::GetAtt": ["Controller", "PrivateIp"]}):
+            fail(f"{path}: the workers' user data must say CONTROLLER_ADDRESS= the controller's PrivateIp")
+        # Spot: only the workers, only when WorkerSpotPrice is not blank (default blank: on-demand).
+        sp = params.get("WorkerSpotPrice", {})
+        lc = res.get("WorkerLaunchConfig", {}).get("Properties", {})
+        spot = lc.get("SpotPrice")
+        cond = spot.get("Fn::If", [None])[0] if isinstance(spot, dict) else None
+        if not (isinstance(spot, dict) and spot.get("Fn::If", [0, 0, 0])[1:] == [{"Ref": "WorkerSpotPrice"}, {"Ref": "AWS::NoValue"}]
+                and conds.get(cond) == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WorkerSpotPrice"}, ""]}]}):
+            fail(f"{path}: WorkerLaunchConfig.SpotPrice must be Fn::If [WorkerSpotPrice not blank, Ref WorkerSpotPrice, AWS::NoValue]: {spot}")
+        if sp.get("Default") != "" or sp.get("Type") != "String":
+            fail(f"{path}: WorkerSpotPrice must be a String defaulting to blank (on-demand)")
+        pattern = sp.get("AllowedPattern", "")
+        if not (all(re.fullmatch(pattern, v) for v in ("", "0.05", "1", "0.0123")) and
+                not any(re.fullmatch(pattern, v) for v in ("abc", "-1", "0.05 ", "$1"))):
+            fail(f"{path}: WorkerSpotPrice's AllowedPattern {pattern!r} must take blank or a price, nothing else")
+        for name, r in res.items():
+            if name != "WorkerLaunchConfig" and "SpotPrice" in r.get("Properties", {}):
+                fail(f"{path}: only the workers may be spot instances, not {name}")
+        if not failures[m:]:
+            print("ok: MASTER in the controller's user data iff WorkerCount > 0; workers' SpotPrice only from a "
+                  "non-blank WorkerSpotPrice")
     if len(failures) == n:
         print(f"ok: {path}: {len(res)} resources of Eucalyptus-supported types, {len(params)} parameters "
               f"and {len(outs)} outputs documented, no open ingress, secrets NoEcho")
@@ -192,6 +289,9 @@ import yaml  # PyYAML comes with cfn-lint
 
 # A stand-in binary: packaging the real debug build (hundreds of MB) would take most of a minute.
 TOKEN = "check-token-0123456789abcdef"
+# The worker token the master and the workers share: derived from the stack's token, because
+# Locust's protocol sends it in clear (README.md, Workers).
+WTOKEN = hashlib.sha256(b"cloudswarm-worker:" + TOKEN.encode()).hexdigest()
 failures = []
 def check(cond, msg):
     if not cond:
@@ -278,6 +378,7 @@ try:
     check(cs.get("EnvironmentFile") == "/etc/cloudswarm/cloudswarm.env", "cloudswarm.service reads the env file")
     check(cs.get("WorkingDirectory") == "/opt/cloudswarm/current", "cloudswarm.service works in current/")
     check(TOKEN not in read(root, "/etc/systemd/system/cloudswarm.service"), "the token is not in the unit")
+    check("--master" not in cs.get("ExecStart", ""), "without workers (no MASTER) serve is not a master")
     pr = service(root, "prometheus.service")
     check(pr.get("User") == "prometheus", "prometheus.service runs as prometheus")
     check(pr.get("ExecStart", "").startswith("/opt/prometheus/current/prometheus --config.file=/etc/prometheus/prometheus.yml"),
@@ -319,6 +420,8 @@ try:
                  "AWS_ENDPOINT_URL_EC2=http://ec2.euca.example:8773/", "AWS_ENDPOINT_URL_S3=http://s3.euca.example:8773/",
                  "AWS_SHARED_CREDENTIALS_FILE=/etc/cloudswarm/credentials"):
         check(line in env, f"cloudswarm.env has {line.split('=')[0]}")
+    check(not [l for l in env if l.startswith("CLOUDSWARM_WORKER_TOKEN=")],
+          "without workers the controller's env has no CLOUDSWARM_WORKER_TOKEN")
     check("aws_secret_access_key = secret/CHECK+key=" in read(root, "/etc/cloudswarm/credentials"),
           "the access keys are in the credentials file")
     check(read(root, "/etc/cloudswarm/prometheus-token") == TOKEN, "prometheus-token holds the token")
@@ -395,22 +498,93 @@ try:
         print(f"ok: {what} fails with FAILURE: {sig.get('Reason')}")
     check(not [n for n in os.listdir(os.path.join(root, "opt/cloudswarm/releases")) if n.startswith(".incoming")],
           "a failed run leaves no half-unpacked release")
+    for what, overrides in (("MASTER=yes", {"MASTER": "yes"}),
+                            ("a worker with MASTER=1", {"ROLE": "worker", "MASTER": "1", "CONTROLLER_ADDRESS": "10.0.0.5"}),
+                            ("a worker without CONTROLLER_ADDRESS", {"ROLE": "worker"})):
+        r = bootstrap(os.path.join(work, "refused"), tarballs["0.0.1"], **overrides)
+        check(r.returncode != 0 and "error:" in r.stderr, f"bootstrap with {what} was not refused: {r.stderr}")
+    print("ok: MASTER other than 1/0, MASTER=1 on a worker and a worker without CONTROLLER_ADDRESS are refused")
 
-    # Worker: the release, the environment (controller address, token) and a disabled placeholder unit.
+    def secrets_private(root, what):
+        for p, entry in manifest(root).items():
+            if entry[0] == "file" and int(entry[1], 8) & 0o004:
+                check(TOKEN not in read(root, p) and WTOKEN not in read(root, p) and "secret/CHECK" not in read(root, p),
+                      f"{what}: {p} is world-readable and holds a secret")
+
+    # The controller of a stack with workers (MASTER=1): serve is their master on 0.0.0.0:5557 and
+    # takes the worker token (the stack's token) from its env file; back to MASTER=0, neither.
+    mroot = os.path.join(work, "master")
+    r = bootstrap(mroot, tarballs["0.0.1"], MASTER="1")
+    check(r.returncode == 0, f"bootstrap with MASTER=1 failed:\n{r.stderr}")
+    ms = service(mroot, "cloudswarm.service")
+    check(ms.get("ExecStart") == cs.get("ExecStart") + " --master --master-bind-host 0.0.0.0 --master-bind-port 5557",
+          f"with workers serve runs as their master on 0.0.0.0:5557: {ms.get('ExecStart')}")
+    for key in ("User", "Group", "EnvironmentFile", "WorkingDirectory", "Restart", "RestartSec", "LimitNOFILE",
+                "NoNewPrivileges", "PrivateTmp", "ProtectHome", "ProtectSystem", "WantedBy"):
+        check(ms.get(key) == cs.get(key), f"the master's unit keeps {key}={cs.get(key)}")
+    menv = read(mroot, "/etc/cloudswarm/cloudswarm.env").splitlines()
+    check(f"CLOUDSWARM_WORKER_TOKEN={WTOKEN}" in menv and f"CLOUDSWARM_TOKEN={TOKEN}" in menv,
+          "the master's env file has the dashboard token and the worker token derived from it")
+    check(mode(mroot, "/etc/cloudswarm/cloudswarm.env") == 0o600, "the master's env file is 0600")
+    check(TOKEN not in read(mroot, "/etc/systemd/system/cloudswarm.service") and
+          WTOKEN not in read(mroot, "/etc/systemd/system/cloudswarm.service"), "no token is in the master's unit")
+    check("systemctl enable cloudswarm.service prometheus.service grafana-server.service" in read(mroot, "/.render/systemctl"),
+          "the master enables cloudswarm, prometheus and grafana-server")
+    secrets_private(mroot, "master")
+    r = bootstrap(mroot, tarballs["0.0.1"], MASTER="0")
+    check(r.returncode == 0 and "--master" not in service(mroot, "cloudswarm.service").get("ExecStart", "") and
+          "CLOUDSWARM_WORKER_TOKEN" not in read(mroot, "/etc/cloudswarm/cloudswarm.env"),
+          "MASTER=0 (WorkerCount back to 0) takes --master and the worker token away again")
+    print("ok: with workers serve --master --master-bind-host 0.0.0.0 --master-bind-port 5557, "
+          "CLOUDSWARM_WORKER_TOKEN in the 0600 env file; without, neither")
+
+    # Worker: an enabled `cloudswarm worker` unit joining the controller's master on 5557, the token
+    # only in its 0600 env file, the controller's endpoints, region and credentials, no Prometheus/Grafana.
     wroot = os.path.join(work, "worker")
     r = bootstrap(wroot, tarballs["0.0.1"], ROLE="worker", CONTROLLER_ADDRESS="10.0.0.5", WAIT_HANDLE_URL="",
                   PROMETHEUS_TARBALL_URL="", GRAFANA_TARBALL_URL="")
     check(r.returncode == 0, f"worker bootstrap failed:\n{r.stderr}")
     wk = service(wroot, "cloudswarm-worker.service")
-    check(wk.get("ExecStart", "").startswith("/opt/cloudswarm/current/bin/cloudswarm worker"), "the worker unit runs `cloudswarm worker`")
-    check(wk.get("User") == "cloudswarm" and wk.get("EnvironmentFile") == "/etc/cloudswarm/cloudswarm.env", "the worker unit's user and env")
+    wexec = wk.get("ExecStart", "")
+    check(wexec.startswith("/opt/cloudswarm/current/bin/cloudswarm worker --master-host 10.0.0.5 --master-port 5557"),
+          f"the worker unit runs `cloudswarm worker --master-host CONTROLLER_ADDRESS --master-port 5557`: {wexec}")
+    check("--state-dir /var/lib/cloudswarm" in wexec, "the worker keeps its state in /var/lib/cloudswarm")
+    check(" -f " not in wexec and "--profile" not in wexec, "the worker takes its profile from the master (no -f)")
+    check(WTOKEN not in read(wroot, "/etc/systemd/system/cloudswarm-worker.service") and "token" not in wexec,
+          "the token is not on the worker's command line")
+    for key in ("User", "Group", "EnvironmentFile", "WorkingDirectory", "LimitNOFILE", "NoNewPrivileges",
+                "PrivateTmp", "ProtectHome", "ProtectSystem", "WantedBy"):
+        check(wk.get(key) == cs.get(key), f"the worker unit has the controller's {key}={cs.get(key)}: {wk.get(key)}")
+    check(wk.get("Restart") == "always" and wk.get("RestartSec") == "5",
+          "the worker restarts always, 5 s after it quits (it quits after 60 s without its master)")
     wenv = read(wroot, "/etc/cloudswarm/cloudswarm.env").splitlines()
-    check("CLOUDSWARM_CONTROLLER=http://10.0.0.5:8089" in wenv and f"CLOUDSWARM_TOKEN={TOKEN}" in wenv,
-          "the worker knows the controller's address and the token")
-    check("enable" not in read(wroot, "/.render/systemctl"), "the worker enables nothing")
+    check(f"CLOUDSWARM_WORKER_TOKEN={WTOKEN}" in wenv, "the worker's env file has the worker token")
+    check(not [l for l in wenv if l.startswith(("CLOUDSWARM_TOKEN=", "CLOUDSWARM_CONTROLLER="))] and
+          TOKEN not in read(wroot, "/etc/cloudswarm/cloudswarm.env"),
+          "the worker's env file has no dashboard token and no controller URL (it never calls the dashboard)")
+    check(mode(wroot, "/etc/cloudswarm/cloudswarm.env") == 0o600 and
+          dict(l.split() for l in read(wroot, "/.render/owners").splitlines()).get("/etc/cloudswarm/cloudswarm.env") == "root:root",
+          "the worker's env file is 0600 root")
+    for line in ("CLOUDSWARM_STATE_DIR=/var/lib/cloudswarm", "AWS_REGION=eucalyptus",
+                 "AWS_ENDPOINT_URL_EC2=http://ec2.euca.example:8773/", "AWS_ENDPOINT_URL_S3=http://s3.euca.example:8773/",
+                 "AWS_SHARED_CREDENTIALS_FILE=/etc/cloudswarm/credentials"):
+        check(line in wenv and line in env, f"the worker reaches the cloud as the controller does: {line.split('=')[0]}")
+    check(read(wroot, "/etc/cloudswarm/credentials") == read(root, "/etc/cloudswarm/credentials") and
+          mode(wroot, "/etc/cloudswarm/credentials") == 0o600, "the worker has the controller's credentials file (0600)")
+    wsys = read(wroot, "/.render/systemctl").splitlines()
+    check("systemctl enable cloudswarm-worker.service" in wsys, f"the worker unit is enabled: {wsys}")
+    check(not [l for l in wsys if "enable" in l and "cloudswarm-worker.service" not in l],
+          "the worker enables nothing else")
+    check(not os.path.exists(os.path.join(wroot, "etc/systemd/system/cloudswarm.service")), "the worker has no dashboard unit")
     check(not os.path.exists(os.path.join(wroot, "etc/prometheus")) and not os.path.exists(os.path.join(wroot, "etc/grafana")),
           "the worker has no Prometheus or Grafana")
-    print("ok: worker: release, controller address and token, disabled placeholder unit")
+    secrets_private(wroot, "worker")
+    first = manifest(wroot)
+    r = bootstrap(wroot, tarballs["0.0.1"], ROLE="worker", CONTROLLER_ADDRESS="10.0.0.5", WAIT_HANDLE_URL="",
+                  PROMETHEUS_TARBALL_URL="", GRAFANA_TARBALL_URL="")
+    check(r.returncode == 0 and manifest(wroot) == first, "a second worker run leaves an identical tree")
+    print("ok: worker: enabled `cloudswarm worker --master-host 10.0.0.5 --master-port 5557` as cloudswarm, hardened "
+          "like the controller, token only in its 0600 env file, the controller's endpoints and credentials")
 
     # Credentials: a CredentialsUrl file (0600, cloudswarm), then none (instance role) removes it.
     croot = os.path.join(work, "credentials")
@@ -432,7 +606,7 @@ try:
     values = {"ImageId": "ami-00000000", "OperatorCidr": "203.0.113.7/32", "DashboardToken": TOKEN,
               "Ec2Endpoint": "http://ec2.euca.example:8773/", "Region": "", "AWS::Region": "eu-test-1",
               "ControllerWaitHandle": "https://127.0.0.1:9/waitcondition?signature=abc",
-              "ReleaseUrl": "file://" + tarballs["0.0.1"], "ReleaseSha256": sha}
+              "ReleaseUrl": "file://" + tarballs["0.0.1"], "ReleaseSha256": sha, "WorkerCount": "0"}
     def resolve(node):
         if isinstance(node, str):
             return node
@@ -441,8 +615,8 @@ try:
             return values[name] if name in values else template["Parameters"][name].get("Default", "")
         if "Fn::If" in node:
             cond, yes, no = node["Fn::If"]
-            assert cond == "RegionIsBlank", cond
-            return resolve(yes if values["Region"] == "" else no)
+            truth = {"RegionIsBlank": values["Region"] == "", "HasWorkers": str(values["WorkerCount"]) != "0"}
+            return resolve(yes if truth[cond] else no)
         if node == {"Fn::GetAtt": ["Controller", "PrivateIp"]}:
             return "10.0.0.5"
         raise ValueError(f"cannot resolve {node}")
@@ -457,8 +631,10 @@ try:
         script = script.replace("/etc/cloudswarm", sandbox + "/etc/cloudswarm").replace(
             "/var/cache/cloudswarm", sandbox + "/cache")
         return script.replace("--release-tarball $c/release.tar.gz", f"--release-tarball $c/release.tar.gz --root {sandbox}/root")
-    for resource, role in (("Controller", "controller"), ("WorkerLaunchConfig", "worker")):
-        sandbox = os.path.join(work, "userdata-" + role)
+    for resource, role, workers in (("Controller", "controller", "0"), ("Controller", "controller", "3"),
+                                    ("WorkerLaunchConfig", "worker", "3")):
+        values["WorkerCount"] = workers
+        sandbox = os.path.join(work, f"userdata-{role}-{workers}")
         os.makedirs(sandbox)
         r = subprocess.run(["bash", "-c", user_data(resource, sandbox)], capture_output=True, text=True)
         check(r.returncode == 0, f"the {role} user data failed:\n{r.stderr}")
@@ -466,32 +642,61 @@ try:
         check(f"ROLE={role}" in read(sandbox, "/etc/cloudswarm/stack.env").splitlines(), f"stack.env says ROLE={role}")
         check(os.readlink(os.path.join(sandbox, "root/opt/cloudswarm/current")) == "releases/0.0.1",
               f"the {role} user data installs the release")
+        uenv = read(sandbox, "root/etc/cloudswarm/cloudswarm.env").splitlines()
+        sroot = os.path.join(sandbox, "root")
         if role == "controller":
-            check("AWS_REGION=eu-test-1" in read(sandbox, "root/etc/cloudswarm/cloudswarm.env").splitlines(),
-                  "a blank Region becomes the stack's region")
-            check((signal(os.path.join(sandbox, "root")) or {}).get("Status") == "SUCCESS", "the controller would signal SUCCESS")
+            check("AWS_REGION=eu-test-1" in uenv, "a blank Region becomes the stack's region")
+            check((signal(sroot) or {}).get("Status") == "SUCCESS", "the controller would signal SUCCESS")
+            master = workers != "0"
+            check(f"MASTER={int(master)}" in read(sandbox, "/etc/cloudswarm/stack.env").splitlines(),
+                  f"WorkerCount={workers}: stack.env says MASTER={int(master)}")
+            uexec = service(sroot, "cloudswarm.service").get("ExecStart", "")
+            check(uexec.endswith(" --master --master-bind-host 0.0.0.0 --master-bind-port 5557") == master and
+                  ("--master" in uexec) == master, f"WorkerCount={workers}: serve is {'' if master else 'not '}a master: {uexec}")
+            check((f"CLOUDSWARM_WORKER_TOKEN={WTOKEN}" in uenv) == master,
+                  f"WorkerCount={workers}: the worker token is {'' if master else 'not '}in the controller's env file")
         else:
-            check("CLOUDSWARM_CONTROLLER=http://10.0.0.5:8089" in read(sandbox, "root/etc/cloudswarm/cloudswarm.env").splitlines(),
-                  "the worker's user data passes the controller's private address")
+            check(service(sroot, "cloudswarm-worker.service").get("ExecStart", "").startswith(
+                      "/opt/cloudswarm/current/bin/cloudswarm worker --master-host 10.0.0.5 --master-port 5557"),
+                  "the worker's user data makes it join the master on the controller's private address")
+            check(f"CLOUDSWARM_WORKER_TOKEN={WTOKEN}" in uenv, "the worker's user data passes the token")
+            check("systemctl enable cloudswarm-worker.service" in read(sroot, "/.render/systemctl"),
+                  "the worker's user data enables cloudswarm-worker")
     values["ReleaseUrl"] = "file://" + os.path.join(work, "missing.tar.gz")
     sandbox = os.path.join(work, "userdata-missing")
     os.makedirs(sandbox)
     r = subprocess.run(["bash", "-c", user_data("Controller", sandbox)], capture_output=True, text=True)
     check(r.returncode != 0 and "cannot download the release" in r.stderr,
           f"a release that does not download fails the user data: {r.returncode} {r.stderr}")
-    print("ok: the template's user data (controller, worker) writes stack.env 0600 and runs the release's bootstrap")
+    print("ok: the template's user data (controller without and with workers, worker) writes stack.env 0600 and "
+          "runs the release's bootstrap")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 sys.exit(1 if failures else 0)
 PY
 
-echo "== the flags bootstrap.sh gives \`cloudswarm serve\`"
+echo "== the flags bootstrap.sh gives \`cloudswarm serve\` and \`cloudswarm worker\`"
 BIN=${CARGO_TARGET_DIR:-target}/debug/cloudswarm
 if [ -x "$BIN" ] && HELP=$(timeout 20 "$BIN" serve --help 2>/dev/null); then
-  for flag in --bind --profiles-dir --static-dir --state-dir; do
-    grep -q -- "$flag" <<<"$HELP" || { echo "FAIL: \`cloudswarm serve\` has no $flag"; exit 1; }
+  has() { grep -qE -- "(^|[[:space:],])$1([[:space:]=,]|\$)" <<<"$2"; } # the exact flag, not a longer one
+  for flag in --bind --profiles-dir --static-dir --state-dir --master --master-bind-host --master-bind-port; do
+    has "$flag" "$HELP" || { echo "FAIL: \`cloudswarm serve\` has no $flag"; exit 1; }
   done
-  echo "ok: $BIN serve takes --bind --profiles-dir --static-dir --state-dir"
+  grep -q "env: CLOUDSWARM_WORKER_TOKEN" <<<"$HELP" ||
+    { echo "FAIL: \`cloudswarm serve\` does not read CLOUDSWARM_WORKER_TOKEN"; exit 1; }
+  echo "ok: $BIN serve takes --bind --profiles-dir --static-dir --state-dir --master --master-bind-host --master-bind-port, CLOUDSWARM_WORKER_TOKEN"
+  HELP=$(timeout 20 "$BIN" worker --help 2>/dev/null) || { echo "FAIL: $BIN has no worker command"; exit 1; }
+  for flag in --master-host --master-port --state-dir; do
+    has "$flag" "$HELP" || { echo "FAIL: \`cloudswarm worker\` has no $flag"; exit 1; }
+  done
+  grep -q "env: CLOUDSWARM_WORKER_TOKEN" <<<"$HELP" ||
+    { echo "FAIL: \`cloudswarm worker\` does not read CLOUDSWARM_WORKER_TOKEN"; exit 1; }
+  # The unit passes no profile: clap's usage line names a required option outside brackets.
+  if grep -E '^Usage:.* (-f|--profile) <' <<<"$HELP" >/dev/null; then
+    echo "FAIL: \`cloudswarm worker\` requires -f PROFILE; the worker unit passes none"
+    exit 1
+  fi
+  echo "ok: $BIN worker takes --master-host --master-port --state-dir, CLOUDSWARM_WORKER_TOKEN, no required -f"
 else
   echo "skipped: no built cloudswarm with a serve command at $BIN"
 fi
