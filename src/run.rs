@@ -543,6 +543,15 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         .into();
     let profile = (std::sync::Arc::new(profile), text);
     let master = Master::bind(args.master.config()).await?;
+    if let Some(addr) = args.metrics_bind {
+        crate::metrics::install();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
+        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+        let m = master.clone();
+        tokio::spawn(crate::metrics::serve_with(listener, move || m.observe()));
+    }
     let want = args.master.expect_workers as usize;
     eprintln!(
         "cloudswarm master on {}: waiting for {want} worker(s) (cloudswarm worker --master-host HOST --master-port {} -f {})",

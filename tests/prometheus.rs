@@ -200,14 +200,7 @@ fn throttling_proxy(moto: &Moto) -> Nginx {
     ))
 }
 
-#[test]
-fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
-    let moto = Moto::start();
-    let proxy = throttling_proxy(&moto);
-    let profiles = tempfile::tempdir().unwrap();
-    std::fs::write(
-        profiles.path().join("metrics.toml"),
-        r#"
+const METRICS_PROFILE: &str = r#"
 [params]
 image_id = "auto"
 object_size = "4KiB"
@@ -224,33 +217,12 @@ name = "storage"
 wait = { constant = 0.1 }
 [[user.task]]
 sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
-"#,
-    )
-    .unwrap();
-    let token = "metrics-test-token-0123456789";
-    let d = Dashboard::start_with(
-        &moto.url,
-        &proxy.url,
-        &[
-            "--token",
-            token,
-            "--profiles-dir",
-            profiles.path().to_str().unwrap(),
-        ],
-    );
-    let bearer = format!("Bearer {token}");
-    // /metrics needs the token too.
-    assert_eq!(d.http("GET", "/metrics", &[], "").status, 401);
-    let r = d.http(
-        "POST",
-        "/swarm",
-        &[("Authorization", &bearer)],
-        "user_count=4&spawn_rate=10&profile=metrics",
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
+"#;
 
-    let exprs: Vec<(String, String)> = panels(&dashboard_json())
+/// Every Grafana panel's queries (panels only a master feeds left out
+/// unless `master`), with the test's values for the variables.
+fn panel_queries(master: bool) -> Vec<(String, String)> {
+    panels(&dashboard_json())
         .into_iter()
         .filter(|p| p["type"] != "row")
         .flat_map(|p| {
@@ -270,14 +242,18 @@ sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
                 )
             })
         })
-        .collect();
-    assert!(exprs.len() >= 20, "{} queries", exprs.len());
-    // Give the run time to produce every kind of sample, then require all.
+        .filter(|(_, e)| master || !e.contains("cloudswarm_workers"))
+        .collect()
+}
+
+/// Waits (up to 90 s) until every query returns a number; fails naming
+/// the ones that never did.
+fn require_data(prom: &Prometheus, exprs: &[(String, String)]) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut missing;
     loop {
         missing = Vec::new();
-        for (what, expr) in &exprs {
+        for (what, expr) in exprs {
             let v = prom.query(expr);
             assert_eq!(v["status"], "success", "{what}: {expr}: {v}");
             let result = v["data"]["result"].as_array().unwrap();
@@ -301,7 +277,41 @@ sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
         "queries without data:\n{}",
         missing.join("\n")
     );
+}
 
+#[test]
+fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
+    let moto = Moto::start();
+    let proxy = throttling_proxy(&moto);
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("metrics.toml"), METRICS_PROFILE).unwrap();
+    let token = "metrics-test-token-0123456789";
+    let d = Dashboard::start_with(
+        &moto.url,
+        &proxy.url,
+        &[
+            "--token",
+            token,
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+        ],
+    );
+    let bearer = format!("Bearer {token}");
+    // /metrics needs the token too.
+    assert_eq!(d.http("GET", "/metrics", &[], "").status, 401);
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Authorization", &bearer)],
+        "user_count=4&spawn_rate=10&profile=metrics",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
+
+    let exprs = panel_queries(false);
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    // Give the run time to produce every kind of sample, then require all.
+    require_data(&prom, &exprs);
     // The figures agree with the dashboard's own statistics.
     let throttled = prom.query("sum(cloudswarm_throttled_total{op=\"s3:HeadObject\"})");
     let n: f64 = throttled["data"]["result"][0]["value"][1]
@@ -322,6 +332,105 @@ sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
         runs["data"]["result"][0]["metric"]["profile"], "metrics",
         "{runs}"
     );
+}
+
+/// A dashboard that is a master exports what its workers measured: every
+/// panel (the Workers panel too) has data, and the request counters equal
+/// the master's merged statistics.
+#[test]
+fn a_masters_metrics_carry_its_workers_figures_to_every_grafana_panel() {
+    let moto = Moto::start();
+    let proxy = throttling_proxy(&moto);
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("metrics.toml"), METRICS_PROFILE).unwrap();
+    let token = "metrics-test-token-0123456789";
+    let mport = free_port();
+    let d = Dashboard::start_with(
+        &moto.url,
+        &proxy.url,
+        &[
+            "--token",
+            token,
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "--master",
+            "--master-bind-port",
+            &mport.to_string(),
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut worker = cloudswarm()
+        .args(["worker", "--master-port", &mport.to_string()])
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &proxy.url])
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = serde_json::from_str(
+            &d.http("GET", "/stats/requests", &[("Authorization", &bearer)], "")
+                .body,
+        )
+        .unwrap();
+        if v["worker_count"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker did not join: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[("Authorization", &bearer)],
+        "user_count=4&spawn_rate=10&profile=metrics",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
+    let exprs = panel_queries(true);
+    assert!(exprs.iter().any(|(_, e)| e.contains("cloudswarm_workers")));
+    require_data(&prom, &exprs);
+    let running = prom.query("cloudswarm_workers{state=\"running\"}");
+    assert_eq!(running["data"]["result"][0]["value"][1], "1", "{running}");
+
+    // Stopped, the counters equal the merged statistics.
+    let r = d.http("POST", "/stop", &[("Authorization", &bearer)], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let v: Value = serde_json::from_str(
+            &d.http("GET", "/stats/requests", &[("Authorization", &bearer)], "")
+                .body,
+        )
+        .unwrap();
+        if v["state"] == "stopped" && v["cleanup"]["outcome"]["leaked"] == 0 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the run did not stop: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let total = v["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "Aggregated")
+        .unwrap()["num_requests"]
+        .as_u64()
+        .unwrap();
+    let body = d
+        .http("GET", "/metrics", &[("Authorization", &bearer)], "")
+        .body;
+    let counted: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("cloudswarm_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted as u64, total, "{body}");
+    assert!(!body.contains(SECRET) && !body.contains(&moto.url));
+    let _ = worker.kill();
+    let _ = worker.wait();
 }
 
 #[test]

@@ -161,6 +161,8 @@ struct Inner {
     profile: Option<(Arc<Profile>, Arc<str>)>,
     /// Refusals logged so far (the rest are only counted).
     refusals_logged: u32,
+    /// The (run id, profile) whose info gauge is 1.
+    info: Option<(String, String)>,
 }
 
 /// The master of a distributed run.
@@ -255,6 +257,7 @@ impl Master {
                 peak: 0,
                 profile: None,
                 refusals_logged: 0,
+                info: None,
             }),
             out,
             changed: Notify::new(),
@@ -323,6 +326,41 @@ impl Master {
         }
         for (state, n) in by {
             metrics::gauge!("cloudswarm_workers", "state" => state).set(n as f64);
+        }
+        // What an engine's gauges say, summed over the workers.
+        let (profile, run_id) = {
+            let g = self.lock();
+            (g.profile.clone(), g.run_id.clone())
+        };
+        let Some((profile, _)) = profile else { return };
+        for (class, n) in self.user_counts(&profile) {
+            metrics::gauge!("cloudswarm_users", "class" => class).set(n as f64);
+        }
+        let (target, rate) = self.target();
+        metrics::gauge!("cloudswarm_target_users").set(target as f64);
+        metrics::gauge!("cloudswarm_spawn_rate").set(rate);
+        let res = self.resources();
+        let creating = self.creating();
+        for k in Kind::ALL {
+            let c = res.get(&k).copied().unwrap_or_default();
+            let kind = k.as_str().replace(' ', "_");
+            metrics::gauge!("cloudswarm_resources", "kind" => kind.clone(), "state" => "alive")
+                .set(c.alive as f64);
+            metrics::gauge!("cloudswarm_resources", "kind" => kind.clone(), "state" => "creating")
+                .set(creating.get(&k).copied().unwrap_or(0) as f64);
+            metrics::counter!("cloudswarm_resources_created_total", "kind" => kind.clone())
+                .absolute(c.created);
+            metrics::counter!("cloudswarm_resources_deleted_total", "kind" => kind)
+                .absolute(c.deleted);
+        }
+        if let Some(r) = run_id {
+            let now = (r.to_string(), profile.name.clone());
+            let before = self.lock().info.replace(now.clone());
+            if let Some(old) = before.filter(|b| *b != now) {
+                metrics::gauge!("cloudswarm_run_info", "run_id" => old.0, "profile" => old.1)
+                    .set(0.0);
+            }
+            metrics::gauge!("cloudswarm_run_info", "run_id" => now.0, "profile" => now.1).set(1.0);
         }
     }
 
@@ -520,9 +558,11 @@ impl Master {
                     let mut s = stats.lock();
                     let d = r.stats;
                     for (name, e) in d.entries {
+                        crate::metrics::sink::merged(&name, &e);
                         s.add_entry(&name, e);
                     }
                     for (_, e) in d.errors {
+                        crate::metrics::sink::merged_errors(&e.name, &e.code, e.count);
                         s.add_error(e);
                     }
                     for (k, c) in d.capped {
@@ -885,6 +925,18 @@ impl Master {
                 e.created += c.created;
                 e.deleted += c.deleted;
                 e.alive += c.alive;
+            }
+        }
+        out
+    }
+
+    /// Creates the workers have sent and not yet seen answered, per kind.
+    pub fn creating(&self) -> BTreeMap<Kind, u64> {
+        let g = self.lock();
+        let mut out: BTreeMap<Kind, u64> = BTreeMap::new();
+        for n in g.nodes.values().filter(|n| !n.missing) {
+            for (k, c) in &n.held.creating {
+                *out.entry(*k).or_default() += c;
             }
         }
         out

@@ -371,6 +371,8 @@ fn entry_value(name: &str, method: &str, e: &Entry, start_time: f64) -> Value {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Holdings {
     pub resources: Vec<(Kind, KindCounts)>,
+    /// Creates sent and not yet answered, per kind.
+    pub creating: Vec<(Kind, u64)>,
     pub left: Option<Option<u64>>,
 }
 
@@ -469,10 +471,16 @@ pub fn stats_report(
                         held.resources
                             .iter()
                             .map(|(k, c)| {
+                                let creating = held
+                                    .creating
+                                    .iter()
+                                    .find(|(x, _)| x == k)
+                                    .map_or(0, |(_, n)| *n);
                                 let v = Value::Array(vec![
                                     Value::from(c.created),
                                     Value::from(c.deleted),
                                     Value::from(c.alive),
+                                    Value::from(creating),
                                 ]);
                                 (Value::from(k.as_str()), v)
                             })
@@ -712,6 +720,7 @@ impl Report {
                             alive: n(2),
                         },
                     ));
+                    held.creating.push((kind, n(3)));
                 }
             }
             held.left = match get(x, "left") {
@@ -836,6 +845,7 @@ mod tests {
                     alive: 1,
                 },
             )],
+            creating: vec![(Kind::Bucket, 1)],
             left: Some(Some(0)),
         };
         let v = stats_report(&d, &[("storage".into(), 3)], "abc", &held);

@@ -216,9 +216,6 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         Some(p) => Some(profile::load(p).map_err(|e| config_err(e.to_string()))?),
         None => None,
     };
-    let profile_name = profile
-        .as_ref()
-        .map_or_else(String::new, |p| p.name.clone());
     let clients = args
         .target
         .clients()
@@ -232,11 +229,11 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
             .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
         eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
         let c = current.clone();
-        tokio::spawn(crate::metrics::serve_with(
-            listener,
-            move || c.load_full(),
-            profile_name,
-        ));
+        tokio::spawn(crate::metrics::serve_with(listener, move || {
+            if let Some(engine) = c.load_full() {
+                crate::metrics::observe(&engine, &engine.profile.name);
+            }
+        }));
     }
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
     let node_id = node_id();
@@ -486,8 +483,16 @@ impl Worker {
                 vec![],
             ),
         };
+        let creating = match self.session() {
+            Some(s) => resources
+                .iter()
+                .map(|(k, _): &(crate::resources::Kind, _)| (*k, s.tracker.pending(*k)))
+                .collect(),
+            None => vec![],
+        };
         let held = Holdings {
             resources,
+            creating,
             left: self.left,
         };
         let data = wire::stats_report(&delta, &classes, &run_id, &held);

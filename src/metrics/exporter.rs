@@ -124,24 +124,22 @@ pub async fn serve(
     engine: std::sync::Arc<Engine>,
     profile: String,
 ) {
-    serve_with(listener, move || Some(engine.clone()), profile).await
+    serve_with(listener, move || observe(&engine, &profile)).await
 }
 
-/// Serves `/metrics` alone on `listener`, observing at each scrape the
-/// engine `current` answers (a worker's engine changes from run to run).
+/// Serves `/metrics` alone on `listener`, calling `observe` at each scrape
+/// to set the gauges (a worker's engine changes from run to run; a master
+/// has no engine).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    current: impl Fn() -> Option<std::sync::Arc<Engine>> + Clone + Send + Sync + 'static,
-    profile: String,
+    observe: impl Fn() + Clone + Send + Sync + 'static,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (current, profile) = (current.clone(), profile.clone());
+            let observe = observe.clone();
             async move {
-                if let Some(engine) = current() {
-                    observe(&engine, &profile);
-                }
+                observe();
                 response()
             }
         }),

@@ -1127,11 +1127,10 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    if let Some(live) = app.current() {
-        crate::metrics::observe(&live.session.engine, &live.profile);
-    }
-    if let Some(m) = &app.master {
-        m.observe();
+    match (&app.master, app.current()) {
+        (Some(m), _) => m.observe(),
+        (None, Some(live)) => crate::metrics::observe(&live.session.engine, &live.profile),
+        (None, None) => {}
     }
     crate::metrics::response()
 }
