@@ -141,14 +141,43 @@ impl Entry {
         }
     }
 
+    /// The recorded values as (µs, count), ascending: what a worker sends
+    /// (each is its bucket's highest equivalent value, so recording it
+    /// again lands in the same bucket: exact).
+    pub fn values(&self) -> Vec<(u64, u64)> {
+        self.hist
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Adds a worker's figures for this entry.
+    pub fn add_delta(&mut self, d: &Delta) {
+        for &(us, n) in &d.values {
+            self.hist.saturating_record_n(us.clamp(1, MAX_US), n);
+        }
+        self.num_requests += d.requests;
+        self.num_failures += d.failures;
+        self.num_throttled += d.throttled;
+        self.total_us = self.total_us.saturating_add(d.total_us);
+        if d.requests > 0 {
+            self.min_us = self.min_us.min(d.min_us);
+            self.max_us = self.max_us.max(d.max_us.min(MAX_US));
+            if self.first_request == 0.0 || (d.first > 0.0 && d.first < self.first_request) {
+                self.first_request = d.first;
+            }
+            self.last_request = self.last_request.max(d.last);
+        }
+        self.bytes_sent += d.sent;
+        self.bytes_received += d.received;
+        for &(sec, r, f) in d.per_sec.iter().take(64) {
+            bump_sec(&mut self.per_sec, sec, r, f);
+        }
+    }
+
     /// (unix second, requests, failures) of the last seconds, oldest first.
     pub fn per_second(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         self.per_sec.iter().copied()
-    }
-
-    /// Adds requests and failures to a second (a report read back from a worker).
-    pub fn add_second(&mut self, sec: u64, requests: u64, failures: u64) {
-        bump_sec(&mut self.per_sec, sec, requests, failures);
     }
 
     /// Requests and failures per second over the last complete seconds.
@@ -181,6 +210,67 @@ fn bump_sec(v: &mut VecDeque<(u64, u64, u64)>, sec: u64, r: u64, f: u64) {
     let newest = v.back().map_or(sec, |e| e.0);
     while v.front().is_some_and(|e| e.0 + WINDOW_SECS + 2 < newest) {
         v.pop_front();
+    }
+}
+
+/// One entry's figures as a worker reports them (since its last report):
+/// counts and the recorded values, sparse, so a master adds them without
+/// building a histogram per report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub requests: u64,
+    pub failures: u64,
+    pub throttled: u64,
+    pub total_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+    pub sent: u64,
+    pub received: u64,
+    /// Unix seconds of the first and last request.
+    pub first: f64,
+    pub last: f64,
+    /// (µs, count) of the recorded values.
+    pub values: Vec<(u64, u64)>,
+    /// (unix second, requests, failures).
+    pub per_sec: Vec<(u64, u64, u64)>,
+}
+
+impl Default for Delta {
+    fn default() -> Self {
+        Delta {
+            requests: 0,
+            failures: 0,
+            throttled: 0,
+            total_us: 0,
+            min_us: u64::MAX,
+            max_us: 0,
+            sent: 0,
+            received: 0,
+            first: 0.0,
+            last: 0.0,
+            values: vec![],
+            per_sec: vec![],
+        }
+    }
+}
+
+impl Delta {
+    /// An entry's figures, as its worker sends them.
+    pub fn of(e: &Entry) -> Delta {
+        Delta {
+            requests: e.num_requests,
+            failures: e.num_failures,
+            throttled: e.num_throttled,
+            total_us: e.total_us,
+            min_us: e.min_us,
+            max_us: e.max_us,
+            sent: e.bytes_sent,
+            received: e.bytes_received,
+            first: e.first_request,
+            last: e.last_request,
+            values: e.values(),
+            per_sec: e.per_second().collect(),
+        }
     }
 }
 
@@ -389,32 +479,46 @@ impl StatsData {
         }
     }
 
-    /// Adds an entry's figures (a worker's report read back): merged into
-    /// the entry of that name, and, for requests, into the window behind
-    /// current percentiles at the second of its last request.
-    pub fn add_entry(&mut self, name: &str, e: Entry) {
-        if e.kind == EntryKind::Request && e.num_requests > 0 {
-            let sec = e.last_request as u64;
-            match self.window.iter_mut().find(|w| w.0 == sec) {
-                Some(w) => w.1.add(&e.hist).expect("same bounds"),
-                None => {
-                    let pos = self
-                        .window
-                        .iter()
-                        .rposition(|w| w.0 < sec)
-                        .map_or(0, |p| p + 1);
-                    self.window.insert(pos, (sec, e.hist.clone()));
-                    while self.window.len() > WINDOW_SECS as usize + 2 {
-                        self.window.pop_front();
-                    }
+    /// Adds an entry's figures as a worker reported them: into the entry
+    /// of that name (made once per run, never per report), and, for
+    /// requests, into the window behind current percentiles at the second of
+    /// its last request. Cost: the values the report carries, not the
+    /// histogram's size.
+    pub fn add_delta(&mut self, name: &str, d: &Delta) {
+        let e = match self.entries.get_mut(name) {
+            Some(e) => e,
+            None => self
+                .entries
+                .entry(name.to_string())
+                .or_insert_with(|| Entry::named(name)),
+        };
+        e.add_delta(d);
+        if e.kind != EntryKind::Request || d.requests == 0 {
+            return;
+        }
+        let sec = d.last as u64;
+        let pos = match self.window.iter().position(|w| w.0 == sec) {
+            Some(p) => p,
+            None => {
+                let p = self
+                    .window
+                    .iter()
+                    .rposition(|w| w.0 < sec)
+                    .map_or(0, |p| p + 1);
+                self.window.insert(p, (sec, new_hist()));
+                while self.window.len() > WINDOW_SECS as usize + 2 {
+                    self.window.pop_front();
+                }
+                match self.window.iter().position(|w| w.0 == sec) {
+                    Some(p) => p,
+                    None => return,
                 }
             }
-        }
-        match self.entries.get_mut(name) {
-            Some(m) => m.merge(&e),
-            None => {
-                self.entries.insert(name.to_string(), e);
-            }
+        };
+        for &(us, n) in &d.values {
+            self.window[pos]
+                .1
+                .saturating_record_n(us.clamp(1, MAX_US), n);
         }
     }
 

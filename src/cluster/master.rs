@@ -5,7 +5,7 @@
 //! 4 s is missing and its users move to the others; the last one missing
 //! stops the run), splits users across live workers as absolute per-class
 //! targets, ramps at the hatch rate, and merges the workers' reports into
-//! one [`Stats`]: exact HDR histograms from cloudswarm workers, Locust's
+//! one [`Stats`]: exact histogram values from cloudswarm workers, Locust's
 //! buckets from others. Bad frames are counted and dropped, never fatal.
 
 use std::collections::{BTreeMap, HashMap};
@@ -539,39 +539,28 @@ impl Master {
                 }
             }
             "stats" => match Report::parse(&m.data) {
-                Ok(r) => {
+                Ok(mut r) => {
                     let current = g.run_id.as_ref().map(|r| r.to_string()).unwrap_or_default();
                     let n = g.nodes.get_mut(&id).expect("known");
-                    let t = r.stats.total();
-                    n.requests += t.num_requests;
-                    n.failures += t.num_failures;
+                    let (requests, failures) = r.totals();
+                    n.requests += requests;
+                    n.failures += failures;
                     let dt = n.last_report.elapsed().as_secs_f64().max(0.5);
-                    n.rps = t.num_requests as f64 / dt;
+                    n.rps = requests as f64 / dt;
                     n.last_report = Instant::now();
                     n.exact = r.exact;
-                    n.classes = r.classes;
+                    n.classes = std::mem::take(&mut r.classes);
                     if !r.run_id.is_empty() && r.run_id == current {
-                        n.held = r.held;
+                        n.held = std::mem::take(&mut r.held);
                     }
                     drop(g);
-                    let stats = self.stats();
-                    let mut s = stats.lock();
-                    let d = r.stats;
-                    for (name, e) in d.entries {
-                        crate::metrics::sink::merged(&name, &e);
-                        s.add_entry(&name, e);
+                    for (name, d) in &r.entries {
+                        crate::metrics::sink::merged(name, d);
                     }
-                    for (_, e) in d.errors {
+                    for e in &r.errors {
                         crate::metrics::sink::merged_errors(&e.name, &e.code, e.count);
-                        s.add_error(e);
                     }
-                    for (k, c) in d.capped {
-                        *s.capped.entry(k).or_default() += c;
-                    }
-                    for (k, c) in d.dropped {
-                        s.count_dropped(&k, c);
-                    }
-                    s.user_panics += d.user_panics;
+                    r.add_to(&mut self.stats().lock());
                 }
                 Err(e) => {
                     tracing::debug!("master: bad stats from {id}: {e}");

@@ -4,19 +4,17 @@
 //! envelopes, the `spawn` order, and the `stats` report: Locust's fields
 //! (millisecond buckets rounded as Python rounds them, errors keyed as
 //! Locust keys them) so a stock master counts them, plus each entry's exact
-//! HDR histogram and cloudswarm's own figures under a `cloudswarm` key that
+//! histogram (its recorded values, sparse) and cloudswarm's own figures under a `cloudswarm` key that
 //! a stock master ignores, so cloudswarm's master merges them exactly.
 
 use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use rmpv::Value;
 use sha2::{Digest, Sha256};
 
 use crate::naming::RunId;
 use crate::resources::{Kind, KindCounts};
-use crate::stats::{Entry, ErrorStat, StatsData};
+use crate::stats::{Delta, Entry, ErrorStat, StatsData};
 
 /// What a worker sends as its version in `client_ready`: Locust masters
 /// accept `-1` without comparing versions.
@@ -290,11 +288,56 @@ fn int_map(m: &BTreeMap<u64, u64>) -> Value {
     )
 }
 
-fn hdr_bytes(h: &Histogram<u64>) -> Vec<u8> {
-    let mut out = Vec::new();
-    // Serializing into a Vec fails only on a histogram of another shape.
-    let _ = V2Serializer::new().serialize(h, &mut out);
+/// Most (value, count) pairs one entry of a report may carry (a histogram
+/// of cloudswarm's bounds has fewer buckets).
+const MAX_VALUES: usize = 40_000;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= ((byte & 0x7f) as u64).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// An entry's recorded values, (µs, count) ascending, as LEB128 varints:
+/// the gap from the previous value, then the count.
+pub fn encode_values(values: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    let mut prev = 0;
+    for &(v, n) in values {
+        put_varint(&mut out, v.saturating_sub(prev));
+        put_varint(&mut out, n);
+        prev = v;
+    }
     out
+}
+
+/// Reads [`encode_values`]; None for bytes that are not such a list.
+pub fn decode_values(mut b: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while !b.is_empty() {
+        if out.len() >= MAX_VALUES {
+            return None;
+        }
+        at = at.checked_add(get_varint(&mut b)?)?;
+        out.push((at, get_varint(&mut b)?));
+    }
+    Some(out)
 }
 
 /// One entry in Locust's format (its figures since the last report).
@@ -352,7 +395,7 @@ fn entry_value(name: &str, method: &str, e: &Entry, start_time: f64) -> Value {
         (
             EXT,
             map([
-                ("hdr", Value::Binary(hdr_bytes(&e.hist))),
+                ("values", Value::Binary(encode_values(&e.values()))),
                 ("throttled", Value::from(e.num_throttled)),
                 ("total_us", Value::from(e.total_us)),
                 ("min_us", Value::from(e.min_us)),
@@ -500,34 +543,16 @@ pub fn stats_report(
     ])
 }
 
-/// Histogram bounds every cloudswarm histogram has: a header with other
-/// bounds is refused before anything is allocated for it.
-fn hdr_header_ok(b: &[u8]) -> bool {
-    // V2 header: cookie, payload length, normalizing offset, significant
-    // figures (4 bytes each), lowest and highest trackable value (8 each).
-    if b.len() < 40 {
-        return false;
-    }
-    let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let be64 = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-    let reference = crate::stats::Entry::default().hist;
-    be32(12) == reference.sigfig() as u32
-        && be64(16) == reference.low()
-        && be64(24) == reference.high()
-}
-
-/// Reads the HDR histogram a cloudswarm worker sent, if it is one of ours.
-pub fn read_hdr(b: &[u8]) -> Option<Histogram<u64>> {
-    if !hdr_header_ok(b) {
-        return None;
-    }
-    Deserializer::new().deserialize(&mut &b[..]).ok()
-}
-
-/// What a worker's `stats` report says, read back into mergeable figures.
-#[derive(Debug)]
+/// What a worker's `stats` report says, read back: figures to add into a
+/// run's [`StatsData`] ([`Report::add_to`]).
+#[derive(Debug, Default)]
 pub struct Report {
-    pub stats: StatsData,
+    /// Per entry, its figures since the worker's last report.
+    pub entries: Vec<(String, Delta)>,
+    pub errors: Vec<ErrorStat>,
+    pub capped: Vec<(String, u64)>,
+    pub dropped: Vec<(String, u64)>,
+    pub user_panics: u64,
     /// Users per class on the worker.
     pub classes: Vec<(String, u64)>,
     /// True when every entry came with its exact histogram (a cloudswarm
@@ -538,7 +563,7 @@ pub struct Report {
     pub held: Holdings,
 }
 
-fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
+fn entry_from(v: &Value) -> Result<(String, Delta, bool), String> {
     let name = get(v, "name")
         .and_then(Value::as_str)
         .ok_or("an entry without a name")?
@@ -547,32 +572,38 @@ fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
         return Err("an entry name longer than 200 bytes".into());
     }
     let c = |k: &str| get(v, k).and_then(count).unwrap_or(0);
-    let mut e = Entry::named(&name);
-    e.num_requests = c("num_requests");
-    e.num_failures = c("num_failures");
-    e.last_request = get(v, "last_request_timestamp")
-        .and_then(num)
-        .unwrap_or(0.0);
+    let mut d = Delta {
+        requests: c("num_requests"),
+        failures: c("num_failures"),
+        last: get(v, "last_request_timestamp")
+            .and_then(num)
+            .filter(|t| t.is_finite())
+            .unwrap_or(0.0),
+        ..Delta::default()
+    };
     let ext = get(v, EXT);
-    let hist = ext
-        .and_then(|x| get(x, "hdr"))
+    let values = ext
+        .and_then(|x| get(x, "values"))
         .and_then(|h| match h {
-            Value::Binary(b) => read_hdr(b),
+            Value::Binary(b) => decode_values(b),
             _ => None,
         })
-        .filter(|h| h.len() == e.num_requests);
-    let exact = hist.is_some();
-    match (hist, ext) {
-        (Some(h), Some(x)) => {
+        .filter(|vals| vals.iter().map(|p| p.1).sum::<u64>() == d.requests);
+    let exact = values.is_some();
+    match (values, ext) {
+        (Some(vals), Some(x)) => {
             let xc = |k: &str| get(x, k).and_then(count).unwrap_or(0);
-            e.hist = h;
-            e.num_throttled = xc("throttled");
-            e.total_us = xc("total_us");
-            e.min_us = xc("min_us");
-            e.max_us = xc("max_us");
-            e.bytes_sent = xc("sent");
-            e.bytes_received = xc("received");
-            e.first_request = get(x, "first").and_then(num).unwrap_or(e.last_request);
+            d.values = vals;
+            d.throttled = xc("throttled");
+            d.total_us = xc("total_us");
+            d.min_us = get(x, "min_us").and_then(count).unwrap_or(u64::MAX);
+            d.max_us = xc("max_us");
+            d.sent = xc("sent");
+            d.received = xc("received");
+            d.first = get(x, "first")
+                .and_then(num)
+                .filter(|t| t.is_finite())
+                .unwrap_or(d.last);
         }
         _ => {
             // A worker that is not cloudswarm: its ms buckets stand in.
@@ -582,19 +613,23 @@ fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
                     .filter(|f| f.is_finite() && *f >= 0.0)
             };
             if let Some(Value::Map(b)) = get(v, "response_times") {
-                for (k, n) in b {
+                for (k, n) in b.iter().take(MAX_VALUES) {
                     let (Some(at), Some(n)) = (num(k), count(n)) else {
                         continue;
                     };
-                    let us = (at.max(0.0) * 1000.0) as u64;
-                    e.hist.saturating_record_n(us.clamp(1, e.hist.high()), n);
+                    if at.is_finite() {
+                        d.values.push(((at.max(0.0) * 1000.0) as u64, n));
+                    }
                 }
             }
-            e.total_us = (ms("total_response_time").unwrap_or(0.0) * 1000.0) as u64;
-            e.max_us = (ms("max_response_time").unwrap_or(0.0) * 1000.0) as u64;
-            e.min_us = ms("min_response_time").map_or(u64::MAX, |m| (m * 1000.0) as u64);
-            e.bytes_received = c("total_content_length");
-            e.first_request = get(v, "start_time").and_then(num).unwrap_or(e.last_request);
+            d.total_us = (ms("total_response_time").unwrap_or(0.0) * 1000.0) as u64;
+            d.max_us = (ms("max_response_time").unwrap_or(0.0) * 1000.0) as u64;
+            d.min_us = ms("min_response_time").map_or(u64::MAX, |m| (m * 1000.0) as u64);
+            d.received = c("total_content_length");
+            d.first = get(v, "start_time")
+                .and_then(num)
+                .filter(|t| t.is_finite())
+                .unwrap_or(d.last);
         }
     }
     let per = |k: &str| -> BTreeMap<u64, u64> {
@@ -608,24 +643,17 @@ fn entry_from(v: &Value) -> Result<(String, Entry, bool), String> {
         }
     };
     let fails = per("num_fail_per_sec");
-    for (sec, r) in per("num_reqs_per_sec") {
-        e.add_second(sec, r, fails.get(&sec).copied().unwrap_or(0));
-    }
-    Ok((name, e, exact))
+    d.per_sec = per("num_reqs_per_sec")
+        .into_iter()
+        .map(|(sec, r)| (sec, r, fails.get(&sec).copied().unwrap_or(0)))
+        .collect();
+    Ok((name, d, exact))
 }
 
 impl Report {
     /// Reads a `stats` report (from a cloudswarm worker or a stock one).
     pub fn parse(data: &Value) -> Result<Report, String> {
-        let mut stats = StatsData::default();
-        if let Some(t) = get(data, "stats_total")
-            .and_then(|t| get(t, "start_time"))
-            .and_then(num)
-            && t.is_finite()
-            && t > 0.0
-        {
-            stats.started = t;
-        }
+        let mut stats = Report::default();
         let Some(Value::Array(entries)) = get(data, "stats") else {
             return Err("stats without a `stats` list".into());
         };
@@ -634,9 +662,9 @@ impl Report {
         }
         let mut exact = true;
         for v in entries {
-            let (name, e, x) = entry_from(v)?;
+            let (name, d, x) = entry_from(v)?;
             exact &= x;
-            stats.add_entry(&name, e);
+            stats.entries.push((name, d));
         }
         let ext = get(data, EXT);
         match ext.and_then(|x| get(x, "errors")) {
@@ -644,7 +672,7 @@ impl Report {
                 for v in errs.iter().take(10_000) {
                     let s = |k: &str| get(v, k).and_then(Value::as_str).unwrap_or("").to_string();
                     let f = |k: &str| get(v, k).and_then(num).unwrap_or(0.0);
-                    stats.add_error(ErrorStat {
+                    stats.errors.push(ErrorStat {
                         name: s("name"),
                         code: s("code"),
                         message: s("message"),
@@ -664,7 +692,7 @@ impl Report {
                             |k: &str| get(v, k).and_then(Value::as_str).unwrap_or("").to_string();
                         let f = |k: &str| get(v, k).and_then(num).unwrap_or(0.0);
                         let error = s("error");
-                        stats.add_error(ErrorStat {
+                        stats.errors.push(ErrorStat {
                             name: s("name"),
                             code: error.clone(),
                             message: error,
@@ -681,14 +709,14 @@ impl Report {
             if let Some(Value::Map(m)) = get(x, "capped") {
                 for (k, n) in m.iter().take(1000) {
                     if let (Some(k), Some(n)) = (k.as_str(), count(n)) {
-                        *stats.capped.entry(k.to_string()).or_default() += n;
+                        stats.capped.push((k.to_string(), n));
                     }
                 }
             }
             if let Some(Value::Map(m)) = get(x, "dropped") {
                 for (k, n) in m.iter().take(1000) {
                     if let (Some(k), Some(n)) = (k.as_str(), count(n)) {
-                        stats.count_dropped(k, n);
+                        stats.dropped.push((k.to_string(), n));
                     }
                 }
             }
@@ -737,13 +765,40 @@ impl Report {
                 .collect(),
             _ => vec![],
         };
-        Ok(Report {
-            stats,
-            classes,
-            exact,
-            run_id,
-            held,
-        })
+        stats.classes = classes;
+        stats.exact = exact;
+        stats.run_id = run_id;
+        stats.held = held;
+        Ok(stats)
+    }
+
+    /// Adds the report's figures into a run's statistics.
+    pub fn add_to(&self, s: &mut StatsData) {
+        for (name, d) in &self.entries {
+            s.add_delta(name, d);
+        }
+        for e in &self.errors {
+            s.add_error(e.clone());
+        }
+        for (k, n) in &self.capped {
+            *s.capped.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &self.dropped {
+            s.count_dropped(k, *n);
+        }
+        s.user_panics += self.user_panics;
+    }
+
+    /// Requests and failures the report adds to the aggregate (request
+    /// entries only, as the aggregate counts them).
+    pub fn totals(&self) -> (u64, u64) {
+        self.entries
+            .iter()
+            .filter(|(n, _)| {
+                crate::ops::entry_kind(n).unwrap_or(crate::ops::EntryKind::Request)
+                    == crate::ops::EntryKind::Request
+            })
+            .fold((0, 0), |(r, f), (_, d)| (r + d.requests, f + d.failures))
     }
 }
 
@@ -856,19 +911,32 @@ mod tests {
         assert!(r.exact);
         assert_eq!((r.run_id.as_str(), &r.held), ("abc", &held));
         assert_eq!(r.classes, vec![("storage".to_string(), 3)]);
-        let put = &r.stats.entries["s3:PutObject"];
-        assert_eq!(put.num_requests, 4);
+        // Added into a run's figures, the report gives back what was recorded.
+        let mut merged = StatsData::default();
+        r.add_to(&mut merged);
+        r.add_to(&mut merged);
+        let put = &merged.entries["s3:PutObject"];
+        assert_eq!(put.num_requests, 8);
         assert_eq!(put.max_us, 1_500_000);
-        assert_eq!(put.hist.len(), 4);
-        assert_eq!(put.bytes_sent, 40);
-        let got = &r.stats.entries["s3:GetObject"];
-        assert_eq!((got.num_failures, got.num_throttled), (1, 1));
-        let e = r.stats.errors.values().next().unwrap();
+        assert_eq!(put.hist.len(), 8);
+        assert_eq!(put.bytes_sent, 80);
+        let orig = &d.entries["s3:PutObject"];
+        for q in [0.25, 0.5, 0.75, 1.0] {
+            assert_eq!(
+                put.hist.value_at_quantile(q),
+                orig.hist.value_at_quantile(q),
+                "exact at {q}"
+            );
+        }
+        let got = &merged.entries["s3:GetObject"];
+        assert_eq!((got.num_failures, got.num_throttled), (2, 2));
+        assert_eq!(r.totals(), (5, 1));
+        let e = merged.errors.values().next().unwrap();
         assert_eq!(
             (e.code.as_str(), e.message.as_str(), e.count),
-            ("SlowDown", "please", 1)
+            ("SlowDown", "please", 2)
         );
-        assert_eq!(r.stats.dropped.get("api"), Some(&7), "arrivals dropped");
+        assert_eq!(merged.dropped.get("api"), Some(&14), "arrivals dropped");
         // Locust's view: ms buckets and per-second counts.
         let entry = match get_entry(&back, "s3:PutObject") {
             Some(e) => e,
@@ -891,12 +959,16 @@ mod tests {
     }
 
     #[test]
-    fn a_histogram_of_other_bounds_is_refused_unread() {
-        let h = Histogram::<u64>::new_with_bounds(1, u64::MAX / 2, 5).unwrap();
-        let b = hdr_bytes(&h);
-        assert!(read_hdr(&b).is_none());
-        assert!(read_hdr(&[1, 2, 3]).is_none());
-        let ours = Entry::default().hist;
-        assert!(read_hdr(&hdr_bytes(&ours)).is_some());
+    fn values_round_trip_and_garbage_is_refused() {
+        let v = vec![(1, 3), (250, 1), (1_500_000, 2), (3_600_000_000, 1)];
+        assert_eq!(decode_values(&encode_values(&v)), Some(v));
+        assert_eq!(decode_values(&[]), Some(vec![]));
+        // A varint that never ends, one that overflows, a count missing.
+        assert_eq!(decode_values(&[0x80, 0x80]), None);
+        assert_eq!(decode_values(&[0xff; 11]), None);
+        assert_eq!(decode_values(&[5]), None);
+        // More pairs than any histogram of ours has buckets.
+        let many: Vec<(u64, u64)> = (1..=40_001).map(|i| (i, 1)).collect();
+        assert_eq!(decode_values(&encode_values(&many)), None);
     }
 }

@@ -86,34 +86,31 @@ pub fn record(
 /// sends no requests itself): the counters exactly; the histograms get each
 /// recorded value with outcome `all`, since a report does not say which
 /// values failed (the failure counters do).
-pub fn merged(name: &str, e: &crate::stats::Entry) {
-    if !enabled() || (e.num_requests == 0 && e.num_failures == 0) {
+pub fn merged(name: &str, d: &crate::stats::Delta) {
+    if !enabled() || (d.requests == 0 && d.failures == 0) {
         return;
     }
+    let kind = crate::ops::entry_kind(name).unwrap_or(EntryKind::Request);
     let name = name.to_string();
-    match e.kind {
+    match kind {
         EntryKind::Request => {
             let h = histogram!("cloudswarm_request_duration_seconds", "op" => name.clone(), "outcome" => "all");
-            for v in e.hist.iter_recorded() {
-                let us = e.hist.median_equivalent(v.value_iterated_to());
-                h.record_many(us as f64 / 1e6, v.count_at_value() as usize);
+            for &(us, n) in &d.values {
+                h.record_many(us as f64 / 1e6, n as usize);
             }
-            counter!("cloudswarm_requests_total", "op" => name.clone()).increment(e.num_requests);
-            if e.num_failures > 0 {
+            counter!("cloudswarm_requests_total", "op" => name.clone()).increment(d.requests);
+            if d.failures > 0 {
                 counter!("cloudswarm_request_failures_total", "op" => name.clone())
-                    .increment(e.num_failures);
+                    .increment(d.failures);
             }
-            if e.num_throttled > 0 {
-                counter!("cloudswarm_throttled_total", "op" => name.clone())
-                    .increment(e.num_throttled);
+            if d.throttled > 0 {
+                counter!("cloudswarm_throttled_total", "op" => name.clone()).increment(d.throttled);
             }
-            if e.bytes_sent > 0 {
-                counter!("cloudswarm_bytes_sent_total", "op" => name.clone())
-                    .increment(e.bytes_sent);
+            if d.sent > 0 {
+                counter!("cloudswarm_bytes_sent_total", "op" => name.clone()).increment(d.sent);
             }
-            if e.bytes_received > 0 {
-                counter!("cloudswarm_bytes_received_total", "op" => name)
-                    .increment(e.bytes_received);
+            if d.received > 0 {
+                counter!("cloudswarm_bytes_received_total", "op" => name).increment(d.received);
             }
         }
         EntryKind::Wait => {
@@ -123,9 +120,8 @@ pub fn merged(name: &str, e: &crate::stats::Entry) {
                 .to_string();
             let h =
                 histogram!("cloudswarm_provisioning_seconds", "wait" => wait, "outcome" => "all");
-            for v in e.hist.iter_recorded() {
-                let us = e.hist.median_equivalent(v.value_iterated_to());
-                h.record_many(us as f64 / 1e6, v.count_at_value() as usize);
+            for &(us, n) in &d.values {
+                h.record_many(us as f64 / 1e6, n as usize);
             }
         }
         EntryKind::Timing => {}
