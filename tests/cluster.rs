@@ -738,3 +738,140 @@ fn ten_thousand_malformed_frames_leave_the_master_serving_and_its_figures_intact
     );
     assert!(rt.block_on(everything_of_run(&moto, &run_id)).is_empty());
 }
+
+/// A `cloudswarm serve --master` on fixed ports; its stderr kept.
+fn master_dashboard(moto: &Moto, port: u16, mport: u16, state: &Path) -> Watched {
+    Watched::new(
+        cloudswarm()
+            .arg("serve")
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--master", "--master-bind-port", &mport.to_string()])
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .args(["--state-dir", state.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn requests(port: u16) -> Option<serde_json::Value> {
+    let r = std::panic::catch_unwind(|| http(port, "GET", "/stats/requests", &[], ""));
+    r.ok().and_then(|r| serde_json::from_str(&r.body).ok())
+}
+
+fn wait_doc(
+    port: u16,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = requests(port)
+            && ok(&v)
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            requests(port)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_worker_rejoins_a_restarted_master_and_quits_after_60_s_of_silence() {
+    let moto = Moto::start();
+    let (port, mport) = (free_port(), free_port());
+    let mstate = tempfile::tempdir().unwrap();
+    let mut m = master_dashboard(&moto, port, mport, mstate.path());
+    let wstate = tempfile::tempdir().unwrap();
+    let mut w = Watched::new(
+        cloudswarm()
+            .args(["worker", "--master-port", &mport.to_string()])
+            .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+            .args(["--state-dir", wstate.path().to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_doc(port, "the worker", Duration::from_secs(60), |v| {
+        v["worker_count"] == 1
+    });
+    let r = http(
+        port,
+        "POST",
+        "/swarm",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "user_count=2&spawn_rate=2&profile=storage",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let first: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let first = first["run_id"].as_str().unwrap().to_string();
+    wait_doc(port, "requests", Duration::from_secs(30), |v| {
+        v["stats"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|r| r["name"] == "s3:PutObject"))
+    });
+
+    // The master dies; another takes its port and starts a run of its own.
+    let _ = m.child.kill();
+    let _ = m.child.wait();
+    let mut m2 = master_dashboard(&moto, port, mport, mstate.path());
+    wait_doc(port, "the worker back", Duration::from_secs(30), |v| {
+        v["worker_count"] == 1
+    });
+    let r = http(
+        port,
+        "POST",
+        "/swarm",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "user_count=2&spawn_rate=2&profile=storage",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let second = second["run_id"].as_str().unwrap().to_string();
+    // The worker stops and cleans up the orphaned run, then runs the new one.
+    assert!(
+        w.wait_line(
+            &format!("worker: run {second} started"),
+            Duration::from_secs(60)
+        )
+        .is_some(),
+        "{}",
+        w.stderr()
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(
+        rt.block_on(everything_of_run(&moto, &first)).is_empty(),
+        "the orphaned run was cleaned up\n{}",
+        w.stderr()
+    );
+
+    // Now the master goes for good: the worker quits after 60 s of silence,
+    // cleaning up what it made.
+    let _ = m2.child.kill();
+    let _ = m2.child.wait();
+    let gone = Instant::now();
+    let (code, out) = w.finish(Duration::from_secs(120));
+    let waited = gone.elapsed();
+    assert_eq!(code, Some(0), "{out}\n{}", w.stderr());
+    assert!(
+        waited >= Duration::from_secs(55) && waited < Duration::from_secs(90),
+        "quit after {waited:?}"
+    );
+    assert!(
+        w.stderr().contains("has been silent for 60 s"),
+        "{}",
+        w.stderr()
+    );
+    assert!(
+        out.contains(&format!("run {second}: nothing left")),
+        "{out}"
+    );
+    assert!(rt.block_on(everything_of_run(&moto, &second)).is_empty());
+}

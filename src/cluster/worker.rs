@@ -623,8 +623,14 @@ impl Worker {
                 if let Some(r) = &spawn.run_id
                     && *r != s.run_id
                 {
-                    let msg = format!("spawn for run {r} while run {} goes on: ignored", s.run_id);
-                    return self.exception(msg).await;
+                    // A master that does not know this run (it restarted, or
+                    // another took over): stop and clean up this one first;
+                    // once ready again, the master sends its own run.
+                    eprintln!(
+                        "worker: the master runs {r}: stopping run {} first",
+                        s.run_id
+                    );
+                    return self.stop().await;
                 }
                 let s = s.clone();
                 match s.engine.set_class_targets(self.want.clone(), MAX_RATE) {
