@@ -875,3 +875,153 @@ fn a_worker_rejoins_a_restarted_master_and_quits_after_60_s_of_silence() {
     );
     assert!(rt.block_on(everything_of_run(&moto, &second)).is_empty());
 }
+
+#[test]
+fn a_stock_locust_worker_under_cloudswarms_master_counts_through_its_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let lf = dir.path().join("fake.py");
+    std::fs::write(
+        &lf,
+        r#"
+from locust import User, task, constant
+
+class writer(User):
+    wait_time = constant(0.05)
+    @task
+    def put(self):
+        self.environment.events.request.fire(request_type="s3", name="s3:PutObject",
+            response_time=12.5, response_length=1024, exception=None, context={})
+
+class reader(User):
+    wait_time = constant(0.05)
+    @task
+    def get(self):
+        self.environment.events.request.fire(request_type="s3", name="s3:GetObject",
+            response_time=130.0, response_length=2048, exception=None, context={})
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let mut m = master(
+        "profiles/storage.toml",
+        port,
+        &json,
+        // Locust's worker sleeps the stop timeout before it reads the next message.
+        &[
+            "--expect-workers",
+            "1",
+            "-u",
+            "3",
+            "-r",
+            "3",
+            "-t",
+            "8s",
+            "--stop-timeout",
+            "0s",
+        ],
+    );
+    let worker = Watched::new(
+        Command::new(locust_bin())
+            .current_dir(dir.path())
+            .args(["-f", lf.to_str().unwrap(), "--worker"])
+            .args([
+                "--master-host",
+                "127.0.0.1",
+                "--master-port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (code, out) = m.finish(Duration::from_secs(90));
+    assert_eq!(code, Some(0), "{out}\n{}", m.stderr());
+    let mut worker = worker;
+    let (wcode, _) = worker.finish(Duration::from_secs(30));
+    assert!(wcode.is_some(), "the Locust worker quit when told");
+    let report = read_json(&json);
+    let put = find_entry(&report, "s3:PutObject").unwrap_or_else(|| panic!("{report:#}"));
+    assert!(put["num_requests"].as_u64() > Some(10), "{put}");
+    // Its ms buckets stand in for a histogram (12.5 ms is in bucket 12, as
+    // Python rounds), clamped by the exact min and max it reports.
+    assert_eq!(put["p50_ms"].as_f64(), Some(12.5), "{put}");
+    assert_eq!(put["max_ms"].as_f64(), Some(12.5), "{put}");
+    let get = find_entry(&report, "s3:GetObject").unwrap();
+    assert_eq!(get["p50_ms"].as_f64(), Some(130.0), "{get}");
+    let w = &report["workers"][0];
+    assert_eq!(w["exact"], false, "{w}");
+    assert_eq!(
+        w["num_requests"].as_u64(),
+        report["total"]["num_requests"].as_u64(),
+        "{report:#}"
+    );
+    // A stock worker says nothing about resources: unknown, not zero.
+    assert!(report["resources"]["leaked"].is_null(), "{report:#}");
+}
+
+#[test]
+fn a_spawn_naming_a_class_the_profile_lacks_is_reported_not_fatal() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = "profiles/storage.toml";
+    let lf = cloudswarm().args(["locustfile", profile]).output().unwrap();
+    let mut py = String::from_utf8(lf.stdout).unwrap();
+    py.push_str("\n\nclass ghost(_Profile):\n    weight = 3\n");
+    let locustfile = dir.path().join("ghost.py");
+    std::fs::write(&locustfile, py).unwrap();
+    let port = free_port();
+    let prefix = dir.path().join("m");
+    let master = Watched::new(
+        Command::new(locust_bin())
+            .current_dir(dir.path())
+            .args(["-f", locustfile.to_str().unwrap()])
+            .args(["--master", "--headless", "--expect-workers", "1"])
+            .args(["--master-bind-host", "127.0.0.1"])
+            .args(["--master-bind-port", &port.to_string()])
+            .args([
+                "-u",
+                "6",
+                "-r",
+                "6",
+                "-t",
+                "8s",
+                "--csv",
+                prefix.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut w = Watched::new(worker(&moto, port, state.path(), profile));
+    let mut master = master;
+    let (_, m_out) = master.finish(Duration::from_secs(90));
+    let (code, out) = w.finish(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(0),
+        "the worker carried on\n{out}\n{}",
+        w.stderr()
+    );
+    assert!(
+        w.stderr().contains(
+            "spawn names user classes profile profiles/storage.toml does not have: ghost"
+        ),
+        "{}",
+        w.stderr()
+    );
+    // The master heard it: Locust lists workers' exceptions in its CSV.
+    let exceptions =
+        std::fs::read_to_string(dir.path().join("m_exceptions.csv")).unwrap_or_default();
+    assert!(
+        exceptions.contains("does not have: ghost"),
+        "{exceptions}\n{m_out}\n{}",
+        master.stderr()
+    );
+    // The classes it knows ran.
+    let (reqs, _, _) = reported(&out);
+    assert!(reqs > 0, "{out}");
+}
