@@ -159,7 +159,9 @@ impl SlaStatus {
 }
 
 impl Sla {
-    /// Parses one expression; the error says what is wrong.
+    /// Parses one expression; the error says what is wrong. Long: the
+    /// whole grammar, read left to right (comparison, entry, window,
+    /// metric, value), each mistake with its own message.
     pub fn parse(s: &str) -> Result<Sla, String> {
         let text: String = s.chars().filter(|c| !c.is_whitespace()).collect();
         let bad = |why: &str| format!("SLA `{}`: {why}", s.trim());
