@@ -54,12 +54,26 @@ fn check(files: &[PathBuf]) -> i32 {
     for f in files {
         match profile::load(f) {
             Ok(p) => {
+                // The profile's SLAs too (their grammar lives with the outputs).
+                let slas = match crate::output::sla::for_run(&p, f, &[]) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = 2;
+                        continue;
+                    }
+                };
                 let tasks: usize = p.users.iter().map(|u| u.tasks.len()).sum();
                 println!(
-                    "{}: ok ({} user class(es), {} task(s))",
+                    "{}: ok ({} user class(es), {} task(s){})",
                     f.display(),
                     p.users.len(),
-                    tasks
+                    tasks,
+                    if slas.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} SLA(s)", slas.len())
+                    }
                 );
             }
             Err(e) => {

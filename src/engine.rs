@@ -68,9 +68,44 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 /// users outrun what the machine can send.
 pub struct Slots {
     sem: tokio::sync::Semaphore,
-    /// Times a user had to wait for a slot since [`Engine::saturated`]
-    /// last took the count.
+    /// Times a user had to wait for a slot, since the engine began.
     waits: AtomicU64,
+    /// Users waiting for a slot now.
+    waiting: AtomicU64,
+    /// [`Slots::waits`] when [`Engine::saturated`] last looked.
+    line_seen: AtomicU64,
+}
+
+/// Counts a user as waiting for a slot while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(slots: &'a Slots) -> Waiting<'a> {
+        slots.waits.fetch_add(1, Ordering::Relaxed);
+        slots.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&slots.waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How often the runtime probe wakes; its lateness is the runtime's lag.
+pub const LAG_PROBE: Duration = Duration::from_millis(100);
+
+/// Sleeps [`LAG_PROBE`] again and again, keeping in `worst` (µs) how late
+/// it woke at worst: a runtime whose threads are busy (or starved of CPU)
+/// wakes every task that late, and the latencies it measures include it.
+pub async fn probe_lag(worst: Arc<AtomicU64>) {
+    loop {
+        let due = tokio::time::Instant::now() + LAG_PROBE;
+        tokio::time::sleep_until(due).await;
+        let late = due.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        worst.fetch_max(late, Ordering::Relaxed);
+    }
 }
 
 /// Most users one engine runs.
@@ -402,6 +437,8 @@ pub struct Engine {
     peak: AtomicU64,
     /// Users being stopped, so a second Ctrl-C can abort them.
     stopping: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The runtime probe's worst lateness (µs) since the sampler last took it.
+    lag_us: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -419,6 +456,8 @@ impl Engine {
             slots: Arc::new(Slots {
                 sem: tokio::sync::Semaphore::new(max_inflight.max(1)),
                 waits: AtomicU64::new(0),
+                waiting: AtomicU64::new(0),
+                line_seen: AtomicU64::new(0),
             }),
             classes,
             ctl: Mutex::new(Control {
@@ -434,14 +473,18 @@ impl Engine {
             background: Mutex::new(Vec::new()),
             stopping: Mutex::new(Vec::new()),
             peak: AtomicU64::new(0),
+            lag_us: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// True when a user had to wait for an in-flight slot since the last
-    /// call, or every slot is busy now (the engine, not the cloud, is the
-    /// limit: `--max-inflight`).
+    /// call, or one waits now (the engine, not the cloud, is the limit:
+    /// `--max-inflight`). The status line asks; the history's sampler
+    /// keeps its own count.
     pub fn saturated(&self) -> bool {
-        self.slots.waits.swap(0, Ordering::Relaxed) > 0 || self.slots.sem.available_permits() == 0
+        let waits = self.slots.waits.load(Ordering::Relaxed);
+        self.slots.line_seen.swap(waits, Ordering::Relaxed) != waits
+            || self.slots.waiting.load(Ordering::Relaxed) > 0
     }
 
     fn ctl(&self) -> std::sync::MutexGuard<'_, Control> {
@@ -629,15 +672,25 @@ impl Engine {
         let sampler = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
+            let mut seen = me.slots.waits.load(Ordering::Relaxed);
             loop {
                 tick.tick().await;
                 let users = me.user_count();
-                me.ctx.stats.lock().history_tick(users);
+                // The generator's health over the second: did a user wait
+                // for a slot (or does one wait now), how late did the runtime wake.
+                let waits = me.slots.waits.load(Ordering::Relaxed);
+                let health = crate::stats::Health {
+                    saturated: waits != seen || me.slots.waiting.load(Ordering::Relaxed) > 0,
+                    runtime_lag_ms: me.lag_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
+                };
+                seen = waits;
+                me.ctx.stats.lock().history_tick_with(users, health);
             }
         });
         let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
         bg.push(hatcher);
         bg.push(sampler);
+        bg.push(tokio::spawn(probe_lag(self.lag_us.clone())));
         for k in self.classes.iter().filter(|k| k.arrivals.is_some()) {
             // The class shows in the dropped figures from the start, at 0.
             record_dropped(&self.ctx, &k.name, 0);
@@ -954,7 +1007,7 @@ async fn user_loop(
                 _ = token.cancelled() => return,
             },
             Pause::Slot(at) => {
-                slots.waits.fetch_add(1, Ordering::Relaxed);
+                let _waiting = Waiting::new(&slots);
                 let permit = tokio::select! {
                     p = slots.sem.acquire() => match p {
                         Ok(p) => p,
@@ -1446,6 +1499,27 @@ mod tests {
         let line = crate::run::status_line(&engine, Instant::now());
         assert!(line.contains("arrivals web 50/s  dropped "), "{line}");
         engine.stop(Duration::from_secs(30)).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_lag_probe_sees_a_runtime_that_was_blocked() {
+        let worst = Arc::new(AtomicU64::new(0));
+        let probe = tokio::spawn(probe_lag(worst.clone()));
+        // An idle runtime wakes the probe within a few ms.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let idle = worst.swap(0, Ordering::Relaxed);
+        assert!(idle < 40_000, "idle lag {idle} µs");
+        // A task that blocks the only thread for 300 ms makes the probe late
+        // by about as much.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let blocked = worst.load(Ordering::Relaxed);
+        assert!(
+            (150_000..1_000_000).contains(&blocked),
+            "blocked lag {blocked} µs"
+        );
+        probe.abort();
     }
 
     #[test]

@@ -18,7 +18,23 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     pub users: Vec<UserClass>,
+    /// SLA expressions (`sla = [...]`), as written: `output::sla` parses
+    /// them (the grammar lives there); their place is kept for its errors.
+    pub slas: Vec<ProfileSla>,
 }
+
+/// One SLA expression of a profile and where it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileSla {
+    pub text: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Most SLAs a profile (or a run) may have, and the longest one: each is a
+/// label of a Prometheus gauge and a row in every report.
+pub const MAX_SLAS: usize = 100;
+pub const MAX_SLA_LEN: usize = 200;
 
 /// One kind of simulated user.
 #[derive(Debug, Clone)]
@@ -249,6 +265,8 @@ struct RawProfile {
     params: RawParams,
     #[serde(default)]
     user: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    sla: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -608,10 +626,43 @@ pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "profile".into());
+    if raw.sla.len() > MAX_SLAS {
+        return Err(locate(
+            Some(raw.sla[MAX_SLAS].span()),
+            format!("the profile has {} SLAs; at most {MAX_SLAS}", raw.sla.len()),
+        ));
+    }
+    let mut slas = Vec::new();
+    for s in raw.sla {
+        let span = s.span();
+        let expr = s.into_inner().trim().to_string();
+        if expr.is_empty() {
+            return Err(locate(
+                Some(span),
+                "an SLA is empty (e.g. \"p95(ec2:RunInstances)<2s\")".into(),
+            ));
+        }
+        if expr.len() > MAX_SLA_LEN {
+            return Err(locate(
+                Some(span),
+                format!(
+                    "an SLA is {} characters long; at most {MAX_SLA_LEN}",
+                    expr.len()
+                ),
+            ));
+        }
+        let (line, column) = line_col(text, span.start);
+        slas.push(ProfileSla {
+            text: expr,
+            line,
+            column,
+        });
+    }
     Ok(Profile {
         name,
         description: raw.description,
         users,
+        slas,
     })
 }
 
@@ -1249,6 +1300,45 @@ mod tests {
         );
         let e = with("arrival = \"poisson\"", "").unwrap_err();
         assert!(e.message.contains("without `arrival_rate`"), "{e}");
+    }
+
+    #[test]
+    fn slas_are_kept_with_their_place() {
+        let text = "description = \"d\"\nsla = [\"p95(ec2:RunInstances) < 2s\",\n  \"throttle_rate<1%\"]\n\
+                    [[user]]\nname = \"a\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n";
+        let parsed = p(text).unwrap();
+        assert_eq!(
+            parsed.slas,
+            [
+                ProfileSla {
+                    text: "p95(ec2:RunInstances) < 2s".into(),
+                    line: 2,
+                    column: 8
+                },
+                ProfileSla {
+                    text: "throttle_rate<1%".into(),
+                    line: 3,
+                    column: 3
+                }
+            ]
+        );
+        assert!(
+            p(&text.replace("sla = [", "sla = [\"  \", "))
+                .unwrap_err()
+                .message
+                .contains("an SLA is empty")
+        );
+        let e = p(&text.replace("sla = [", "sla = [3, ")).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let long = format!(
+            "sla = [\"{}\"]\n[[user]]\nname = \"a\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n",
+            "p".repeat(300)
+        );
+        let e = p(&long).unwrap_err();
+        assert!(
+            e.message.contains("300 characters long; at most 200"),
+            "{e}"
+        );
     }
 
     #[test]

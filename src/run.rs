@@ -1,7 +1,9 @@
 //! The headless run (`cloudswarm run`): preflight, hatch, status lines, load
 //! shape (run time or stages), stop, clean-up, then the summary, CSV, JSON and
-//! SLA verdicts. Exit codes: 0 all SLAs held, 1 an SLA failed, 2 usage or
-//! configuration error.
+//! SLA verdicts. The SLAs (the profile's and `--sla`) are judged every second
+//! while the run goes; `--abort-on-sla-failure` stops it at the first breach.
+//! Exit codes: 0 all SLAs held, 1 an SLA failed (or broke and stopped the
+//! run), 2 usage or configuration error.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,12 +14,13 @@ use clap::Args;
 use crate::cluster::master::{Master, MasterArgs};
 use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
 use crate::error::config_err;
-use crate::ops::Op;
-use crate::output::{self, RunFacts, sla::Sla};
+use crate::output::sla::{self, Monitor, Sla, SlaStatus};
+use crate::output::{self, RunFacts};
 use crate::profile;
 use crate::resources::Kind;
 use crate::session::{Limits, Session, Spec};
 use crate::signals;
+use crate::stats::Stats;
 use crate::target::TargetArgs;
 
 /// One stage of a load shape, held for `duration`: a user target (with
@@ -148,9 +151,12 @@ pub struct RunArgs {
     /// Write the JSON report to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// SLA to check at the end, e.g. "p95(ec2:RunInstances)<2s", "failure_rate<1%"; repeatable
+    /// SLA judged every second and at the end, e.g. "p95(ec2:RunInstances)<2s", "failure_rate<1%", over the last minutes "p95[5m](ec2:RunInstances)<2s"; repeatable, added to the profile's `sla = [...]`
     #[arg(long = "sla", value_name = "EXPR")]
     pub sla: Vec<String>,
+    /// Stop the run at the first SLA breach (clean up, write the reports, exit 1)
+    #[arg(long)]
+    pub abort_on_sla_failure: bool,
     /// Leave created resources in place (they stay in the run's journal)
     #[arg(long)]
     pub keep_resources: bool,
@@ -204,7 +210,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         serve_metrics(addr, &session).await?;
     }
     let t0 = Instant::now();
-    let stage_error = drive(&args, &session, t0).await?;
+    let monitor = Monitor::new(slas, session.started_at);
+    let driven = drive(&args, &session, &monitor, t0).await?;
     let peak_users = session.engine.peak_users();
     stop(&args, &session).await;
     let duration_s = t0.elapsed().as_secs_f64();
@@ -218,28 +225,19 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         resources: &session.tracker.counts(),
         leaked: ended.leaked,
     };
-    report(&args, &session, &facts, &ended.failed, &slas, stage_error)
+    report(&args, &session, &facts, &ended.failed, &monitor, driven)
 }
 
 /// Checks what can be checked before anything is sent: the profile, the
 /// SLAs, the user count and rate, and that the reports can be written.
 fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
     let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
-    let slas: Vec<Sla> = args
-        .sla
-        .iter()
-        .map(|s| Sla::parse(s).map_err(config_err))
-        .collect::<Result<_>>()?;
-    for s in &slas {
-        if let Some(e) = s.entry()
-            && !crate::ops::is_known_entry(e)
-        {
-            let known: Vec<&str> = Op::all().iter().map(|o| o.name()).collect();
-            bail!(config_err(format!(
-                "SLA `{s}` names `{e}`, which is not an op (known ops: {})",
-                known.join(", ")
-            )));
-        }
+    let slas = sla::for_run(&profile, &args.profile, &args.sla).map_err(config_err)?;
+    if args.abort_on_sla_failure && slas.is_empty() {
+        bail!(config_err(format!(
+            "--abort-on-sla-failure needs an SLA: give --sla EXPR or `sla = [...]` in {}",
+            args.profile.display()
+        )));
     }
     if args.users > MAX_USERS {
         bail!(config_err(format!("-u: at most {MAX_USERS} users")));
@@ -266,7 +264,7 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
     let outputs = args
         .csv
         .iter()
-        .flat_map(|p| output::csv_paths(p))
+        .flat_map(|p| output::csv_paths(p, !slas.is_empty()))
         .map(|p| ("--csv", p))
         .chain(args.json.iter().map(|p| ("--json", p.clone())));
     for (flag, path) in outputs {
@@ -291,10 +289,45 @@ async fn serve_metrics(addr: std::net::SocketAddr, session: &Session) -> Result<
     Ok(())
 }
 
+/// How a run's load ended early, if it did.
+#[derive(Default)]
+struct Driven {
+    /// A stage the engine refused (exit 2).
+    stage_error: Option<String>,
+    /// The SLA whose breach stopped the run (`--abort-on-sla-failure`).
+    aborted: Option<SlaStatus>,
+}
+
+/// Judges the SLAs once a second while the run goes (their statuses and
+/// Prometheus gauges); resolves at the first breach when the run is to
+/// stop on it, never otherwise.
+async fn watch_slas(monitor: &Monitor, stats: &Stats, abort: bool) -> SlaStatus {
+    if monitor.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(broke) = monitor.evaluate(stats, false) {
+            eprintln!("{}", broke.describe());
+            if abort {
+                return broke;
+            }
+        }
+    }
+}
+
 /// Runs the load shape (users and rate, or `--stages`) with a status line
-/// every `--status-every` seconds, until the run time, the last stage or a
-/// signal. A stage the engine refuses ends the run: its message comes back.
-async fn drive(args: &RunArgs, session: &Session, t0: Instant) -> Result<Option<String>> {
+/// every `--status-every` seconds, until the run time, the last stage, a
+/// signal or (with `--abort-on-sla-failure`) an SLA's breach. A stage the
+/// engine refuses ends the run: its message comes back.
+async fn drive(
+    args: &RunArgs,
+    session: &Session,
+    monitor: &Monitor,
+    t0: Instant,
+) -> Result<Driven> {
     let engine = session.engine.clone();
     let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
     // Users from the first stage (-u when it is a rate= stage), the
@@ -348,18 +381,23 @@ async fn drive(args: &RunArgs, session: &Session, t0: Instant) -> Result<Option<
             None => std::future::pending().await,
         }
     };
-    let mut stage_error = None;
+    let mut driven = Driven::default();
     let reason = tokio::select! {
-        _ = run_time => "run time reached",
+        _ = run_time => "run time reached".to_string(),
         e = shape_done => {
-            stage_error = e;
-            if stage_error.is_some() { "a stage was refused" } else { "last stage done" }
+            driven.stage_error = e;
+            if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
         }
-        _ = signals::shutdown() => "interrupted",
+        broke = watch_slas(monitor, &engine.ctx.stats, args.abort_on_sla_failure) => {
+            let why = broke.describe();
+            driven.aborted = Some(broke);
+            why
+        }
+        _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
-    Ok(stage_error)
+    Ok(driven)
 }
 
 /// Stops the users (a second signal abandons their current tasks).
@@ -437,8 +475,8 @@ fn report(
     session: &Session,
     facts: &RunFacts<'_>,
     failed: &[(String, String, String)],
-    slas: &[Sla],
-    stage_error: Option<String>,
+    monitor: &Monitor,
+    driven: Driven,
 ) -> Result<i32> {
     let run_id = &session.run_id;
     let live: Vec<String> = facts
@@ -458,17 +496,11 @@ fn report(
             warnings.push(format!("  {k} {id}: {why}"));
         }
     }
+    monitor.evaluate(&session.ctx.stats, true);
     let history = session.ctx.stats.lock().history.clone();
     let snap = session.ctx.stats.snapshot();
     outputs(
-        args,
-        facts,
-        &snap,
-        &history,
-        &warnings,
-        None,
-        slas,
-        stage_error,
+        args, facts, &snap, &history, &warnings, None, monitor, driven,
     )
 }
 
@@ -482,21 +514,30 @@ fn outputs(
     history: &[crate::stats::HistoryRow],
     warnings: &[String],
     extra: Option<(&str, serde_json::Value)>,
-    slas: &[Sla],
-    stage_error: Option<String>,
+    monitor: &Monitor,
+    driven: Driven,
 ) -> Result<i32> {
     println!("{}", output::summary_table(snap));
     for w in warnings {
         eprintln!("{w}");
     }
+    let verdicts = monitor.verdicts(snap);
+    let limited = history.iter().filter(|r| r.generator_limited).count();
+    if limited > 0 {
+        eprintln!(
+            "note: the load generator limited {limited} of {} second(s) (in-flight slots full, arrivals dropped or runtime lag): the figures of those seconds describe cloudswarm, not the cloud (Generator Limited in the history CSV)",
+            history.len()
+        );
+    }
     let mut unwritten = Vec::new();
     if let Some(prefix) = &args.csv
-        && let Err(e) = output::write_csv(prefix, snap, history)
+        && let Err(e) = output::write_csv(prefix, snap, history, &verdicts)
     {
         unwritten.push(format!("--csv: {e:#}"));
     }
     if let Some(path) = &args.json {
-        let mut report = output::json_report(facts, snap);
+        let mut report = output::json_report(facts, snap, history, &verdicts);
+        report["aborted_by_sla"] = serde_json::to_value(&driven.aborted).unwrap_or_default();
         if let Some((k, v)) = extra {
             report[k] = v;
         }
@@ -505,15 +546,21 @@ fn outputs(
         }
     }
     let mut code = 0;
-    for s in slas {
-        let v = s.check(snap);
-        let verdict = if v.held { "held" } else { "FAILED" };
-        println!("SLA {:<40} {verdict} (actual {})", v.sla, v.actual);
+    for v in &verdicts {
+        println!("SLA {:<40} {}", v.sla, v.describe());
         if !v.held {
             code = 1;
         }
     }
-    if let Some(e) = stage_error {
+    if let Some(b) = &driven.aborted {
+        eprintln!(
+            "the run was stopped early (--abort-on-sla-failure): {} at {}",
+            b.describe(),
+            sla::clock(b.first_breach_at.unwrap_or(snap.now))
+        );
+        code = 1;
+    }
+    if let Some(e) = driven.stage_error {
         for u in &unwritten {
             eprintln!("error: report not saved: {u}");
         }
@@ -636,15 +683,23 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
             None => std::future::pending().await,
         }
     };
-    let mut stage_error = None;
+    let mut driven = Driven::default();
+    // The master's figures: its workers' reports merged, judged like a local run's.
+    let monitor = Monitor::new(slas, started_at);
+    let stats = master.stats();
     let reason = tokio::select! {
-        _ = run_time => "run time reached",
+        _ = run_time => "run time reached".to_string(),
         e = shape_done => {
-            stage_error = e;
-            if stage_error.is_some() { "a stage was refused" } else { "last stage done" }
+            driven.stage_error = e;
+            if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
         }
-        _ = master.stopped_by_itself() => "every worker went missing",
-        _ = signals::shutdown() => "interrupted",
+        broke = watch_slas(&monitor, &stats, args.abort_on_sla_failure) => {
+            let why = broke.describe();
+            driven.aborted = Some(broke);
+            why
+        }
+        _ = master.stopped_by_itself() => "every worker went missing".to_string(),
+        _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
     eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
@@ -695,8 +750,9 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
             if w.missing { " (missing)" } else { "" }
         );
     }
-    let history = master.stats().lock().history.clone();
-    let snap = master.stats().snapshot();
+    monitor.evaluate(&stats, true);
+    let history = stats.lock().history.clone();
+    let snap = stats.snapshot();
     // Let the workers' quit messages leave before the process does.
     tokio::time::sleep(Duration::from_millis(300)).await;
     outputs(
@@ -706,8 +762,8 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         &history,
         &warnings,
         Some(("workers", workers)),
-        &slas,
-        stage_error,
+        &monitor,
+        driven,
     )
 }
 

@@ -31,7 +31,9 @@ pub const WINDOW_SECS: u64 = 10;
 /// Longest latency a histogram holds (one hour, in µs); longer ones are clamped.
 const MAX_US: u64 = 3_600_000_000;
 
-fn new_hist() -> Histogram<u64> {
+/// An empty histogram with the bounds every entry uses (1 µs to an hour, 3
+/// significant digits), so histograms add and subtract.
+pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
 }
 
@@ -305,7 +307,48 @@ pub struct HistoryRow {
     pub total_avg_content_size: f64,
     /// Arrivals of open classes dropped so far, all classes.
     pub total_dropped: u64,
+    /// Every in-flight slot was taken this second: a user waited for one
+    /// (`--max-inflight`).
+    pub saturated: bool,
+    /// Arrivals of open classes dropped during this second (no free user).
+    pub dropped: u64,
+    /// How late the runtime's 100 ms probe woke, at worst, this second (ms).
+    pub runtime_lag_ms: f64,
+    /// The load generator, not the cloud, limited this second's figures:
+    /// saturated, arrivals dropped, or a runtime lag above [`LAG_LIMIT_MS`].
+    pub generator_limited: bool,
 }
+
+impl HistoryRow {
+    /// Why the second was generator-limited (empty when it was not).
+    pub fn limited_by(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.saturated {
+            why.push("in-flight slots full".to_string());
+        }
+        if self.dropped > 0 {
+            why.push(format!("{} arrivals dropped", self.dropped));
+        }
+        if self.runtime_lag_ms > LAG_LIMIT_MS {
+            why.push(format!("runtime lag {:.0} ms", self.runtime_lag_ms));
+        }
+        why
+    }
+}
+
+/// What the load generator itself measured over one second, for the
+/// history: the engine's in-flight slots and its runtime's lag.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Health {
+    /// A user waited for an in-flight slot during the second.
+    pub saturated: bool,
+    /// The runtime probe's worst lateness over the second (ms).
+    pub runtime_lag_ms: f64,
+}
+
+/// Runtime lag (ms) above which a second counts as generator-limited: the
+/// runtime woke its tasks this late, so measured latencies include it.
+pub const LAG_LIMIT_MS: f64 = 50.0;
 
 /// All statistics of a run (or of a delta from one engine): mergeable.
 #[derive(Debug, Clone)]
@@ -352,7 +395,9 @@ impl StatsData {
         self.record_at(unix_now(), name, took, bytes, fail)
     }
 
-    fn record_at(
+    /// Records one measurement as if it completed at unix time `now`
+    /// (tests and replays; [`StatsData::record`] uses the clock).
+    pub fn record_at(
         &mut self,
         now: f64,
         name: &str,
@@ -575,9 +620,29 @@ impl StatsData {
             .collect()
     }
 
-    /// Appends a per-second history row.
+    /// The cumulative figures of an entry, or of the aggregated requests
+    /// for None (a copy: the SLA monitor diffs them second by second).
+    pub fn figures_of(&self, entry: Option<&str>) -> Option<Entry> {
+        match entry {
+            None => Some(self.total()),
+            Some(n) => self.entries.get(n).cloned(),
+        }
+    }
+
+    /// Appends a per-second history row (no health sample: a master's,
+    /// whose users run elsewhere; dropped arrivals still mark the second).
     pub fn history_tick(&mut self, user_count: u64) {
+        self.history_tick_with(user_count, Health::default());
+    }
+
+    /// Appends a per-second history row with the load generator's health
+    /// over that second.
+    pub fn history_tick_with(&mut self, user_count: u64, health: Health) {
         let now = unix_now();
+        let total_dropped: u64 = self.dropped.values().sum();
+        // A reset of the figures starts the count again: never negative.
+        let dropped =
+            total_dropped.saturating_sub(self.history.last().map_or(0, |r| r.total_dropped));
         let snap = self.summary_of("Aggregated", &self.total(), now);
         let row = HistoryRow {
             timestamp: now,
@@ -593,7 +658,13 @@ impl StatsData {
             total_min_ms: snap.min_ms,
             total_max_ms: snap.max_ms,
             total_avg_content_size: snap.avg_content_size,
-            total_dropped: self.dropped.values().sum(),
+            total_dropped,
+            saturated: health.saturated,
+            dropped,
+            runtime_lag_ms: health.runtime_lag_ms,
+            generator_limited: health.saturated
+                || dropped > 0
+                || health.runtime_lag_ms > LAG_LIMIT_MS,
         };
         self.history.push(row);
         // A day of seconds at most: older rows are thinned, never the newest.
@@ -663,7 +734,11 @@ impl StatsData {
 
     /// A serialisable view of everything, for reports and the API.
     pub fn snapshot(&self) -> Snapshot {
-        let now = unix_now();
+        self.snapshot_at(unix_now())
+    }
+
+    /// The view at unix time `now` (rates count up to it).
+    pub fn snapshot_at(&self, now: f64) -> Snapshot {
         let entries = self
             .entries
             .iter()
@@ -1017,6 +1092,56 @@ mod tests {
         assert!(arr[0].3.is_some_and(|e| e.num_requests == 0));
         a.history_tick(1);
         assert_eq!(a.history[0].total_dropped, 9);
+    }
+
+    #[test]
+    fn history_rows_mark_the_seconds_the_generator_limited() {
+        let mut s = StatsData::default();
+        s.record("s3:PutObject", ms(3), Bytes::default(), None);
+        s.history_tick_with(2, Health::default());
+        s.count_dropped("web", 4);
+        s.history_tick_with(2, Health::default());
+        s.history_tick_with(
+            2,
+            Health {
+                saturated: true,
+                runtime_lag_ms: 3.0,
+            },
+        );
+        s.history_tick_with(
+            2,
+            Health {
+                saturated: false,
+                runtime_lag_ms: 120.0,
+            },
+        );
+        s.history_tick_with(
+            2,
+            Health {
+                saturated: false,
+                runtime_lag_ms: LAG_LIMIT_MS,
+            },
+        );
+        let rows: Vec<(bool, u64, Vec<String>)> = s
+            .history
+            .iter()
+            .map(|r| (r.generator_limited, r.dropped, r.limited_by()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (false, 0, vec![]),
+                (true, 4, vec!["4 arrivals dropped".to_string()]),
+                (true, 0, vec!["in-flight slots full".to_string()]),
+                (true, 0, vec!["runtime lag 120 ms".to_string()]),
+                (false, 0, vec![]),
+            ]
+        );
+        // A reset of the figures does not make the next second negative.
+        s.dropped.clear();
+        s.history_tick(1);
+        assert_eq!(s.history.last().unwrap().dropped, 0);
+        assert_eq!(s.history.last().unwrap().total_dropped, 0);
     }
 
     #[test]

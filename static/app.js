@@ -110,6 +110,11 @@
     $("dropped-box").hidden = !open && !dropped;
     $("dropped").textContent = num(dropped, 0);
     $("dropped").classList.toggle("bad", dropped > 0);
+    // The load generator, not the cloud, limits the figures of this second.
+    var gen = d.generator || {};
+    $("generator-box").hidden = !gen.limited;
+    $("generator-limited").textContent = gen.limited ? "GENERATOR-LIMITED: " + (gen.reasons || []).join(", ") : "";
+    renderSlas(d);
     var running = state === "hatching" || state === "running";
     $("stop-button").hidden = !running;
     $("edit-button").hidden = !running || editing;
@@ -207,6 +212,34 @@
     if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history);
   }
 
+  // ---- SLAs: each one's state now, since when it is broken, when it first broke
+  function renderSlas(d) {
+    var slas = d.sla || [];
+    var broken = slas.filter(function (s) { return s.state === "breached"; }).length;
+    var judged = slas.filter(function (s) { return s.state !== "waiting"; }).length;
+    $("sla-tab").hidden = !slas.length;
+    $("sla-box").hidden = !slas.length;
+    $("sla-summary").textContent = broken ? broken + " BREACHED" : (judged - broken) + "/" + slas.length + " holding";
+    $("sla-summary").className = broken ? "bad" : "";
+    $("sla-broken").textContent = broken || "";
+    var ab = d.aborted_by_sla;
+    $("sla-aborted").hidden = !ab;
+    $("sla-aborted").textContent = ab ? "The run was stopped at the first breach: SLA " + ab.sla + " broke at " + when(ab.first_breach_at) + " (actual " + ab.actual + ")" : "";
+    var tb = document.querySelector("#sla-table tbody");
+    tb.replaceChildren.apply(tb, slas.map(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.sla = s.sla;
+      tr.dataset.state = s.state;
+      cell(tr, s.sla);
+      cell(tr, s.state === "breached" ? "BREACHED" : s.state === "holding" ? "holding" : "waiting", s.state === "breached" ? "bad" : s.state === "holding" ? "good" : "sla-waiting");
+      cell(tr, s.actual || s.note || "", s.actual ? "num" : "sla-waiting").title = s.note || "";
+      cell(tr, s.breached_since ? when(s.breached_since) : "");
+      cell(tr, s.first_breach_at ? when(s.first_breach_at) : "never");
+      cell(tr, num(s.breached_seconds, 0), "num");
+      return tr;
+    }));
+  }
+
   // ---- polling
   function lastT() { return history.length ? history[history.length - 1].t : 0; }
   function poll() {
@@ -234,6 +267,8 @@
     $("profile").disabled = edit;
     $("field-profile").hidden = edit;
     $("field-run-time").hidden = edit;
+    // SLAs are set when a swarm starts.
+    $("field-sla").hidden = edit;
     // An edit shows the arrival rate only for a swarm with open classes.
     var open = last && last.arrival_rate !== null && last.arrival_rate !== undefined;
     $("field-arrival-rate").hidden = edit && !open;
@@ -266,7 +301,12 @@
     // The arrival rate is sent when given (an edit: when changed from the one shown).
     var ar = $("arrival_rate").value.trim();
     if (!$("field-arrival-rate").hidden && ar && !(editing && ar === $("arrival_rate").dataset.shown)) body.append("arrival_rate", ar);
-    if (!editing) body.append("profile", $("profile").value);
+    if (!editing) {
+      body.append("profile", $("profile").value);
+      // Sent even when empty: what the form shows is what the run judges.
+      body.append("sla", $("sla").value);
+      if ($("abort_on_sla_failure").checked) body.append("abort_on_sla_failure", "true");
+    }
     $("swarm-submit").disabled = true;
     $("form-error").textContent = editing ? "" : "preflight: checking the target…";
     fetch("/swarm", { method: "POST", body: body }).then(function (r) {
@@ -281,6 +321,14 @@
       $("form-error").textContent = "cannot reach the dashboard: " + err;
     }).finally(function () { $("swarm-submit").disabled = false; });
   });
+  // The SLA box shows the chosen profile's SLAs until someone types in it.
+  function prefillSlas() {
+    var o = $("profile").selectedOptions[0];
+    if (!$("sla").dataset.typed) $("sla").value = o ? o.dataset.sla || "" : "";
+  }
+  $("profile").addEventListener("change", prefillSlas);
+  $("sla").addEventListener("input", function () { $("sla").dataset.typed = "1"; });
+  prefillSlas();
   $("edit-button").addEventListener("click", function () { openForm(true); });
   $("new-button").addEventListener("click", function () { openForm(false); });
   $("form-cancel").addEventListener("click", closeForm);

@@ -1,10 +1,14 @@
 // cloudswarm's charts: small line charts on <canvas>, no library, so the
 // dashboard and the HTML report work offline. CloudswarmCharts.drawAll(history)
 // draws the three standard charts from /stats/history points
-// ({t, users, rps, fails, p50, p95}).
+// ({t, users, rps, fails, p50, p95, limited?}); the seconds the load generator
+// limited (`limited` says why) are shaded, since their figures describe
+// cloudswarm rather than the cloud.
 (function (root) {
   "use strict";
   var COLORS = { rps: "#3fb68b", fails: "#ff6b6b", p50: "#f2c94c", p95: "#a78bfa", users: "#58a6ff" };
+  // The shade of a generator-limited second.
+  var LIMITED = "rgba(255,138,61,0.22)";
 
   function niceMax(v) {
     if (!(v > 0)) return 1;
@@ -27,8 +31,9 @@
     return d.toTimeString().slice(0, 8);
   }
 
-  // Draws series [{label, color, values}] against times (unix seconds).
-  function line(canvas, times, series) {
+  // Draws series [{label, color, values}] against times (unix seconds);
+  // `limited[i]` true shades the second ending at times[i].
+  function line(canvas, times, series, limited) {
     var dpr = root.devicePixelRatio || 1;
     var w = canvas.clientWidth || 400, h = canvas.clientHeight || 220;
     if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
@@ -64,6 +69,17 @@
     }
     var t0 = times[0], t1 = times[n - 1], span = Math.max(t1 - t0, 1);
     var x = function (t) { return m.l + (pw * (t - t0)) / span; };
+    var shaded = 0;
+    if (limited) {
+      ctx.fillStyle = LIMITED;
+      for (var j = 0; j < n; j++) {
+        if (!limited[j]) continue;
+        var from = j > 0 ? x(times[j - 1]) : m.l, to = n === 1 ? m.l + pw : x(times[j]);
+        ctx.fillRect(from, m.t, Math.max(to - from, 2), ph);
+        shaded++;
+      }
+      ctx.fillStyle = fg;
+    }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (var k = 0; k <= 3; k++) {
@@ -94,21 +110,28 @@
       ctx.fillText(label, lx + 14, 11);
       lx += ctx.measureText(label).width + 30;
     });
+    if (shaded) {
+      ctx.fillStyle = LIMITED;
+      ctx.fillRect(lx, 6, 10, 10);
+      ctx.fillStyle = fg;
+      ctx.fillText("generator-limited " + shaded + " s", lx + 14, 11);
+    }
   }
 
   function drawAll(history) {
     var doc = root.document;
     var times = history.map(function (p) { return p.t; });
     var col = function (k) { return history.map(function (p) { return p[k]; }); };
+    var limited = history.map(function (p) { return !!p.limited; });
     var c;
     if ((c = doc.getElementById("chart-rps"))) line(c, times, [
       { label: "RPS", color: COLORS.rps, values: col("rps") },
-      { label: "Failures/s", color: COLORS.fails, values: col("fails") }]);
+      { label: "Failures/s", color: COLORS.fails, values: col("fails") }], limited);
     if ((c = doc.getElementById("chart-times"))) line(c, times, [
       { label: "Median", color: COLORS.p50, values: col("p50") },
-      { label: "95%ile", color: COLORS.p95, values: col("p95") }]);
+      { label: "95%ile", color: COLORS.p95, values: col("p95") }], limited);
     if ((c = doc.getElementById("chart-users"))) line(c, times, [
-      { label: "Users", color: COLORS.users, values: col("users") }]);
+      { label: "Users", color: COLORS.users, values: col("users") }], limited);
   }
 
   root.CloudswarmCharts = { line: line, drawAll: drawAll };

@@ -252,12 +252,44 @@ fn a_pool_too_small_for_the_rate_drops_arrivals_and_says_so() {
     assert_eq!(field("Aggregated"), dropped.to_string());
     assert_eq!(field("s3:PutObject"), "0");
     let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
+    let header: Vec<&str> = hist.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name}: {hist}"))
+    };
+    // The seconds that dropped arrivals are the generator's, not the cloud's.
+    let (total, limited, by) = (
+        col("Total Dropped Arrivals"),
+        col("Generator Limited"),
+        col("Limited By"),
+    );
+    let rows: Vec<Vec<&str>> = hist
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let mut last = 0u64;
+    let mut marked = 0;
+    for f in &rows {
+        let now: u64 = f[total].parse().unwrap();
+        if now > last {
+            assert_eq!(f[limited], "1", "{hist}");
+            assert!(
+                f[by].contains(&format!("{} arrivals dropped", now - last)),
+                "{hist}"
+            );
+            marked += 1;
+        }
+        last = now;
+    }
+    assert!(marked >= 4, "{marked} seconds dropped arrivals: {hist}");
+    let g = &r["generator"];
+    assert!(g["dropped_seconds"].as_u64().unwrap() >= 4, "{g}");
     assert!(
-        hist.lines()
-            .next()
-            .unwrap()
-            .ends_with(",Total Dropped Arrivals"),
-        "{hist}"
+        g["limited_seconds"].as_u64() >= g["dropped_seconds"].as_u64(),
+        "{g}"
     );
 }
 

@@ -428,6 +428,73 @@ fn cloudswarms_master_merges_its_workers_exactly_and_shares_users_with_a_late_on
 }
 
 #[test]
+fn run_master_aborts_on_an_sla_breach_of_its_merged_figures() {
+    // The master judges its workers' merged figures every second like a
+    // local run's: a breach stops the run, the workers clean up, exit 1.
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let profile = "profiles/storage.toml";
+    let broken = "p95[30s](s3:PutObject)<0.2ms";
+    let t0 = Instant::now();
+    let mut m = master(
+        profile,
+        port,
+        &json,
+        &[
+            "--expect-workers",
+            "1",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "90s",
+            "--sla",
+            broken,
+            "--sla",
+            "failure_rate<50%",
+            "--abort-on-sla-failure",
+        ],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut w = Watched::new(worker(&moto, port, state.path(), profile));
+    let (code, _) = m.finish(Duration::from_secs(120));
+    let took = t0.elapsed();
+    assert_eq!(code, Some(1), "{}", m.stderr());
+    assert!(
+        took < Duration::from_secs(60),
+        "stopped well before the 90 s run time: {took:?}\n{}",
+        m.stderr()
+    );
+    assert!(
+        m.wait_line(
+            &format!("stopping (SLA `{broken}` broke: actual "),
+            Duration::ZERO
+        )
+        .is_some(),
+        "{}",
+        m.stderr()
+    );
+    let (wcode, _) = w.finish(Duration::from_secs(60));
+    assert_eq!(wcode, Some(0), "{}", w.stderr());
+    let report = read_json(&json);
+    eprintln!("took {took:?}: {:#}", report["sla"]);
+    assert_eq!(report["aborted_by_sla"]["sla"], broken, "{report:#}");
+    let sla = report["sla"].as_array().unwrap();
+    assert_eq!(
+        (sla[0]["ok"].as_bool(), sla[1]["ok"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert!(sla[0]["first_breach_at"].as_f64().unwrap() > report["started_at"].as_f64().unwrap());
+    assert_eq!(report["resources"]["leaked"], 0, "{report:#}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run_id = report["run_id"].as_str().unwrap();
+    assert!(rt.block_on(everything_of_run(&moto, run_id)).is_empty());
+}
+
+#[test]
 fn a_worker_killed_mid_run_is_missing_within_5_s_and_its_leftovers_are_found_by_tag() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();

@@ -1165,3 +1165,272 @@ async fn browser_runs_an_open_workload_and_changes_its_arrival_rate() {
     );
     b.close().await.unwrap();
 }
+
+/// Pixels of the generator-limited shade (unpremultiplied) in a chart.
+const SHADE_PIXELS: &str = r#"
+  const c = document.getElementById(arguments[0] || 'chart-rps');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4)
+    if (d[i] > 235 && Math.abs(d[i+1] - 138) < 20 && Math.abs(d[i+2] - 61) < 20 && d[i+3] > 35 && d[i+3] < 80) n++;
+  return n;
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
+    let _one = BROWSER.lock().await;
+    let moto = Moto::start();
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::copy("profiles/smoke.toml", profiles.path().join("smoke.toml")).unwrap();
+    std::fs::write(
+        profiles.path().join("puts.toml"),
+        "description = \"puts\"\nsla = [\"failure_rate < 50%\", \"p95(s3:PutObject) < 10s\"]\n\
+         [params]\nobject_size = \"1KiB\"\nbucket = \"shared\"\n\
+         [[user]]\nname = \"s\"\nwait = { constant = 0 }\n\
+         [[user.task]]\nsequence = [\"s3:PutObject\", \"s3:DeleteObject\"]\n",
+    )
+    .unwrap();
+    // One op in flight for 8 users: the generator is the limit.
+    let d = Dashboard::start(
+        &moto,
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "--max-inflight",
+            "1",
+        ],
+    );
+    // The API: a bad SLA names its field; an abort needs an SLA.
+    let post = |pairs: &[(&str, &str)]| d.http("POST", "/swarm", &[], &form(pairs));
+    let base = [
+        ("user_count", "2"),
+        ("spawn_rate", "5"),
+        ("profile", "smoke"),
+    ];
+    let r = post(&[&base[..], &[("sla", "p95(s3:PutObject)<soon")]].concat());
+    assert_eq!(
+        (r.status, json(&r)["field"].as_str()),
+        (400, Some("sla")),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("`soon` is not a time"), "{}", r.body);
+    let r = post(&[&base[..], &[("abort_on_sla_failure", "true")]].concat());
+    assert_eq!(
+        (r.status, json(&r)["field"].as_str()),
+        (400, Some("sla")),
+        "{}",
+        r.body
+    );
+    assert_eq!(d.requests()["state"], "ready");
+
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&d.url).await.unwrap();
+    until(
+        &b,
+        "the page script",
+        Duration::from_secs(30),
+        "return document.getElementById('status').textContent === 'ready'",
+    )
+    .await;
+    // Choosing the profile fills the SLA box with its SLAs.
+    js(
+        &b,
+        "const p = document.getElementById('profile'); p.value = 'puts'; p.dispatchEvent(new Event('change')); return 1",
+    )
+    .await;
+    assert_eq!(
+        js(&b, "return document.getElementById('sla').value").await,
+        "failure_rate < 50%\np95(s3:PutObject) < 10s"
+    );
+    // Add one that breaks: more than 3 puts in 5 s.
+    js(
+        &b,
+        "const s = document.getElementById('sla'); s.value += '\\nrequests[5s](s3:PutObject)<3'; s.dispatchEvent(new Event('input')); return 1",
+    )
+    .await;
+    fill(&b, "user_count", "8").await;
+    fill(&b, "spawn_rate", "8").await;
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "the SLAs tab",
+        Duration::from_secs(60),
+        "return !document.getElementById('sla-tab').hidden",
+    )
+    .await;
+    click(&b, "a[data-tab=sla]").await;
+    let rows = until(
+        &b,
+        "two SLAs holding and one breached",
+        Duration::from_secs(60),
+        r#"const rows = Array.from(document.querySelectorAll('#sla-table tbody tr'));
+           const st = rows.map(r => r.dataset.state).join(',');
+           return st === 'holding,holding,breached' ? rows.map(r => Array.from(r.children).map(td => td.textContent)) : null;"#,
+    )
+    .await;
+    let rows = rows.as_array().unwrap();
+    let broken = rows[2].as_array().unwrap();
+    assert_eq!(broken[0], "requests[5s](s3:PutObject)<3");
+    assert_eq!(broken[1], "BREACHED");
+    assert!(
+        broken[2].as_str().unwrap().parse::<u64>().unwrap() >= 3,
+        "{broken:?}"
+    );
+    assert_ne!(broken[3], "", "breached since: {broken:?}");
+    assert_ne!(broken[4], "never", "{broken:?}");
+    assert_eq!(rows[0].as_array().unwrap()[1], "holding");
+    assert_eq!(
+        js(
+            &b,
+            "return document.getElementById('sla-summary').textContent"
+        )
+        .await,
+        "1 BREACHED"
+    );
+    // The top bar says the generator is the limit, and why.
+    let limited = until(
+        &b,
+        "GENERATOR-LIMITED in the top bar",
+        Duration::from_secs(30),
+        "return !document.getElementById('generator-box').hidden && document.getElementById('generator-limited').textContent",
+    )
+    .await;
+    assert_eq!(limited, "GENERATOR-LIMITED: in-flight slots full");
+    let v = d.requests();
+    let states: Vec<&str> = v["sla"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["holding", "holding", "breached"], "{v}");
+    assert!(v["sla"][2]["first_breach_at"].as_f64().unwrap() >= v["started_at"].as_f64().unwrap());
+    assert_eq!(v["generator"]["reasons"][0], "in-flight slots full", "{v}");
+    assert!(
+        v["generator"]["saturated_seconds"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(dir.join("dashboard-sla.png"), b.screenshot().await.unwrap()).unwrap();
+    // The charts shade the seconds the generator limited.
+    click(&b, "a[data-tab=charts]").await;
+    let shade = until(
+        &b,
+        "shaded seconds on the RPS chart",
+        Duration::from_secs(30),
+        &format!("const n = (function() {{ {SHADE_PIXELS} }})(); return n > 500 ? n : null"),
+    )
+    .await;
+    eprintln!("{shade} shaded pixels; the breached SLA: {broken:?}");
+    std::fs::write(
+        dir.join("dashboard-limited-charts.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    click(&b, "#stop-button").await;
+    d.wait_for("stopped", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+
+    // Again, aborting on SLA failure: the run stops itself at the breach.
+    until(
+        &b,
+        "the New button",
+        Duration::from_secs(30),
+        "return !document.getElementById('new-button').hidden",
+    )
+    .await;
+    click(&b, "#new-button").await;
+    assert_eq!(
+        js(&b, "return document.getElementById('sla').value").await,
+        "failure_rate < 50%\np95(s3:PutObject) < 10s\nrequests[5s](s3:PutObject)<3",
+        "the form keeps what was typed"
+    );
+    click(&b, "#abort_on_sla_failure").await;
+    let t0 = Instant::now();
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "a new run",
+        Duration::from_secs(60),
+        &format!(
+            "return document.getElementById('run-id').textContent !== '{}'",
+            v["run_id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let v = d.wait_for("the run to stop itself", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert_eq!(v["abort_on_sla_failure"], true, "{v}");
+    assert_eq!(
+        v["aborted_by_sla"]["sla"], "requests[5s](s3:PutObject)<3",
+        "{v}"
+    );
+    assert!(
+        v["cleanup"]["log"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "clean-up ran: {v}"
+    );
+    click(&b, "a[data-tab=sla]").await;
+    let said = until(
+        &b,
+        "the abort message",
+        Duration::from_secs(30),
+        "const a = document.getElementById('sla-aborted'); return !a.hidden && a.textContent",
+    )
+    .await;
+    assert!(
+        said.as_str().unwrap().starts_with(
+            "The run was stopped at the first breach: SLA requests[5s](s3:PutObject)<3 broke at "
+        ),
+        "{said}"
+    );
+    std::fs::write(
+        dir.join("dashboard-sla-aborted.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    b.close().await.unwrap();
+
+    // The reports carry the same.
+    let report = json(&d.http("GET", "/report.json", &[], ""));
+    let oks: Vec<bool> = report["sla"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(oks, [true, true, false], "{report:#}");
+    assert_eq!(
+        report["aborted_by_sla"]["sla"],
+        "requests[5s](s3:PutObject)<3"
+    );
+    assert!(
+        report["generator"]["limited_seconds"].as_u64() >= Some(1),
+        "{report:#}"
+    );
+    let html = d.http("GET", "/report", &[], "").body;
+    assert!(
+        html.contains(
+            "Stopped early (abort on SLA failure): SLA `requests[5s](s3:PutObject)&#60;3` broke"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("<td class=\"bad\">FAILED</td>"), "{html}");
+    assert!(html.contains("The load generator limited <b>"), "{html}");
+    assert!(html.contains("<td>in-flight slots full</td>"), "{html}");
+    let csv = d.http("GET", "/stats/sla/csv", &[], "").body;
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(3)
+            .unwrap()
+            .starts_with("requests[5s](s3:PutObject)<3,false,"),
+        "{csv}"
+    );
+}

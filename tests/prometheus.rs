@@ -219,8 +219,8 @@ wait = { constant = 0.1 }
 sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
 "#;
 
-/// Every Grafana panel's queries (panels only a master feeds left out
-/// unless `master`), with the test's values for the variables.
+/// Every Grafana panel's queries that a dashboard (a master when
+/// `master`) feeds, with the test's values for the variables.
 fn panel_queries(master: bool) -> Vec<(String, String)> {
     panels(&dashboard_json())
         .into_iter()
@@ -242,7 +242,16 @@ fn panel_queries(master: bool) -> Vec<(String, String)> {
                 )
             })
         })
-        .filter(|(_, e)| master || !e.contains("cloudswarm_workers"))
+        // Only a master has workers; a master has no engine of its own, so
+        // no generator health (that stays on each worker).
+        .filter(|(_, e)| {
+            if master {
+                !e.contains("cloudswarm_generator_saturated")
+                    && !e.contains("cloudswarm_runtime_lag")
+            } else {
+                !e.contains("cloudswarm_workers")
+            }
+        })
         .collect()
 }
 
@@ -303,7 +312,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
         "POST",
         "/swarm",
         &[("Authorization", &bearer)],
-        "user_count=4&spawn_rate=10&profile=metrics",
+        // SLAs: one that holds, one that breaks (no PutObject takes 0.1 ms).
+        "user_count=4&spawn_rate=10&profile=metrics&sla=failure_rate%3C100%25&sla=p95%5B1m%5D(s3:PutObject)%3C0.1ms",
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
@@ -327,6 +337,16 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
         .body;
     assert!(!body.contains(SECRET), "no credentials in the metrics");
     assert!(!body.contains(&moto.url), "no endpoints in the metrics");
+    // Each SLA of the run has its gauge: 1 holding, 0 broken.
+    let ok = |sla: &str| -> String {
+        let v = prom.query(&format!("cloudswarm_sla_ok{{sla=\"{sla}\"}}"));
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or_else(|| panic!("{sla}: {v}"))
+            .to_string()
+    };
+    assert_eq!(ok("failure_rate<100%"), "1");
+    assert_eq!(ok("p95[1m](s3:PutObject)<0.1ms"), "0");
     let runs = prom.query("cloudswarm_run_info == 1");
     assert_eq!(
         runs["data"]["result"][0]["metric"]["profile"], "metrics",
@@ -385,7 +405,8 @@ fn a_masters_metrics_carry_its_workers_figures_to_every_grafana_panel() {
         "POST",
         "/swarm",
         &[("Authorization", &bearer)],
-        "user_count=4&spawn_rate=10&profile=metrics",
+        // SLAs: one that holds, one that breaks (no PutObject takes 0.1 ms).
+        "user_count=4&spawn_rate=10&profile=metrics&sla=failure_rate%3C100%25&sla=p95%5B1m%5D(s3:PutObject)%3C0.1ms",
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
@@ -487,6 +508,14 @@ fn a_headless_run_serves_metrics_on_metrics_bind() {
     );
     assert!(body.contains("cloudswarm_users{class=\"ec2\"}"));
     assert!(body.contains("cloudswarm_run_info{"));
+    // The load generator's health: limited (0/1) and the runtime's lag.
+    assert!(
+        body.lines()
+            .any(|l| l == "cloudswarm_generator_saturated 0"
+                || l == "cloudswarm_generator_saturated 1"),
+        "{body}"
+    );
+    assert!(body.contains("cloudswarm_runtime_lag_seconds "), "{body}");
     let _ = child.kill();
     let _ = child.wait();
 }

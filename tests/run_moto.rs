@@ -547,6 +547,7 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
     )
     .unwrap();
     let json = dir.path().join("r.json");
+    let csv = dir.path().join("sat");
     let out = run_against(
         &moto,
         dir.path(),
@@ -563,6 +564,8 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
             "1",
             "--json",
             json.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -582,6 +585,29 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
     // The users did wait for the slot, and the status line said so.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SATURATED"), "{err}");
+    // The history marks those seconds as the generator's, not the cloud's.
+    let g = &r["generator"];
+    eprintln!("generator: {g}");
+    assert!(g["saturated_seconds"].as_u64().unwrap() >= 3, "{g}");
+    assert_eq!(g["limited_seconds"], g["saturated_seconds"], "{g}");
+    assert_eq!(g["dropped_seconds"], 0, "{g}");
+    assert!(err.contains("note: the load generator limited "), "{err}");
+    let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
+    let header: Vec<&str> = hist.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (limited, by) = (col("Generator Limited"), col("Limited By"));
+    let marked = hist
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[limited] == "1")
+        .inspect(|f| assert_eq!(f[by], "in-flight slots full", "{hist}"))
+        .count();
+    assert_eq!(
+        marked as u64,
+        g["limited_seconds"].as_u64().unwrap(),
+        "{hist}"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The exporter: installs the Prometheus recorder, sets the gauges (users,
-//! targets, arrival rates, resources, run info) from a run's engine at
+//! targets, arrival rates, resources, run info, generator health) from a run's engine at
 //! scrape time, and answers `/metrics` (on the dashboard, or alone for
 //! `--metrics-bind`).
 
@@ -59,7 +59,8 @@ pub fn enabled() -> bool {
 }
 
 /// Sets the gauges from a run's engine (users, targets, arrival rates,
-/// resources, run info).
+/// resources, run info, the generator's health: `cloudswarm_generator_saturated`
+/// is 1 while the last second was generator-limited, for any reason).
 pub fn observe(engine: &Engine, profile: &str) {
     if !enabled() {
         return;
@@ -86,6 +87,16 @@ pub fn observe(engine: &Engine, profile: &str) {
         counter!("cloudswarm_resources_deleted_total", "kind" => kind).absolute(c.deleted);
     }
     gauge!("cloudswarm_object_bytes").set(tracker.object_bytes() as f64);
+    // The load generator's health over the last second of the history.
+    let (limited, lag_ms) = engine
+        .ctx
+        .stats
+        .lock()
+        .history
+        .last()
+        .map_or((false, 0.0), |r| (r.generator_limited, r.runtime_lag_ms));
+    gauge!("cloudswarm_generator_saturated").set(if limited { 1.0 } else { 0.0 });
+    gauge!("cloudswarm_runtime_lag_seconds").set(lag_ms / 1000.0);
     let now = (engine.ctx.run_id.to_string(), profile.to_string());
     let mut run = RUN.lock().unwrap_or_else(|p| p.into_inner());
     if run.as_ref() != Some(&now) {

@@ -152,6 +152,19 @@ pub fn dropped(class: &str, n: u64) {
     }
 }
 
+/// Says whether SLA `expression` holds (1: holding or not judged yet, 0:
+/// broken). The label values are the run's expressions: as many as the
+/// user configured, at most [`crate::profile::MAX_SLAS`] per run.
+pub fn sla_ok(expression: &str, ok: bool) {
+    if enabled() {
+        metrics::gauge!("cloudswarm_sla_ok", "sla" => expression.to_string()).set(if ok {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
 /// Counts an op a budget cap kept from creating.
 pub fn capped(name: &'static str) {
     if enabled() {

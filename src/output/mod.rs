@@ -140,13 +140,23 @@ fn arrivals_table(out: &mut String, s: &Snapshot, w: usize) {
     }
 }
 
-/// Writes PREFIX_stats.csv, PREFIX_failures.csv and PREFIX_stats_history.csv.
-pub fn write_csv(prefix: &str, s: &Snapshot, history: &[HistoryRow]) -> Result<()> {
-    for (suffix, text) in [
+/// Writes PREFIX_stats.csv, PREFIX_failures.csv, PREFIX_stats_history.csv
+/// and, for a run with SLAs, PREFIX_sla.csv.
+pub fn write_csv(
+    prefix: &str,
+    s: &Snapshot,
+    history: &[HistoryRow],
+    slas: &[sla::Verdict],
+) -> Result<()> {
+    let mut files = vec![
         ("stats", stats_csv(s)),
         ("failures", failures_csv(s)),
         ("stats_history", history_csv(history)),
-    ] {
+    ];
+    if !slas.is_empty() {
+        files.push(("sla", sla_csv(slas)));
+    }
+    for (suffix, text) in files {
         let path = csv_path(prefix, suffix);
         std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
     }
@@ -157,12 +167,40 @@ fn csv_path(prefix: &str, suffix: &str) -> String {
     format!("{prefix}_{suffix}.csv")
 }
 
-/// The files `--csv PREFIX` writes.
-pub fn csv_paths(prefix: &str) -> Vec<PathBuf> {
-    ["stats", "failures", "stats_history"]
+/// The files `--csv PREFIX` writes (`with_sla`: the run has SLAs).
+pub fn csv_paths(prefix: &str, with_sla: bool) -> Vec<PathBuf> {
+    ["stats", "failures", "stats_history", "sla"]
         .iter()
+        .filter(|s| with_sla || **s != "sla")
         .map(|s| PathBuf::from(csv_path(prefix, s)))
         .collect()
+}
+
+/// The SLA verdicts (`_sla.csv`): each expression, whether it held, its
+/// actual value, and when it first broke during the run.
+pub fn sla_csv(slas: &[sla::Verdict]) -> String {
+    let header = [
+        "SLA",
+        "OK",
+        "Actual",
+        "Window (s)",
+        "First Breach At",
+        "Breached Seconds",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows = slas.iter().map(|v| {
+        vec![
+            v.sla.clone(),
+            v.held.to_string(),
+            v.actual.clone(),
+            v.window_s.map_or(String::new(), |w| w.to_string()),
+            v.first_breach_at
+                .map_or(String::new(), |t| format!("{t:.3}")),
+            v.breached_seconds.to_string(),
+        ]
+    });
+    to_csv(std::iter::once(header).chain(rows))
 }
 
 /// Checks before a run that `path` can be written (its folder exists and
@@ -306,6 +344,11 @@ pub fn history_csv(history: &[HistoryRow]) -> String {
             "Total Average Content Size",
             "Total Throttled Count",
             "Total Dropped Arrivals",
+            // The load generator's own health over the second: whether it,
+            // not the cloud, limited the figures, and why.
+            "Generator Limited",
+            "Limited By",
+            "Runtime Lag (ms)",
         ]
         .map(String::from),
     );
@@ -329,6 +372,9 @@ pub fn history_csv(history: &[HistoryRow]) -> String {
             format!("{:.1}", r.total_avg_content_size),
             r.total_throttled.to_string(),
             r.total_dropped.to_string(),
+            u8::from(r.generator_limited).to_string(),
+            r.limited_by().join("; "),
+            format!("{:.1}", r.runtime_lag_ms),
         ]);
         rec
     });
@@ -388,8 +434,28 @@ pub struct RunFacts<'a> {
     pub leaked: Option<u64>,
 }
 
-/// The JSON report of a run.
-pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
+/// How many seconds of the history the load generator limited, and why
+/// (a second can have several reasons).
+pub fn generator_summary(history: &[HistoryRow]) -> serde_json::Value {
+    let count = |f: &dyn Fn(&HistoryRow) -> bool| history.iter().filter(|r| f(r)).count();
+    serde_json::json!({
+        "seconds": history.len(),
+        "limited_seconds": count(&|r| r.generator_limited),
+        "saturated_seconds": count(&|r| r.saturated),
+        "dropped_seconds": count(&|r| r.dropped > 0),
+        "lag_seconds": count(&|r| r.runtime_lag_ms > crate::stats::LAG_LIMIT_MS),
+        "max_runtime_lag_ms": history.iter().map(|r| r.runtime_lag_ms).fold(0.0, f64::max),
+    })
+}
+
+/// The JSON report of a run: its figures, what the load generator limited
+/// (`history`), and the SLA verdicts.
+pub fn json_report(
+    f: &RunFacts<'_>,
+    s: &Snapshot,
+    history: &[HistoryRow],
+    slas: &[sla::Verdict],
+) -> serde_json::Value {
     let created: u64 = f.resources.values().map(|c| c.created).sum();
     let deleted: u64 = f.resources.values().map(|c| c.deleted).sum();
     // What a listing of the cloud found; null when it could not list (or
@@ -414,6 +480,10 @@ pub fn json_report(f: &RunFacts<'_>, s: &Snapshot) -> serde_json::Value {
         // starts and their lateness are the `arrival:<class>` entries).
         "dropped": s.dropped,
         "resources": { "created": created, "deleted": deleted, "leaked": leaked, "by_kind": by_kind },
+        // Seconds whose figures describe the load generator rather than the cloud.
+        "generator": generator_summary(history),
+        // Each SLA: `ok`, its actual value, and when it first broke (unix time).
+        "sla": slas,
     })
 }
 

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::cluster::master::Master;
 use crate::engine::{MAX_RATE, MAX_USERS, RunState};
 use crate::output;
+use crate::output::sla::{self, Monitor, Sla, SlaStatus};
 use crate::resources::Kind;
 use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::stats::{PERCENTILES, Snapshot, percentile_of};
@@ -44,6 +45,12 @@ pub struct Live {
     /// Unix seconds when the run stopped.
     pub ended_at: Mutex<Option<f64>>,
     run_timer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The run's SLAs, judged every second.
+    pub monitor: Arc<Monitor>,
+    /// Stop the run at the first SLA breach.
+    abort_on_sla: bool,
+    /// The SLA whose breach stopped the run.
+    pub aborted_by: Mutex<Option<SlaStatus>>,
 }
 
 /// The dashboard's shared state.
@@ -161,6 +168,11 @@ pub struct SwarmForm {
     /// Arrivals per second of the open classes together (`20/s`), split
     /// in proportion to their profile rates; None: as they are.
     pub arrival_rate: Option<f64>,
+    /// The SLAs (`sla`: repeated, or one per line); None when the field is
+    /// absent: the profile's `sla = [...]`.
+    pub slas: Option<Vec<Sla>>,
+    /// Stop the run at the first SLA breach.
+    pub abort_on_sla_failure: bool,
 }
 
 /// Validates the form fields; errors name the field.
@@ -204,12 +216,34 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
     let arrival_rate = get("arrival_rate")
         .map(|r| crate::units::parse_rate(r).map_err(|e| ("arrival_rate", e)))
         .transpose()?;
+    // Present, even empty, the field says which SLAs: the form sends what
+    // it shows (the profile's, edited).
+    let slas = f
+        .get("sla")
+        .map(|t| sla::parse_list(t.lines().map(str::trim).filter(|l| !l.is_empty())))
+        .transpose()
+        .map_err(|e| ("sla", e))?;
+    let abort_on_sla_failure = match get("abort_on_sla_failure") {
+        None => false,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => true,
+            "off" | "false" | "0" | "no" => false,
+            _ => {
+                return Err((
+                    "abort_on_sla_failure",
+                    format!("`{v}` is not true or false"),
+                ));
+            }
+        },
+    };
     Ok(SwarmForm {
         user_count,
         spawn_rate,
         profile: get("profile").map(str::to_string),
         run_time,
         arrival_rate,
+        slas,
+        abort_on_sla_failure,
     })
 }
 
@@ -264,6 +298,14 @@ impl App {
         v
     }
 
+    /// The SLAs of profile `name` as written (none if it does not load:
+    /// starting it says why).
+    pub fn profile_slas(&self, name: &str) -> Vec<String> {
+        crate::profile::load(&self.profiles_dir.join(format!("{name}.toml")))
+            .map(|p| p.slas.into_iter().map(|s| s.text).collect())
+            .unwrap_or_default()
+    }
+
     /// The state the top bar shows.
     pub fn state(&self) -> RunState {
         match self.current() {
@@ -315,6 +357,13 @@ impl App {
                                 "a swarm of `{}` is running: stop it before starting `{p}`",
                                 live.profile
                             ),
+                        ));
+                    }
+                    if f.slas.is_some() || f.abort_on_sla_failure {
+                        return Some(bad(
+                            StatusCode::CONFLICT,
+                            Some("sla"),
+                            "SLAs are set when a swarm starts: this one keeps its own (stop it to start one with others)",
                         ));
                     }
                     if let Some(r) = f.arrival_rate {
@@ -385,6 +434,10 @@ impl App {
                 ),
             );
         }
+        let slas = match self.slas_for(name, &f) {
+            Ok(s) => s,
+            Err(answer) => return answer,
+        };
         let session = match &self.master {
             Some(_) if f.arrival_rate.is_some() => {
                 return bad(
@@ -414,6 +467,7 @@ impl App {
             }
         };
         let run_id = session.run_id.clone();
+        let started_at = session.started_at;
         tracing::info!(
             run_id = %run_id,
             profile = name,
@@ -428,10 +482,14 @@ impl App {
             cleanup: Mutex::new(CleanupView::default()),
             ended_at: Mutex::new(None),
             run_timer: Mutex::new(None),
+            monitor: Arc::new(Monitor::new(slas, started_at)),
+            abort_on_sla: f.abort_on_sla_failure,
+            aborted_by: Mutex::new(None),
         });
         if let Some(d) = f.run_time {
             self.arm_timer(&live, d);
         }
+        self.watch_slas(&live);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
         Json(json!({
             "success": true,
@@ -439,6 +497,62 @@ impl App {
             "run_id": run_id,
         }))
         .into_response()
+    }
+
+    /// The SLAs of a run of profile `name`: the form's, or (when the form
+    /// has no `sla` field) the profile's; the answer to give when they are
+    /// wrong, before anything starts.
+    #[allow(clippy::result_large_err)]
+    fn slas_for(&self, name: &str, f: &SwarmForm) -> Result<Vec<Sla>, Response> {
+        let slas = match &f.slas {
+            Some(s) => s.clone(),
+            None => {
+                let path = self.profiles_dir.join(format!("{name}.toml"));
+                let profile = crate::profile::load(&path)
+                    .map_err(|e| bad(StatusCode::BAD_REQUEST, Some("profile"), e.to_string()))?;
+                sla::for_run(&profile, &path, &[])
+                    .map_err(|e| bad(StatusCode::BAD_REQUEST, Some("profile"), e))?
+            }
+        };
+        if f.abort_on_sla_failure && slas.is_empty() {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                Some("sla"),
+                "aborting on an SLA failure needs an SLA: enter one (e.g. p95(ec2:RunInstances)<2s)",
+            ));
+        }
+        Ok(slas)
+    }
+
+    /// Judges the run's SLAs once a second until it has stopped (then once
+    /// more: the final evaluation), and stops the run at the first breach
+    /// when its form asked for that.
+    fn watch_slas(self: &Arc<Self>, live: &Arc<Live>) {
+        if live.monitor.is_empty() {
+            return;
+        }
+        let (app, live) = (self.clone(), live.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let stopped = live.state() == RunState::Stopped;
+                let broke = live.monitor.evaluate(&live.session.ctx.stats, stopped);
+                if let Some(b) = broke
+                    && live.abort_on_sla
+                    && matches!(live.state(), RunState::Hatching | RunState::Running)
+                    && !live.stopping.load(Ordering::SeqCst)
+                {
+                    tracing::warn!(run_id = %live.session.run_id, "{}: stopping the run", b.describe());
+                    *live.aborted_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+                    app.stop(&live);
+                }
+                if stopped {
+                    break;
+                }
+            }
+        });
     }
 
     /// Starts a run of profile `name` on the master's workers; the answer
@@ -745,6 +859,8 @@ impl App {
                 "resources": self.resources_json(&Default::default(), 0),
                 "live_resources": 0, "cleanup": CleanupView::default(), "target": target,
                 "started_at": null, "ended_at": null,
+                "sla": [], "abort_on_sla_failure": false, "aborted_by_sla": null,
+                "generator": generator_json(&[]),
                 "workers": self.workers_json(),
                 "worker_count": self.master.as_ref().map_or(0, |m| m.live_workers()),
             });
@@ -775,6 +891,7 @@ impl App {
             })
             .collect();
         let cur = |q: f64| percentile_of(&snap.current_percentiles_ms, q).unwrap_or(0.0);
+        let generator = generator_json(&s.ctx.stats.lock().history);
         json!({
             "state": locust_state(live.state()),
             "state_label": live.state().as_str(),
@@ -809,6 +926,13 @@ impl App {
             "target": target,
             "started_at": s.started_at,
             "ended_at": *live.ended_at.lock().unwrap_or_else(|p| p.into_inner()),
+            // Each SLA as last judged (every second), and the one that
+            // stopped the run if it did.
+            "sla": live.monitor.statuses(),
+            "abort_on_sla_failure": live.abort_on_sla,
+            "aborted_by_sla": *live.aborted_by.lock().unwrap_or_else(|p| p.into_inner()),
+            // The load generator's own health: is it, not the cloud, the limit now?
+            "generator": generator,
         })
     }
 
@@ -832,7 +956,7 @@ impl App {
 
     /// The JSON report of the current run.
     pub fn report_json(&self) -> Option<Value> {
-        let (live, snap, _) = self.snapshot()?;
+        let (live, snap, history) = self.snapshot()?;
         let s = &live.session;
         let ended = live
             .ended_at
@@ -856,12 +980,27 @@ impl App {
             resources: &counts,
             leaked,
         };
-        let mut report = output::json_report(&facts, &snap);
+        let mut report =
+            output::json_report(&facts, &snap, &history, &live.monitor.verdicts(&snap));
+        report["aborted_by_sla"] =
+            serde_json::to_value(&*live.aborted_by.lock().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or_default();
         if self.master.is_some() {
             report["workers"] = self.workers_json();
         }
         Some(report)
     }
+}
+
+/// The load generator's health: whether the last second was limited by it
+/// (and why), and how many seconds were.
+fn generator_json(history: &[crate::stats::HistoryRow]) -> Value {
+    let last = history.last();
+    let mut v = output::generator_summary(history);
+    v["limited"] = json!(last.is_some_and(|r| r.generator_limited));
+    v["reasons"] = json!(last.map(|r| r.limited_by()).unwrap_or_default());
+    v["runtime_lag_ms"] = json!(last.map_or(0.0, |r| r.runtime_lag_ms));
+    v
 }
 
 /// What a task that did not finish says: its panic's message.
@@ -938,12 +1077,19 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, 
     if json_body {
         let v: serde_json::Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| format!("the JSON body does not parse: {e}"))?;
+        let text = |v: Value| match v {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
         Ok(v.into_iter()
             .map(|(k, v)| {
                 let s = match v {
-                    Value::String(s) => s,
-                    Value::Null => String::new(),
-                    other => other.to_string(),
+                    // A list (`"sla": ["a", "b"]`): one value per line.
+                    Value::Array(items) => {
+                        items.into_iter().map(text).collect::<Vec<_>>().join("\n")
+                    }
+                    other => text(other),
                 };
                 (k, s)
             })
@@ -953,11 +1099,24 @@ fn fields(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, 
     }
 }
 
-/// Parses `application/x-www-form-urlencoded`.
+/// Parses `application/x-www-form-urlencoded`; a repeated field (`sla=a&sla=b`)
+/// has its values one per line.
 fn serde_urlencoded_pairs(body: &[u8]) -> Result<HashMap<String, String>, String> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
-        .map(|v| v.into_iter().collect())
-        .map_err(|e| format!("the form does not parse: {e}"))
+    let pairs = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map_err(|e| format!("the form does not parse: {e}"))?;
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (k, v) in pairs {
+        match out.get_mut(&k) {
+            Some(old) => {
+                old.push('\n');
+                old.push_str(&v);
+            }
+            None => {
+                out.insert(k, v);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `POST /swarm`: start a swarm, or change the running one.
@@ -1020,10 +1179,15 @@ pub async fn history(State(app): State<Arc<App>>, Query(q): Query<Since>) -> Res
 /// One chart point.
 pub fn history_point(r: &crate::stats::HistoryRow) -> Value {
     let p = |q: f64| percentile_of(&r.percentiles_ms, q).unwrap_or(0.0);
-    json!({
+    let mut v = json!({
         "t": r.timestamp, "users": r.user_count, "rps": r.current_rps,
         "fails": r.current_fail_per_sec, "p50": p(0.5), "p95": p(0.95),
-    })
+    });
+    // A second the load generator limited: the charts mark it.
+    if r.generator_limited {
+        v["limited"] = json!(r.limited_by().join(", "));
+    }
+    v
 }
 
 fn csv_download(name: &str, body: String) -> Response {
@@ -1077,6 +1241,18 @@ pub async fn history_csv(State(app): State<Arc<App>>) -> Response {
 
 fn empty_snapshot() -> Snapshot {
     crate::stats::StatsData::default().snapshot()
+}
+
+/// `GET /stats/sla/csv`: the SLA verdicts as they stand.
+pub async fn sla_csv(State(app): State<Arc<App>>) -> Response {
+    let verdicts = app
+        .snapshot()
+        .map(|(live, snap, _)| live.monitor.verdicts(&snap))
+        .unwrap_or_default();
+    csv_download(
+        &format!("{}_sla.csv", run_name(&app)),
+        output::sla_csv(&verdicts),
+    )
 }
 
 /// `GET /report.json`
@@ -1149,6 +1325,62 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn swarm_form_takes_slas_one_per_line_and_the_abort_switch() {
+        let base = [("user_count", "2"), ("spawn_rate", "1")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            parse_swarm_form(&form(&pairs))
+        };
+        let f = with(&[]).unwrap();
+        assert_eq!((f.slas, f.abort_on_sla_failure), (None, false));
+        let f = with(&[
+            (
+                "sla",
+                "p95(s3:PutObject)<2s\n\n  failure_rate[1m] < 1% \r\np95(s3:PutObject) < 2s",
+            ),
+            ("abort_on_sla_failure", "on"),
+        ])
+        .unwrap();
+        let texts: Vec<String> = f.slas.unwrap().iter().map(|s| s.to_string()).collect();
+        assert_eq!(texts, ["p95(s3:PutObject)<2s", "failure_rate[1m] < 1%"]);
+        assert!(f.abort_on_sla_failure);
+        // Present but empty: no SLAs (not the profile's).
+        assert_eq!(with(&[("sla", " ")]).unwrap().slas, Some(vec![]));
+        for (pairs, field, says) in [
+            (vec![("sla", "p95<fast")], "sla", "`fast` is not a time"),
+            (
+                vec![("sla", "p95(ec2:Nope)<1s")],
+                "sla",
+                "which is not an op",
+            ),
+            (
+                vec![("abort_on_sla_failure", "maybe")],
+                "abort_on_sla_failure",
+                "`maybe` is not true or false",
+            ),
+        ] {
+            let e = with(&pairs).unwrap_err();
+            assert_eq!(e.0, field, "{pairs:?}: {}", e.1);
+            assert!(e.1.contains(says), "{pairs:?}: {}", e.1);
+        }
+        // A repeated field's values come one per line.
+        let f = serde_urlencoded_pairs(b"sla=rps%3E1&sla=p95%3C1s&user_count=3").unwrap();
+        assert_eq!(f["sla"], "rps>1\np95<1s");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let f = fields(
+            &h,
+            &Bytes::from_static(br#"{"sla": ["rps>1", "p95<1s"], "abort_on_sla_failure": true}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            (f["sla"].as_str(), f["abort_on_sla_failure"].as_str()),
+            ("rps>1\np95<1s", "true")
+        );
     }
 
     #[test]

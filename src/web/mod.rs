@@ -118,6 +118,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/workers", get(api::workers))
         .route("/stats/history", get(api::history))
         .route("/stats/requests/csv", get(api::stats_csv))
+        .route("/stats/sla/csv", get(api::sla_csv))
         .route("/stats/failures/csv", get(api::failures_csv))
         .route("/stats/history/csv", get(api::history_csv))
         .route("/stats/requests_full_history/csv", get(api::history_csv))

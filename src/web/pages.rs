@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::App;
 use super::api::history_point;
+use crate::output::sla;
 
 /// Renders a template, or a plain 500 naming the problem.
 pub fn render(t: &impl Template) -> Response {
@@ -24,10 +25,16 @@ pub fn render(t: &impl Template) -> Response {
     }
 }
 
+/// A profile the form offers, with its SLAs (one per line) to prefill.
+struct ProfileOption {
+    name: String,
+    slas: String,
+}
+
 #[derive(Template)]
 #[template(path = "index.html")]
 struct Index<'a> {
-    profiles: Vec<String>,
+    profiles: Vec<ProfileOption>,
     ec2_endpoint: &'a str,
     s3_endpoint: &'a str,
     region: &'a str,
@@ -38,8 +45,16 @@ struct Index<'a> {
 /// `GET /`
 pub async fn index(State(app): State<Arc<App>>) -> Response {
     let info = &app.clients.info;
+    let profiles = app
+        .profiles()
+        .into_iter()
+        .map(|name| ProfileOption {
+            slas: app.profile_slas(&name).join("\n"),
+            name,
+        })
+        .collect();
     render(&Index {
-        profiles: app.profiles(),
+        profiles,
         ec2_endpoint: &info.ec2_endpoint,
         s3_endpoint: &info.s3_endpoint,
         region: &info.region,
@@ -89,6 +104,70 @@ struct ResRow {
     deleted: u64,
 }
 
+/// One SLA of the report: its verdict, and when it first broke.
+struct SlaRow {
+    sla: String,
+    held: bool,
+    actual: String,
+    first_breach: String,
+    breached_seconds: u64,
+}
+
+/// Consecutive seconds the load generator limited, and why.
+struct LimitedRow {
+    from: String,
+    to: String,
+    seconds: u64,
+    why: String,
+}
+
+/// Most limited periods the report lists.
+const MAX_LIMITED_ROWS: usize = 50;
+
+/// Groups the generator-limited seconds of `history` into periods.
+fn limited_periods(history: &[crate::stats::HistoryRow]) -> Vec<LimitedRow> {
+    let mut out: Vec<(f64, f64, u64, bool, u64, f64)> = Vec::new();
+    for r in history.iter().filter(|r| r.generator_limited) {
+        match out.last_mut() {
+            Some(p) if r.timestamp - p.1 <= 1.5 => {
+                p.1 = r.timestamp;
+                p.2 += 1;
+                p.3 |= r.saturated;
+                p.4 += r.dropped;
+                p.5 = p.5.max(r.runtime_lag_ms);
+            }
+            _ => out.push((
+                r.timestamp,
+                r.timestamp,
+                1,
+                r.saturated,
+                r.dropped,
+                r.runtime_lag_ms,
+            )),
+        }
+    }
+    out.into_iter()
+        .map(|(from, to, seconds, saturated, dropped, lag)| {
+            let mut why = Vec::new();
+            if saturated {
+                why.push("in-flight slots full".to_string());
+            }
+            if dropped > 0 {
+                why.push(format!("{dropped} arrivals dropped"));
+            }
+            if lag > crate::stats::LAG_LIMIT_MS {
+                why.push(format!("runtime lag up to {lag:.0} ms"));
+            }
+            LimitedRow {
+                from: sla::clock(from),
+                to: sla::clock(to),
+                seconds,
+                why: why.join(", "),
+            }
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "report.html")]
 struct Report {
@@ -103,6 +182,13 @@ struct Report {
     errors: Vec<ErrRow>,
     resources: Vec<ResRow>,
     leaked: String,
+    slas: Vec<SlaRow>,
+    /// The SLA breach that stopped the run (empty: none).
+    aborted: String,
+    /// "N of M seconds", or empty when the generator never limited.
+    limited_summary: String,
+    limited: Vec<LimitedRow>,
+    limited_more: usize,
     style: String,
     charts_js: String,
     data_json: String,
@@ -191,6 +277,39 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
         },
         None => "clean-up has not run yet".to_string(),
     };
+    let slas = live
+        .monitor
+        .verdicts(&snap)
+        .into_iter()
+        .map(|v| SlaRow {
+            first_breach: v.first_breach_at.map_or("never".into(), sla::clock),
+            breached_seconds: v.breached_seconds,
+            sla: v.sla,
+            held: v.held,
+            actual: v.actual,
+        })
+        .collect();
+    let aborted = live
+        .aborted_by
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or(String::new(), |b| {
+            format!(
+                "{} at {}",
+                b.describe(),
+                sla::clock(b.first_breach_at.unwrap_or(snap.now))
+            )
+        });
+    let mut limited = limited_periods(&history);
+    let limited_count = history.iter().filter(|r| r.generator_limited).count();
+    let limited_summary = if limited_count == 0 {
+        String::new()
+    } else {
+        format!("{limited_count} of {} seconds", history.len())
+    };
+    let limited_more = limited.len().saturating_sub(MAX_LIMITED_ROWS);
+    limited.truncate(MAX_LIMITED_ROWS);
     let points: Vec<serde_json::Value> = history.iter().map(history_point).collect();
     let data = serde_json::json!({ "history": points }).to_string();
     let page = Report {
@@ -232,6 +351,11 @@ pub async fn report(State(app): State<Arc<App>>, Query(q): Query<ReportQuery>) -
             })
             .collect(),
         leaked,
+        slas,
+        aborted,
+        limited_summary,
+        limited,
+        limited_more,
         // Inline text must not close its own element.
         style: style.replace("</", "<\\/"),
         charts_js: charts_js.replace("</", "<\\/"),
