@@ -11,6 +11,7 @@
 //! after runs; [`cluster`] takes a run beyond one machine on Locust's
 //! master/worker protocol; [`cli`] is the command line.
 
+pub mod capacity;
 pub mod cleanup;
 pub mod cli;
 pub mod cluster;

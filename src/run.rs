@@ -157,6 +157,15 @@ pub struct RunArgs {
     /// Stop the run at the first SLA breach (clean up, write the reports, exit 1)
     #[arg(long)]
     pub abort_on_sla_failure: bool,
+    /// Capacity search START:STEP:HOLD (e.g. 1/s:1/s:2m): raise the open classes' arrival rate step by step until a step breaks an SLA, a limit below, or saturates the generator; report the highest rate that held
+    #[arg(long, value_name = "START:STEP:HOLD", value_parser = crate::capacity::parse_plan)]
+    pub find_max: Option<crate::capacity::Plan>,
+    /// --find-max: the failure rate a step may not exceed
+    #[arg(long, default_value = "1%", value_parser = crate::capacity::parse_ratio)]
+    pub find_max_failure_rate: f64,
+    /// --find-max: the throttle rate a step may not exceed
+    #[arg(long, default_value = "1%", value_parser = crate::capacity::parse_ratio)]
+    pub find_max_throttle_rate: f64,
     /// Leave created resources in place (they stay in the run's journal)
     #[arg(long)]
     pub keep_resources: bool,
@@ -210,8 +219,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         serve_metrics(addr, &session).await?;
     }
     let t0 = Instant::now();
-    let monitor = Monitor::new(slas, session.started_at);
-    let driven = drive(&args, &session, &monitor, t0).await?;
+    let monitor = Monitor::new(slas.clone(), session.started_at);
+    let driven = drive(&args, &session, &monitor, &slas, t0).await?;
     let peak_users = session.engine.peak_users();
     stop(&args, &session).await;
     let duration_s = t0.elapsed().as_secs_f64();
@@ -246,6 +255,24 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
         bail!(config_err(format!(
             "-r: the hatch rate must be above 0 and at most {MAX_RATE}"
         )));
+    }
+    if args.find_max.is_some() {
+        if args.master.master {
+            bail!(config_err(
+                "--find-max runs on one machine: workers run their open classes at the profile's arrival_rate"
+            ));
+        }
+        if args.stages.is_some() {
+            bail!(config_err(
+                "--find-max sets the arrival rate itself: leave out --stages"
+            ));
+        }
+        if profile.users.iter().all(|u| u.arrival.is_none()) {
+            bail!(config_err(format!(
+                "--find-max raises an arrival rate, but no class of {} has one: give a class `arrival_rate = \"1/s\"` (its users are the pool)",
+                args.profile.display()
+            )));
+        }
     }
     if args.master.master && args.stages.as_ref().is_some_and(Shape::sets_arrival_rate) {
         bail!(config_err(
@@ -296,6 +323,8 @@ struct Driven {
     stage_error: Option<String>,
     /// The SLA whose breach stopped the run (`--abort-on-sla-failure`).
     aborted: Option<SlaStatus>,
+    /// The capacity search's answer (`--find-max`).
+    capacity: Option<crate::capacity::Outcome>,
 }
 
 /// Judges the SLAs once a second while the run goes (their statuses and
@@ -326,6 +355,7 @@ async fn drive(
     args: &RunArgs,
     session: &Session,
     monitor: &Monitor,
+    slas: &[Sla],
     t0: Instant,
 ) -> Result<Driven> {
     let engine = session.engine.clone();
@@ -339,6 +369,11 @@ async fn drive(
         engine
             .set_arrival_rate(r)
             .map_err(|e| config_err(format!("--stages: stage 1: {e}")))?;
+    }
+    if let Some(plan) = &args.find_max {
+        engine
+            .set_arrival_rate(plan.start)
+            .map_err(|e| config_err(format!("--find-max: {e}")))?;
     }
     session.start(first.0, first.1).map_err(config_err)?;
     let status = {
@@ -381,8 +416,42 @@ async fn drive(
             None => std::future::pending().await,
         }
     };
+    // A step is judged on its own figures: each SLA over the step (an SLA
+    // on an entry the step did not touch is not judged).
+    let judge = |snap: &crate::stats::Snapshot| {
+        slas.iter().find_map(|s| {
+            let judged = match s.entry() {
+                Some(e) => snap
+                    .entries
+                    .iter()
+                    .any(|x| x.name == e && x.num_requests > 0),
+                None => snap.total.num_requests > 0,
+            };
+            let v = s.check(snap);
+            (judged && !v.held).then(|| format!("SLA {} (actual {})", v.sla, v.actual))
+        })
+    };
+    let steps = std::sync::Mutex::new(Vec::new());
+    let search = async {
+        match &args.find_max {
+            Some(plan) => {
+                let limits = crate::capacity::Limits {
+                    failure_rate: args.find_max_failure_rate,
+                    throttle_rate: args.find_max_throttle_rate,
+                    ..Default::default()
+                };
+                crate::capacity::search(&engine, plan, limits, &judge, &steps).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let mut driven = Driven::default();
     let reason = tokio::select! {
+        outcome = search => {
+            eprintln!("find-max: {}", outcome.summary());
+            driven.capacity = Some(outcome);
+            "capacity search done".to_string()
+        }
         _ = run_time => "run time reached".to_string(),
         e = shape_done => {
             driven.stage_error = e;
@@ -396,6 +465,10 @@ async fn drive(
         _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
+    if args.find_max.is_some() && driven.capacity.is_none() {
+        let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
+        driven.capacity = Some(crate::capacity::cut_short(done, &reason));
+    }
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
     Ok(driven)
 }
@@ -518,6 +591,13 @@ fn outputs(
     driven: Driven,
 ) -> Result<i32> {
     println!("{}", output::summary_table(snap));
+    if let Some(c) = &driven.capacity {
+        println!(
+            "Capacity search (--find-max):\n{}\n{}",
+            c.table(),
+            c.summary()
+        );
+    }
     for w in warnings {
         eprintln!("{w}");
     }
@@ -538,6 +618,9 @@ fn outputs(
     if let Some(path) = &args.json {
         let mut report = output::json_report(facts, snap, history, &verdicts);
         report["aborted_by_sla"] = serde_json::to_value(&driven.aborted).unwrap_or_default();
+        if let Some(c) = &driven.capacity {
+            report["capacity"] = serde_json::to_value(c).unwrap_or_default();
+        }
         if let Some((k, v)) = extra {
             report[k] = v;
         }

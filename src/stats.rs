@@ -567,6 +567,49 @@ impl StatsData {
         }
     }
 
+    /// What was recorded since `before` (an earlier copy of these
+    /// figures): counts and histograms subtracted, min and max from the
+    /// difference's histogram, `started` at `since` (unix seconds), so rates
+    /// are per second of that span. A capacity search judges each step on it.
+    pub fn since(&self, before: &StatsData, since: f64) -> StatsData {
+        let mut out = StatsData {
+            started: since,
+            ..StatsData::default()
+        };
+        for (name, e) in &self.entries {
+            let mut d = e.clone();
+            if let Some(b) = before.entries.get(name) {
+                let _ = d.hist.subtract(&b.hist);
+                d.num_requests -= b.num_requests.min(d.num_requests);
+                d.num_failures -= b.num_failures.min(d.num_failures);
+                d.num_throttled -= b.num_throttled.min(d.num_throttled);
+                d.total_us -= b.total_us.min(d.total_us);
+                d.bytes_sent -= b.bytes_sent.min(d.bytes_sent);
+                d.bytes_received -= b.bytes_received.min(d.bytes_received);
+            }
+            if d.num_requests == 0 {
+                continue;
+            }
+            d.min_us = d.hist.min().max(1);
+            d.max_us = d.hist.max();
+            d.first_request = d.first_request.max(since);
+            out.entries.insert(name.clone(), d);
+        }
+        for (k, e) in &self.errors {
+            let was = before.errors.get(k).map_or(0, |b| b.count);
+            if e.count > was {
+                let mut e = e.clone();
+                e.count -= was;
+                out.errors.insert(k.clone(), e);
+            }
+        }
+        for (class, n) in &self.dropped {
+            let was = before.dropped.get(class).copied().unwrap_or(0);
+            out.dropped.insert(class.clone(), n.saturating_sub(was));
+        }
+        out
+    }
+
     /// Adds a group of errors (a worker's report read back).
     pub fn add_error(&mut self, e: ErrorStat) {
         match self.errors.get_mut(&(e.name.clone(), e.code.clone())) {

@@ -463,3 +463,76 @@ fn check_and_run_explain_arrival_mistakes_before_anything_starts() {
         "{err}"
     );
 }
+
+/// `--find-max` against moto behind an nginx that lets 10 requests a second
+/// through and answers the rest 503: steps of 4/s hold at 4/s and 8/s, the
+/// 12/s step is throttled, and the answer is 8/s with each step's figures.
+#[test]
+fn find_max_reports_the_highest_rate_that_held_and_each_step() {
+    let moto = Moto::start();
+    let port = free_port();
+    let front = Nginx::start_http(
+        port,
+        &[],
+        &format!(
+            "  limit_req_zone $binary_remote_addr zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      \
+             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
+            moto.url
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("cap.toml");
+    std::fs::write(
+        &profile,
+        "[params]\nobject_size = \"1KiB\"\nbucket = \"shared\"\n\
+         [[user]]\nname = \"api\"\narrival_rate = \"4/s\"\n[[user.task]]\nop = \"s3:PutObject\"\n",
+    )
+    .unwrap();
+    let json = dir.path().join("cap.json");
+    let state = tempfile::tempdir().unwrap();
+    let o = cloudswarm()
+        .arg("run")
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &front.url])
+        .args([
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--status-every",
+            "0",
+        ])
+        .args(["-f", profile.to_str().unwrap(), "-u", "8", "-r", "100"])
+        .args(["--find-max", "4/s:4/s:4s", "-t", "2m"])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report = read_json(&json);
+    let cap = &report["capacity"];
+    assert_eq!(cap["max_rate"].as_f64(), Some(8.0), "{cap:#}\n{}", text(&o));
+    assert_eq!(cap["stopped_by"], "throttle_rate", "{cap:#}");
+    let steps = cap["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{cap:#}");
+    for (i, (rate, held)) in [(4.0, true), (8.0, true), (12.0, false)].iter().enumerate() {
+        let s = &steps[i];
+        assert_eq!(s["rate"].as_f64(), Some(*rate), "{s}");
+        assert_eq!(s["held"], *held, "{s}");
+        // Each step ran at the rate it asked for, whatever the throttling.
+        let achieved = s["achieved_rate"].as_f64().unwrap();
+        assert!(
+            (achieved - rate).abs() <= rate * 0.15,
+            "step {i}: achieved {achieved} for {rate}"
+        );
+        assert!(s["requests"].as_u64().unwrap() > 10, "{s}");
+    }
+    assert!(
+        steps[2]["throttle_ratio"].as_f64().unwrap() > 0.01,
+        "{:#}",
+        steps[2]
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Capacity search (--find-max):"), "{out}");
+    assert!(
+        out.contains("the highest arrival rate that held: 8/s"),
+        "{out}"
+    );
+}

@@ -21,7 +21,13 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["tasks"],
     &["engine"],
-    &["metrics::exporter", "session", "output", "cluster::master"],
+    &[
+        "metrics::exporter",
+        "session",
+        "output",
+        "cluster::master",
+        "capacity",
+    ],
     &["run", "reclaim", "web", "cluster::worker"],
     &["cli"],
 ];
