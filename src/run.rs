@@ -680,7 +680,10 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
             .map_err(|e| config_err(format!("--metrics-bind {addr}: {e}")))?;
         eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
         let m = master.clone();
-        tokio::spawn(crate::metrics::serve_with(listener, move || m.observe()));
+        tokio::spawn(crate::metrics::serve_with(listener, move || {
+            m.observe();
+            crate::metrics::render_stats(&m.stats().lock())
+        }));
     }
     let want = args.master.expect_workers as usize;
     eprintln!(

@@ -554,12 +554,6 @@ impl Master {
                         n.held = std::mem::take(&mut r.held);
                     }
                     drop(g);
-                    for (name, d) in &r.entries {
-                        crate::metrics::sink::merged(name, d);
-                    }
-                    for e in &r.errors {
-                        crate::metrics::sink::merged_errors(&e.name, &e.code, e.count);
-                    }
                     r.add_to(&mut self.stats().lock());
                 }
                 Err(e) => {

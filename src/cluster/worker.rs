@@ -233,6 +233,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
             if let Some(engine) = c.load_full() {
                 crate::metrics::observe(&engine, &engine.profile.name);
             }
+            String::new()
         }));
     }
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();

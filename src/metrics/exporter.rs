@@ -117,15 +117,131 @@ pub fn render() -> String {
 
 /// The `/metrics` answer.
 pub fn response() -> axum::response::Response {
+    response_with(String::new())
+}
+
+/// The `/metrics` answer with `more` (exposition lines) after the recorder's.
+pub fn response_with(more: String) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let mut body = render();
+    body.push_str(&more);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(),
+        body,
     )
         .into_response()
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// What a master's workers measured, as exposition text made at scrape
+/// time from the merged statistics (a master sends no requests itself):
+/// the request, failure, throttle and byte counters and errors by code
+/// exactly, and the request and provisioning histograms from the exact
+/// histograms, bucket by bucket (outcome `all`: the merged figures do not
+/// say which values failed). Nothing is recorded per reported value.
+pub fn render_stats(data: &crate::stats::StatsData) -> String {
+    use crate::ops::EntryKind;
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut counters: [(&str, Vec<(String, u64)>); 5] = [
+        ("cloudswarm_requests_total", vec![]),
+        ("cloudswarm_request_failures_total", vec![]),
+        ("cloudswarm_throttled_total", vec![]),
+        ("cloudswarm_bytes_sent_total", vec![]),
+        ("cloudswarm_bytes_received_total", vec![]),
+    ];
+    let mut hists: Vec<(&str, String, &crate::stats::Entry)> = vec![];
+    for (name, e) in &data.entries {
+        match e.kind {
+            EntryKind::Request => {
+                let op = format!("op=\"{}\"", label(name));
+                for (i, v) in [
+                    e.num_requests,
+                    e.num_failures,
+                    e.num_throttled,
+                    e.bytes_sent,
+                    e.bytes_received,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if v > 0 || i == 0 {
+                        counters[i].1.push((op.clone(), v));
+                    }
+                }
+                hists.push(("cloudswarm_request_duration_seconds", op, e));
+            }
+            EntryKind::Wait => {
+                let wait = name.split_once(':').map_or(name.as_str(), |(_, w)| w);
+                hists.push((
+                    "cloudswarm_provisioning_seconds",
+                    format!("wait=\"{}\"", label(wait)),
+                    e,
+                ));
+            }
+            EntryKind::Timing => {}
+        }
+    }
+    for (family, rows) in &counters {
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{family}{{{labels}}} {v}");
+        }
+    }
+    let errors: Vec<_> = data.errors.values().take(1000).collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "# TYPE cloudswarm_errors_total counter");
+        for e in errors {
+            let code: String = e.code.chars().take(64).collect();
+            let _ = writeln!(
+                out,
+                "cloudswarm_errors_total{{op=\"{}\",code=\"{}\"}} {}",
+                label(&e.name),
+                label(&code),
+                e.count
+            );
+        }
+    }
+    let mut typed = std::collections::HashSet::new();
+    for (family, labels, e) in hists {
+        if typed.insert(family) {
+            let _ = writeln!(out, "# TYPE {family} histogram");
+        }
+        for &le in BUCKETS {
+            let n = e.hist.count_between(0, (le * 1e6) as u64);
+            let _ = writeln!(
+                out,
+                "{family}_bucket{{{labels},outcome=\"all\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{family}_bucket{{{labels},outcome=\"all\",le=\"+Inf\"}} {}",
+            e.num_requests
+        );
+        let _ = writeln!(
+            out,
+            "{family}_sum{{{labels},outcome=\"all\"}} {}",
+            e.total_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "{family}_count{{{labels},outcome=\"all\"}} {}",
+            e.num_requests
+        );
+    }
+    out
 }
 
 /// Serves `/metrics` alone on `listener` (headless runs), observing `engine`
@@ -135,23 +251,27 @@ pub async fn serve(
     engine: std::sync::Arc<Engine>,
     profile: String,
 ) {
-    serve_with(listener, move || observe(&engine, &profile)).await
+    serve_with(listener, move || {
+        observe(&engine, &profile);
+        String::new()
+    })
+    .await
 }
 
 /// Serves `/metrics` alone on `listener`, calling `observe` at each scrape
 /// to set the gauges (a worker's engine changes from run to run; a master
-/// has no engine).
+/// has no engine) and append what it answers (a master's merged series).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    observe: impl Fn() + Clone + Send + Sync + 'static,
+    observe: impl Fn() -> String + Clone + Send + Sync + 'static,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let observe = observe.clone();
             async move {
-                observe();
-                response()
+                let more = observe();
+                response_with(more)
             }
         }),
     );

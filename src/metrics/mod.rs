@@ -8,4 +8,6 @@
 pub mod exporter;
 pub mod sink;
 
-pub use exporter::{install, observe, render, response, serve, serve_with};
+pub use exporter::{
+    install, observe, render, render_stats, response, response_with, serve, serve_with,
+};

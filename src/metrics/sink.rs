@@ -82,60 +82,6 @@ pub fn record(
     }
 }
 
-/// Adds an entry's figures as a worker reported them (on a master, which
-/// sends no requests itself): the counters exactly; the histograms get each
-/// recorded value with outcome `all`, since a report does not say which
-/// values failed (the failure counters do).
-pub fn merged(name: &str, d: &crate::stats::Delta) {
-    if !enabled() || (d.requests == 0 && d.failures == 0) {
-        return;
-    }
-    let kind = crate::ops::entry_kind(name).unwrap_or(EntryKind::Request);
-    let name = name.to_string();
-    match kind {
-        EntryKind::Request => {
-            let h = histogram!("cloudswarm_request_duration_seconds", "op" => name.clone(), "outcome" => "all");
-            for &(us, n) in &d.values {
-                h.record_many(us as f64 / 1e6, n as usize);
-            }
-            counter!("cloudswarm_requests_total", "op" => name.clone()).increment(d.requests);
-            if d.failures > 0 {
-                counter!("cloudswarm_request_failures_total", "op" => name.clone())
-                    .increment(d.failures);
-            }
-            if d.throttled > 0 {
-                counter!("cloudswarm_throttled_total", "op" => name.clone()).increment(d.throttled);
-            }
-            if d.sent > 0 {
-                counter!("cloudswarm_bytes_sent_total", "op" => name.clone()).increment(d.sent);
-            }
-            if d.received > 0 {
-                counter!("cloudswarm_bytes_received_total", "op" => name).increment(d.received);
-            }
-        }
-        EntryKind::Wait => {
-            let wait = name
-                .split_once(':')
-                .map_or(name.as_str(), |(_, w)| w)
-                .to_string();
-            let h =
-                histogram!("cloudswarm_provisioning_seconds", "wait" => wait, "outcome" => "all");
-            for &(us, n) in &d.values {
-                h.record_many(us as f64 / 1e6, n as usize);
-            }
-        }
-        EntryKind::Timing => {}
-    }
-}
-
-/// Adds `n` errors of `code` in entry `name` as a worker reported them.
-pub fn merged_errors(name: &str, code: &str, n: u64) {
-    if enabled() {
-        counter!("cloudswarm_errors_total", "op" => name.to_string(), "code" => code_label(code))
-            .increment(n);
-    }
-}
-
 /// Counts a user whose task panicked in `name` (an op or `user:<class>`).
 pub fn panicked(name: &str) {
     if enabled() {

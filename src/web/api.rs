@@ -1303,12 +1303,18 @@ pub async fn cleanup(State(app): State<Arc<App>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    match (&app.master, app.current()) {
-        (Some(m), _) => m.observe(),
-        (None, Some(live)) => crate::metrics::observe(&live.session.engine, &live.profile),
-        (None, None) => {}
-    }
-    crate::metrics::response()
+    let more = match (&app.master, app.current()) {
+        (Some(m), _) => {
+            m.observe();
+            crate::metrics::render_stats(&m.stats().lock())
+        }
+        (None, Some(live)) => {
+            crate::metrics::observe(&live.session.engine, &live.profile);
+            String::new()
+        }
+        (None, None) => String::new(),
+    };
+    crate::metrics::response_with(more)
 }
 
 /// `GET /profiles`: the profiles the form offers.
