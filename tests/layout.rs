@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["tasks"],
     &["engine"],
     &["metrics::exporter", "session", "output", "cluster::master"],
-    &["run", "reclaim", "web", "cluster::worker"],
+    &["run", "reclaim", "results", "web", "cluster::worker"],
     &["cli"],
 ];
 

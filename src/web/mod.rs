@@ -39,6 +39,9 @@ pub struct ServeArgs {
     pub static_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
+    /// Keep at most N runs in the state directory: the oldest are deleted when a run starts (0: keep all)
+    #[arg(long, default_value_t = crate::output::kept::DEFAULT_KEEP_RUNS, value_name = "N")]
+    pub keep_runs: usize,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -170,7 +173,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     } else {
         None
     };
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         clients,
         args.limits.clone(),
         args.token.clone(),
@@ -178,7 +181,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         profiles_dir,
         static_dir,
         master,
-    ));
+    );
+    app.keep_runs = args.keep_runs;
+    let app = Arc::new(app);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| config_err(format!("cannot listen on {}: {e}", args.bind)))?;
