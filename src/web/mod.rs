@@ -1,10 +1,12 @@
 //! The web dashboard (`cloudswarm serve`, the default command): axum serves
-//! the page (askama templates), the assets in `static/`, and the
-//! Locust-style HTTP API; an access token guards it when it is exposed.
+//! the page (askama templates), the assets in `static/`, the Locust-style
+//! HTTP API and the kept runs (`runs.rs`); an access token guards it when
+//! it is exposed.
 
 mod api;
 mod auth;
 mod pages;
+mod runs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/stats/history/csv", get(api::history_csv))
         .route("/stats/requests_full_history/csv", get(api::history_csv))
         .route("/report.json", get(api::report_json))
+        .route("/runs.json", get(runs::list))
+        .route("/runs/{id}/{file}", get(runs::file))
+        .route("/compare.json", get(runs::compare_runs))
         .route("/cleanup", post(api::cleanup))
         .route("/profiles", get(api::profiles))
         .route("/metrics", get(api::metrics))
