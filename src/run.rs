@@ -19,8 +19,9 @@ use crate::cluster::master::{Master, MasterArgs};
 use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
 use crate::error::config_err;
 use crate::output::compare::GateArgs;
-use crate::output::kept::{self, KeptRun};
-use crate::output::report::Report;
+use crate::output::finish::Keep;
+use crate::output::kept;
+use crate::output::report::{Report, report_so_far};
 use crate::output::sla::{self, Monitor, Sla, SlaStatus};
 use crate::output::{self, RunFacts};
 use crate::profile;
@@ -234,7 +235,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     }
     let t0 = Instant::now();
     let monitor = Monitor::new(slas, session.started_at);
-    let keep = Keep::new(&args, &session.run_id, baseline)?;
+    let keep = keep(&args, &session.run_id, baseline)?;
     let target = info.clone();
     // Until the end, the run's folder holds a snapshot of the report so far.
     let snapshot = || {
@@ -250,7 +251,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             resources: &session.tracker.counts(),
             leaked: None,
         };
-        partial_report(&facts, &session.ctx.stats, &monitor)
+        report_so_far(&facts, &session.ctx.stats, &monitor)
     };
     let work = async {
         let driven = drive(&args, &session, &monitor, t0).await?;
@@ -285,45 +286,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     )
 }
 
-/// The report so far: what a crash leaves in the run's folder.
-fn partial_report(facts: &RunFacts<'_>, stats: &Stats, monitor: &Monitor) -> serde_json::Value {
-    let (snap, history) = {
-        let data = stats.lock();
-        (data.snapshot(), data.history.clone())
-    };
-    output::json_report(facts, &snap, &history, &monitor.verdicts(&snap))
-}
-
-/// What a run keeps and compares with: its folder in the state directory
-/// (None when it cannot be made: the run goes on, unkept), the profile's
-/// text for its reports, and the baseline.
-struct Keep {
-    run: Option<KeptRun>,
-    profile_text: String,
-    baseline: Option<Report>,
-}
-
-impl Keep {
-    fn new(
-        args: &RunArgs,
-        run_id: &crate::naming::RunId,
-        baseline: Option<Report>,
-    ) -> Result<Keep> {
-        let profile_text = std::fs::read_to_string(&args.profile)
-            .map_err(|e| config_err(format!("{}: {e}", args.profile.display())))?;
-        let run = match KeptRun::open(&args.limits.state_dir(), run_id) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("warning: run {run_id} is not kept: {e:#}");
-                None
-            }
-        };
-        Ok(Keep {
-            run,
-            profile_text,
-            baseline,
-        })
-    }
+/// What the run keeps and compares with (`output::finish::Keep`).
+fn keep(args: &RunArgs, run_id: &crate::naming::RunId, baseline: Option<Report>) -> Result<Keep> {
+    Keep::new(&args.profile, &args.limits.state_dir(), run_id, baseline).map_err(config_err)
 }
 
 /// Checks what can be checked before anything is sent: the profile, the
@@ -832,8 +797,8 @@ async fn run_master(
     let monitor = Monitor::new(slas, started_at);
     let stats = master.stats();
     // Kept on this machine, without a journal: each worker keeps its own.
-    let keep = Keep::new(&args, &run_id, baseline)?;
-    let target = on_workers();
+    let keep = keep(&args, &run_id, baseline)?;
+    let target = crate::output::report::on_workers();
     let snapshot = || {
         let facts = RunFacts {
             run_id: &run_id,
@@ -847,7 +812,7 @@ async fn run_master(
             resources: &master.resources(),
             leaked: None,
         };
-        let mut r = partial_report(&facts, &stats, &monitor);
+        let mut r = report_so_far(&facts, &stats, &monitor);
         r["workers"] = serde_json::to_value(master.workers()).unwrap_or_default();
         r
     };
@@ -938,15 +903,6 @@ async fn run_master(
         driven,
         &keep,
     )
-}
-
-/// A distributed run's target: each worker's own.
-fn on_workers() -> crate::target::TargetInfo {
-    crate::target::TargetInfo {
-        ec2_endpoint: "each worker's".into(),
-        s3_endpoint: "each worker's".into(),
-        region: "each worker's".into(),
-    }
 }
 
 /// The status line of a distributed run.

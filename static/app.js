@@ -335,7 +335,8 @@
     $("compare-view").hidden = false;
     $("compare-title").textContent = "Run " + c.new.run_id + " (" + c.new.profile + ") compared with " + c.base.run_id + " (" + c.base.profile + ")";
     $("compare-limits").textContent = "Regression: " + c.limits.on.join("/") + " more than " + num(c.limits.max_regression * 100, 1) +
-      "% worse, or failures up by more than " + num(c.limits.max_failure_increase * 100, 1) + " points.";
+      "% worse, or the failure percentage up by more than " + num(c.limits.max_failure_increase * 100, 1) + " points" +
+      (c.limits.min_requests ? "; entries with fewer than " + c.limits.min_requests + " requests in a run are not judged." : ".");
     var head = document.querySelector("#compare-table thead tr");
     var th = function (t, cls) { var e = document.createElement("th"); e.textContent = t; if (cls) e.className = cls; return e; };
     head.replaceChildren.apply(head, [th(""), th("Name")].concat(d.headings.map(function (h) { return th(h, "num"); })));

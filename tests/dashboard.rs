@@ -1019,6 +1019,26 @@ async fn a_dashboard_that_is_a_master_runs_on_its_workers_and_shows_them() {
         m.body
     );
     assert!(everything_of_run(&moto, &run_id).await.is_empty());
+    // The run is kept on the master's machine, without a journal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs = json(&d.http("GET", "/runs.json", &[], ""));
+        if runs["runs"][0]["state"] == "complete" || Instant::now() > deadline {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let kept = &runs["runs"][0];
+    assert_eq!(kept["run_id"], run_id.as_str(), "{runs}");
+    assert_eq!(
+        (&kept["state"], &kept["workers"], &kept["journal"]),
+        (
+            &Value::from("complete"),
+            &Value::from(true),
+            &Value::from(false)
+        ),
+        "{runs}"
+    );
     drop(b);
     // The dashboard's shutdown tells its workers to quit.
     assert!(d.terminate().success());

@@ -30,8 +30,8 @@ weight = 2
 "#;
 
 /// S3 through nginx, each answer sent at 64 KB/s: a 64 KiB GetObject
-/// takes much longer (nginx sends the first buffers at once, the rest at
-/// the rate).
+/// takes about a second (nginx sends the first buffers at once, the rest
+/// at the rate).
 fn slow_front(moto: &Moto) -> Nginx {
     Nginx::start(&format!(
         "    location / {{\n      limit_rate 64k;\n      proxy_pass {};\n    }}\n",
@@ -240,12 +240,13 @@ fn runs_are_kept_listed_compared_and_gated_and_junit_parses() {
     let json_c = dir.path().join("c.json");
     let junit_c = dir.path().join("c.xml");
     let html_c = dir.path().join("c.html");
+    // 10 s: enough slow GetObjects to be judged (--min-requests 10).
     let c = run(
         &moto,
         &slow.url,
         &state,
         &profile,
-        6,
+        10,
         &[
             "--baseline",
             &a_id,

@@ -72,7 +72,7 @@ pub fn parse_pct(s: &str) -> Result<f64, String> {
 }
 
 /// The regression limits of `compare` and `run --baseline`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct GateArgs {
     /// Gate: exit 1 when an entry's --on figure (p95 by default) grew by more than PCT (e.g. 10%); default 10%, marking only
     #[arg(long, value_parser = parse_pct, value_name = "PCT")]
@@ -83,12 +83,28 @@ pub struct GateArgs {
     /// Gate: exit 1 when an entry's failure percentage rose by more than PCT points (e.g. 1%: 0.5% to 1.6%); default 1%, marking only
     #[arg(long, value_parser = parse_pct, value_name = "PCT")]
     pub max_failure_increase: Option<f64>,
+    /// Judge only entries with at least N requests in both runs (fewer make percentiles noise)
+    #[arg(long, default_value_t = DEFAULT_MIN_REQUESTS, value_name = "N")]
+    pub min_requests: u64,
 }
 
 /// Default --max-regression: marks a regression, fails nothing.
 pub const DEFAULT_MAX_REGRESSION: f64 = 0.10;
 /// Default --max-failure-increase (points, as a fraction).
 pub const DEFAULT_MAX_FAILURE_INCREASE: f64 = 0.01;
+/// Default --min-requests.
+pub const DEFAULT_MIN_REQUESTS: u64 = 10;
+
+impl Default for GateArgs {
+    fn default() -> Self {
+        GateArgs {
+            max_regression: None,
+            on: vec![],
+            max_failure_increase: None,
+            min_requests: DEFAULT_MIN_REQUESTS,
+        }
+    }
+}
 
 impl GateArgs {
     /// True when a limit was given: regressions then fail the exit code.
@@ -108,6 +124,7 @@ impl GateArgs {
             max_failure_increase: self
                 .max_failure_increase
                 .unwrap_or(DEFAULT_MAX_FAILURE_INCREASE),
+            min_requests: self.min_requests,
             gate: self.gates(),
         }
     }
@@ -121,6 +138,9 @@ pub struct Limits {
     pub max_regression: f64,
     /// Percentage points as a fraction: 0.01 is one point.
     pub max_failure_increase: f64,
+    /// Entries with fewer requests in either run are not judged.
+    #[serde(default)]
+    pub min_requests: u64,
     pub gate: bool,
 }
 
@@ -276,12 +296,17 @@ pub fn compare(
         regressed: false,
     });
     let mut checks = Vec::new();
+    let mut few = 0;
     for row in &mut rows {
         let (Some(b), Some(n)) = (&row.base, &row.new) else {
             continue;
         };
         // An open class's start lateness measures cloudswarm, not the cloud.
         if b.requests == 0 || n.requests == 0 || row.name.starts_with(crate::ops::ARRIVAL_PREFIX) {
+            continue;
+        }
+        if b.requests.min(n.requests) < limits.min_requests {
+            few += 1;
             continue;
         }
         for &m in &limits.on {
@@ -320,11 +345,12 @@ pub fn compare(
         let name = format!("failure_rate({})", row.name);
         checks.push(Check {
             message: format!(
-                "{name}: {}% → {}% ({:+.2} points; limit +{} points)",
+                "{name}: {}% → {}% ({:+.2} points; limit +{} {})",
                 pct(b.failure_pct),
                 pct(n.failure_pct),
                 change * 100.0,
-                pct(limits.max_failure_increase * 100.0)
+                pct(limits.max_failure_increase * 100.0),
+                points(limits.max_failure_increase)
             ),
             name,
             entry: row.name.clone(),
@@ -338,6 +364,12 @@ pub fn compare(
         row.regressed |= failed;
     }
     let mut notes = Vec::new();
+    if few > 0 {
+        notes.push(format!(
+            "{few} entries with fewer than {} requests in a run are not judged (--min-requests)",
+            limits.min_requests
+        ));
+    }
     if base.profile != new.profile {
         notes.push(format!(
             "the runs used different profiles ({} and {})",
@@ -372,6 +404,15 @@ fn ms(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+/// `point` or `points` for a limit in points (as a fraction).
+pub fn points(limit: f64) -> &'static str {
+    if (limit * 100.0 - 1.0).abs() < 1e-9 {
+        "point"
+    } else {
+        "points"
     }
 }
 
@@ -455,10 +496,11 @@ pub fn table(c: &Comparison) -> String {
     let on: Vec<&str> = c.limits.on.iter().map(|m| m.as_str()).collect();
     let _ = writeln!(
         out,
-        "regression: {} more than {}% worse, or failures up by more than {} points{}",
+        "regression: {} more than {}% worse, or the failure percentage up by more than {} {}{}",
         on.join("/"),
         pct(c.limits.max_regression * 100.0),
         pct(c.limits.max_failure_increase * 100.0),
+        points(c.limits.max_failure_increase),
         if c.limits.gate {
             ""
         } else {
@@ -611,6 +653,21 @@ mod tests {
             "{}",
             table(&c)
         );
+        // Entries with few requests are not judged: noise.
+        let strict = GateArgs {
+            max_regression: Some(0.10),
+            min_requests: 101,
+            ..Default::default()
+        };
+        let c = compare(&a, "a", &b, "b", strict.limits());
+        let judged: Vec<&str> = c.checks.iter().map(|c| c.entry.as_str()).collect();
+        assert_eq!(judged, ["Aggregated", "Aggregated"]);
+        assert!(
+            c.notes[0].contains("2 entries with fewer than 101 requests"),
+            "{:?}",
+            c.notes
+        );
+        let c = compare(&a, "a", &b, "b", gate.limits());
         // Entries of one run only are shown, never judged.
         let only: Vec<&str> = c
             .rows
@@ -636,6 +693,7 @@ mod tests {
             max_regression: Some(0.10),
             on: vec![Metric::Rps],
             max_failure_increase: Some(0.5),
+            ..Default::default()
         };
         let c = compare(&a, "a", &b, "b", rps.limits());
         let failed: Vec<&str> = c.failed_checks().map(|c| c.name.as_str()).collect();

@@ -12,6 +12,39 @@ use super::report::Report;
 use super::{html, junit};
 use crate::stats::{HistoryRow, Snapshot};
 
+/// What a run keeps and compares with: its folder in the state directory
+/// (None when it cannot be made: the run goes on, unkept, with a warning),
+/// the profile's text for its reports, and the baseline.
+pub struct Keep {
+    pub run: Option<KeptRun>,
+    pub profile_text: String,
+    pub baseline: Option<Report>,
+}
+
+impl Keep {
+    pub fn new(
+        profile: &Path,
+        state_dir: &Path,
+        run_id: &crate::naming::RunId,
+        baseline: Option<Report>,
+    ) -> Result<Keep, String> {
+        let profile_text =
+            std::fs::read_to_string(profile).map_err(|e| format!("{}: {e}", profile.display()))?;
+        let run = match KeptRun::open(state_dir, run_id) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("warning: run {run_id} is not kept: {e:#}");
+                None
+            }
+        };
+        Ok(Keep {
+            run,
+            profile_text,
+            baseline,
+        })
+    }
+}
+
 /// A run's end.
 pub struct Ending<'a> {
     /// The JSON report (`json_report` and what the driver adds).

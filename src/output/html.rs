@@ -197,12 +197,12 @@ fn compare_view(c: &Comparison) -> CompareView {
             clock(c.base.started_at)
         ),
         limits: format!(
-            "{} more than {:.4}% worse, or failures up by more than {:.4} points",
+            "{} more than {}% worse, or the failure percentage up by more than {} {}",
             on.join("/"),
-            c.limits.max_regression * 100.0,
-            c.limits.max_failure_increase * 100.0
-        )
-        .replace(".0000", ""),
+            (c.limits.max_regression * 1e6).round() / 1e4,
+            (c.limits.max_failure_increase * 1e6).round() / 1e4,
+            compare::points(c.limits.max_failure_increase)
+        ),
         gate: c.limits.gate,
         headings: compare::COLUMNS.iter().map(|c| c.0).collect(),
         rows: c

@@ -113,7 +113,8 @@ impl From<&HistoryRow> for Point {
         let p = |q: f64| round3(percentile_of(&r.percentiles_ms, q).unwrap_or(0.0));
         let limited = r.generator_limited;
         Point {
-            t: round3(r.timestamp),
+            // Exact: the dashboard asks for the points after the last one's `t`.
+            t: r.timestamp,
             users: r.user_count,
             rps: round3(r.current_rps),
             fails: round3(r.current_fail_per_sec),
@@ -159,6 +160,29 @@ pub struct RunFacts<'a> {
     /// in the report) when nobody knows: the listing failed or clean-up was
     /// interrupted. With `--keep-resources`, what the run holds on purpose.
     pub leaked: Option<u64>,
+}
+
+/// A distributed run's target: each worker's own.
+pub fn on_workers() -> TargetInfo {
+    TargetInfo {
+        ec2_endpoint: "each worker's".into(),
+        s3_endpoint: "each worker's".into(),
+        region: "each worker's".into(),
+    }
+}
+
+/// The report so far (`facts.ended_at` None): what a crash leaves in the
+/// run's folder.
+pub fn report_so_far(
+    facts: &RunFacts<'_>,
+    stats: &crate::stats::Stats,
+    monitor: &super::sla::Monitor,
+) -> serde_json::Value {
+    let (snap, history) = {
+        let data = stats.lock();
+        (data.snapshot(), data.history.clone())
+    };
+    json_report(facts, &snap, &history, &monitor.verdicts(&snap))
 }
 
 /// How many seconds of the history the load generator limited, and why

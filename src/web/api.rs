@@ -767,10 +767,14 @@ impl App {
             Some(n) => format!("the workers left {n} resource(s)"),
             None => "what the workers left is unknown".into(),
         });
-        c.running = false;
         c.outcome = Some(outcome);
         drop(c);
+        // Kept before the clean-up says it is done: a shutdown waits for that.
         self.keep_final(live);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
     }
 
     /// Marks a clean-up of `live` as running; false when one already is.
@@ -810,12 +814,17 @@ impl App {
             ..Default::default()
         });
         tracing::info!(run_id = %live.session.run_id, ?outcome.leaked, "clean-up done");
-        let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
-        c.running = false;
-        c.outcome = Some(outcome);
-        drop(c);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outcome = Some(outcome);
         live.session.mark_stopped();
+        // Kept before the clean-up says it is done: a shutdown waits for that.
         self.keep_final(live);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
     }
 
     /// Rewrites the kept run's snapshot every few seconds until its final
@@ -1045,11 +1054,7 @@ impl App {
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(unix_now);
         let target = match &self.master {
-            Some(_) => crate::target::TargetInfo {
-                ec2_endpoint: "each worker's".into(),
-                s3_endpoint: "each worker's".into(),
-                region: "each worker's".into(),
-            },
+            Some(_) => output::report::on_workers(),
             None => self.clients.info.clone(),
         };
         let counts = live.resources();

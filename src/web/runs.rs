@@ -81,6 +81,7 @@ pub struct CompareQuery {
     max_regression: Option<String>,
     on: Option<String>,
     max_failure_increase: Option<String>,
+    min_requests: Option<u64>,
 }
 
 /// The limits a query gives (`max_regression=10%`, `on=p95,p99`...).
@@ -101,6 +102,7 @@ fn limits(q: &CompareQuery) -> Result<compare::Limits, String> {
         on,
         max_failure_increase: pct(&q.max_failure_increase)
             .map_err(|e| format!("max_failure_increase: {e}"))?,
+        min_requests: q.min_requests.unwrap_or(compare::DEFAULT_MIN_REQUESTS),
     }
     .limits())
 }
