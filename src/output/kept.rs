@@ -72,8 +72,12 @@ impl KeptRun {
         &self.dir
     }
 
-    /// Rewrites `snapshot.json` with the report so far.
+    /// Rewrites `snapshot.json` with the report so far (not once the final
+    /// report is there: a snapshot racing the end must not outlive it).
     pub fn write_snapshot(&self, report: &serde_json::Value) -> Result<()> {
+        if self.dir.join(REPORT).exists() {
+            return Ok(());
+        }
         write_atomic(&self.dir.join(SNAPSHOT), &serde_json::to_vec(report)?)
     }
 
