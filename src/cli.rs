@@ -1,6 +1,6 @@
 //! Command line: `cloudswarm serve` (the dashboard, the default), `run`
-//! (headless swarm), `check` (validate profiles), `cleanup`, `ops`,
-//! `worker` (under a master), `locustfile`. Maps errors to exit codes: 2 for usage and
+//! (headless swarm), `runs` and `compare` (kept runs), `check` (validate
+//! profiles), `cleanup`, `ops`, `worker` (under a master), `locustfile`. Maps errors to exit codes: 2 for usage and
 //! configuration problems, the run's own code otherwise.
 
 use std::path::PathBuf;
@@ -28,8 +28,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve the web dashboard (the default command)
     Serve(Box<crate::web::ServeArgs>),
-    /// Run a swarm headless and print a summary (exit 0 ok, 1 SLA failed, 2 bad input)
+    /// Run a swarm headless and print a summary (exit 0 ok, 1 SLA failed or regressed, 2 bad input)
     Run(Box<RunArgs>),
+    /// List the runs kept in the state directory
+    Runs(crate::results::RunsArgs),
+    /// Compare two runs (ids or JSON reports); a gate with --max-regression (exit 0 ok, 1 regressed, 2 bad input)
+    Compare(Box<crate::results::CompareArgs>),
     /// Validate profile files
     Check {
         /// Profile files (TOML)
@@ -160,6 +164,18 @@ pub fn main() -> i32 {
             0
         }
         Command::Run(args) => block_on(run::run(*args)),
+        Command::Runs(args) => crate::results::runs(&args),
+        Command::Compare(args) => match crate::results::compare(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                if e.downcast_ref::<ConfigError>().is_some() {
+                    2
+                } else {
+                    1
+                }
+            }
+        },
         Command::Cleanup(args) => block_on(crate::reclaim::cleanup(*args)),
         Command::Worker(args) => block_on(crate::cluster::worker::worker(*args)),
         Command::Locustfile { profile } => match profile::load(&profile) {

@@ -8,8 +8,9 @@
 //! [`metrics`] (Prometheus).
 //! [`session`] is one run's life; [`run`] drives it headless and [`web`]
 //! from the browser dashboard; [`reclaim`] cleans up
-//! after runs; [`cluster`] takes a run beyond one machine on Locust's
-//! master/worker protocol; [`cli`] is the command line.
+//! after runs; [`results`] lists the kept runs and compares two;
+//! [`cluster`] takes a run beyond one machine on Locust's master/worker
+//! protocol; [`cli`] is the command line.
 
 pub mod capacity;
 pub mod cleanup;
@@ -27,6 +28,7 @@ pub mod output;
 pub mod profile;
 pub mod reclaim;
 pub mod resources;
+pub mod results;
 pub mod run;
 pub mod session;
 pub mod signals;

@@ -2,8 +2,12 @@
 //! shape (run time or stages), stop, clean-up, then the summary, CSV, JSON and
 //! SLA verdicts. The SLAs (the profile's and `--sla`) are judged every second
 //! while the run goes; `--abort-on-sla-failure` stops it at the first breach.
-//! Exit codes: 0 all SLAs held, 1 an SLA failed (or broke and stopped the
-//! run), 2 usage or configuration error.
+//! Every run is kept in the state directory (`output::kept`: a snapshot
+//! every few seconds, the reports at the end); `--baseline` compares it
+//! with an earlier one, `--html` and `--junit` write reports for CI.
+//! Exit codes: 0 all SLAs held (and no gated regression), 1 an SLA failed
+//! (or broke and stopped the run) or the run regressed, 2 usage or
+//! configuration error.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,6 +18,10 @@ use clap::Args;
 use crate::cluster::master::{Master, MasterArgs};
 use crate::engine::{Engine, MAX_RATE, MAX_USERS, RunState};
 use crate::error::config_err;
+use crate::output::compare::GateArgs;
+use crate::output::finish::Keep;
+use crate::output::kept;
+use crate::output::report::{Report, report_so_far};
 use crate::output::sla::{self, Monitor, Sla, SlaStatus};
 use crate::output::{self, RunFacts};
 use crate::profile;
@@ -151,6 +159,20 @@ pub struct RunArgs {
     /// Write the JSON report to FILE
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the self-contained HTML report to FILE (opens offline)
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write a JUnit XML report to FILE: a test case per SLA and per regression check
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Compare with this run at the end: a run id kept in the state directory, or a JSON report's path
+    #[arg(long, value_name = "RUN_OR_REPORT")]
+    pub baseline: Option<String>,
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Keep at most N runs in the state directory, this one included: the oldest are deleted when a run starts (0: keep all)
+    #[arg(long, default_value_t = kept::DEFAULT_KEEP_RUNS, value_name = "N")]
+    pub keep_runs: usize,
     /// SLA judged every second and at the end, e.g. "p95(ec2:RunInstances)<2s", "failure_rate<1%", over the last minutes "p95[5m](ec2:RunInstances)<2s"; repeatable, added to the profile's `sla = [...]`
     #[arg(long = "sla", value_name = "EXPR")]
     pub sla: Vec<String>,
@@ -186,9 +208,11 @@ pub struct RunArgs {
 /// Runs a headless swarm; returns the process exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     signals::take_over();
-    let (profile, slas) = validate(&args)?;
+    let (profile, slas, baseline) = validate(&args)?;
+    // The baseline is read: pruning may delete its folder now.
+    kept::prune_for_new_run(&args.limits.state_dir(), args.keep_runs);
     if args.master.master {
-        return run_master(args, profile, slas).await;
+        return run_master(args, profile, slas, baseline).await;
     }
     let clients = args
         .target
@@ -220,26 +244,66 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     }
     let t0 = Instant::now();
     let monitor = Monitor::new(slas.clone(), session.started_at);
-    let driven = drive(&args, &session, &monitor, &slas, t0).await?;
-    let peak_users = session.engine.peak_users();
-    stop(&args, &session).await;
-    let duration_s = t0.elapsed().as_secs_f64();
-    let ended = finish(&args, &session).await;
+    let keep = keep(&args, &session.run_id, baseline)?;
+    let target = info.clone();
+    // Until the end, the run's folder holds a snapshot of the report so far.
+    let snapshot = || {
+        let facts = RunFacts {
+            run_id: &session.run_id,
+            profile: &session.engine.profile.name,
+            profile_text: &keep.profile_text,
+            target: &target,
+            started_at: session.started_at,
+            ended_at: None,
+            duration_s: t0.elapsed().as_secs_f64(),
+            users: session.engine.peak_users(),
+            resources: &session.tracker.counts(),
+            leaked: None,
+        };
+        report_so_far(&facts, &session.ctx.stats, &monitor)
+    };
+    let work = async {
+        let driven = drive(&args, &session, &monitor, &slas, t0).await?;
+        let peak_users = session.engine.peak_users();
+        stop(&args, &session).await;
+        let duration_s = t0.elapsed().as_secs_f64();
+        let ended = finish(&args, &session).await;
+        Ok::<_, anyhow::Error>((driven, peak_users, duration_s, ended))
+    };
+    let (driven, peak_users, duration_s, ended) =
+        kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await?;
     let facts = RunFacts {
         run_id: &session.run_id,
         profile: &session.engine.profile.name,
+        profile_text: &keep.profile_text,
+        target: &target,
         started_at: session.started_at,
+        ended_at: Some(crate::output::report::unix_now()),
         duration_s,
         users: peak_users,
         resources: &session.tracker.counts(),
         leaked: ended.leaked,
     };
-    report(&args, &session, &facts, &ended.failed, &monitor, driven)
+    report(
+        &args,
+        &session,
+        &facts,
+        &ended.failed,
+        &monitor,
+        driven,
+        &keep,
+    )
+}
+
+/// What the run keeps and compares with (`output::finish::Keep`).
+fn keep(args: &RunArgs, run_id: &crate::naming::RunId, baseline: Option<Report>) -> Result<Keep> {
+    Keep::new(&args.profile, &args.limits.state_dir(), run_id, baseline).map_err(config_err)
 }
 
 /// Checks what can be checked before anything is sent: the profile, the
-/// SLAs, the user count and rate, and that the reports can be written.
-fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
+/// SLAs, the user count and rate, that the reports can be written, and
+/// the baseline (read now: a run regresses against what it was then).
+fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>, Option<Report>)> {
     let profile = profile::load(&args.profile).map_err(|e| config_err(e.to_string()))?;
     let slas = sla::for_run(&profile, &args.profile, &args.sla).map_err(config_err)?;
     if args.abort_on_sla_failure && slas.is_empty() {
@@ -293,11 +357,25 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>)> {
         .iter()
         .flat_map(|p| output::csv_paths(p, !slas.is_empty()))
         .map(|p| ("--csv", p))
-        .chain(args.json.iter().map(|p| ("--json", p.clone())));
+        .chain(args.json.iter().map(|p| ("--json", p.clone())))
+        .chain(args.html.iter().map(|p| ("--html", p.clone())))
+        .chain(args.junit.iter().map(|p| ("--junit", p.clone())));
     for (flag, path) in outputs {
         output::check_writable(&path).map_err(|e| config_err(format!("{flag}: {e:#}")))?;
     }
-    Ok((profile, slas))
+    if args.gate.gates() && args.baseline.is_none() {
+        bail!(config_err(
+            "--max-regression and --max-failure-increase judge a comparison: give --baseline RUN_OR_REPORT"
+        ));
+    }
+    let baseline = match &args.baseline {
+        Some(b) => Some(
+            kept::resolve(&args.limits.state_dir(), b)
+                .map_err(|e| config_err(format!("--baseline: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok((profile, slas, baseline))
 }
 
 /// `--metrics-bind`: Prometheus metrics of the run on their own port.
@@ -550,6 +628,7 @@ fn report(
     failed: &[(String, String, String)],
     monitor: &Monitor,
     driven: Driven,
+    keep: &Keep,
 ) -> Result<i32> {
     let run_id = &session.run_id;
     let live: Vec<String> = facts
@@ -573,12 +652,14 @@ fn report(
     let history = session.ctx.stats.lock().history.clone();
     let snap = session.ctx.stats.snapshot();
     outputs(
-        args, facts, &snap, &history, &warnings, None, monitor, driven,
+        args, facts, &snap, &history, &warnings, None, monitor, driven, keep,
     )
 }
 
 /// The summary, warnings, CSV and JSON reports (`extra` joins the JSON
-/// report's keys) and SLA verdicts of a run, local or distributed.
+/// report's keys) and SLA verdicts of a run, local or distributed; the
+/// kept run's files, `--html`, `--junit` and the comparison with
+/// `--baseline` (`output::finish`).
 #[allow(clippy::too_many_arguments)]
 fn outputs(
     args: &RunArgs,
@@ -589,6 +670,7 @@ fn outputs(
     extra: Option<(&str, serde_json::Value)>,
     monitor: &Monitor,
     driven: Driven,
+    keep: &Keep,
 ) -> Result<i32> {
     println!("{}", output::summary_table(snap));
     if let Some(c) = &driven.capacity {
@@ -615,20 +697,42 @@ fn outputs(
     {
         unwritten.push(format!("--csv: {e:#}"));
     }
-    if let Some(path) = &args.json {
-        let mut report = output::json_report(facts, snap, history, &verdicts);
-        report["aborted_by_sla"] = serde_json::to_value(&driven.aborted).unwrap_or_default();
-        if let Some(c) = &driven.capacity {
-            report["capacity"] = serde_json::to_value(c).unwrap_or_default();
-        }
-        if let Some((k, v)) = extra {
-            report[k] = v;
-        }
-        if let Err(e) = output::write_json(path, &report) {
-            unwritten.push(format!("--json: {e:#}"));
-        }
+    let mut report = output::json_report(facts, snap, history, &verdicts);
+    report["aborted_by_sla"] = serde_json::to_value(&driven.aborted).unwrap_or_default();
+    if let Some(c) = &driven.capacity {
+        report["capacity"] = serde_json::to_value(c).unwrap_or_default();
+    }
+    if let Some((k, v)) = extra {
+        report[k] = v;
+    }
+    let ended = output::finish::finish(output::finish::Ending {
+        report,
+        snap,
+        history,
+        verdicts: &verdicts,
+        kept: keep.run.as_ref(),
+        baseline: keep.baseline.as_ref().zip(args.baseline.as_deref()),
+        limits: args.gate.limits(),
+        html: args.html.as_deref(),
+        junit: args.junit.as_deref(),
+    });
+    unwritten.extend(ended.unwritten);
+    if let Some(path) = &args.json
+        && let Err(e) = output::write_json(path, &ended.report)
+    {
+        unwritten.push(format!("--json: {e:#}"));
     }
     let mut code = 0;
+    if let Some(c) = &ended.comparison {
+        println!(
+            "\nCompared with {}:\n{}",
+            c.base.source,
+            output::compare::table(c)
+        );
+        if c.failed() {
+            code = 1;
+        }
+    }
     for v in &verdicts {
         println!("SLA {:<40} {}", v.sla, v.describe());
         if !v.held {
@@ -662,7 +766,12 @@ fn outputs(
 /// `--expect-workers`, starts them under one run id, drives the load shape,
 /// stops them (each cleans up what it made), quits them, then reports the
 /// merged figures, with the workers, like a local run.
-async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) -> Result<i32> {
+async fn run_master(
+    args: RunArgs,
+    profile: profile::Profile,
+    slas: Vec<Sla>,
+    baseline: Option<Report>,
+) -> Result<i32> {
     for w in args.master.warnings() {
         eprintln!("{w}");
     }
@@ -773,29 +882,54 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
     // The master's figures: its workers' reports merged, judged like a local run's.
     let monitor = Monitor::new(slas, started_at);
     let stats = master.stats();
-    let reason = tokio::select! {
-        _ = run_time => "run time reached".to_string(),
-        e = shape_done => {
-            driven.stage_error = e;
-            if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
-        }
-        broke = watch_slas(&monitor, &stats, args.abort_on_sla_failure) => {
-            let why = broke.describe();
-            driven.aborted = Some(broke);
-            why
-        }
-        _ = master.stopped_by_itself() => "every worker went missing".to_string(),
-        _ = signals::shutdown() => "interrupted".to_string(),
+    // Kept on this machine, without a journal: each worker keeps its own.
+    let keep = keep(&args, &run_id, baseline)?;
+    let target = crate::output::report::on_workers();
+    let snapshot = || {
+        let facts = RunFacts {
+            run_id: &run_id,
+            profile: &name,
+            profile_text: &keep.profile_text,
+            target: &target,
+            started_at,
+            ended_at: None,
+            duration_s: t0.elapsed().as_secs_f64(),
+            users: master.peak_users(),
+            resources: &master.resources(),
+            leaked: None,
+        };
+        let mut r = report_so_far(&facts, &stats, &monitor);
+        r["workers"] = serde_json::to_value(master.workers()).unwrap_or_default();
+        r
     };
-    status.abort();
-    eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
-    let peak_users = master.peak_users();
-    let limit = args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
-    let progress = |m: &str| eprintln!("clean-up: {m}");
-    tokio::select! {
-        _ = master.stop(limit, &progress) => {}
-        _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
-    }
+    let work = async {
+        let reason = tokio::select! {
+            _ = run_time => "run time reached".to_string(),
+            e = shape_done => {
+                driven.stage_error = e;
+                if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
+            }
+            broke = watch_slas(&monitor, &stats, args.abort_on_sla_failure) => {
+                let why = broke.describe();
+                driven.aborted = Some(broke);
+                why
+            }
+            _ = master.stopped_by_itself() => "every worker went missing".to_string(),
+            _ = signals::shutdown() => "interrupted".to_string(),
+        };
+        status.abort();
+        eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
+        let peak_users = master.peak_users();
+        let limit =
+            args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
+        let progress = |m: &str| eprintln!("clean-up: {m}");
+        tokio::select! {
+            _ = master.stop(limit, &progress) => {}
+            _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
+        }
+        peak_users
+    };
+    let peak_users = kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await;
     let duration_s = t0.elapsed().as_secs_f64();
     // What the workers said, before they quit (and leave the list).
     let resources = master.resources();
@@ -809,7 +943,10 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
     let facts = RunFacts {
         run_id: &run_id,
         profile: &name,
+        profile_text: &keep.profile_text,
+        target: &target,
         started_at,
+        ended_at: Some(crate::output::report::unix_now()),
         duration_s,
         users: peak_users,
         resources: &resources,
@@ -850,6 +987,7 @@ async fn run_master(args: RunArgs, profile: profile::Profile, slas: Vec<Sla>) ->
         Some(("workers", workers)),
         &monitor,
         driven,
+        &keep,
     )
 }
 

@@ -32,7 +32,7 @@ pub struct Limits {
     /// How long clean-up may take before giving up on what is left
     #[arg(long, default_value = "10m", value_parser = crate::units::parse_duration)]
     pub cleanup_timeout: Duration,
-    /// Where run journals live (default: the user's state directory)
+    /// Where runs are kept: their journals and reports (default: the user's state directory)
     #[arg(long, env = "CLOUDSWARM_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Most instances alive at once

@@ -1,6 +1,8 @@
 // The dashboard's behaviour: polls /stats/requests every second, fills the
 // top bar and tables, keeps the chart history (loaded from the server, so a
-// reload keeps it), and drives the start/edit form, stop, reset and clean-up.
+// reload keeps it), and drives the start/edit form, stop, reset and clean-up;
+// the Runs tab lists the kept runs (/runs.json) and compares two
+// (/compare.json: the table, and both runs' charts on seconds since start).
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -38,6 +40,8 @@
     document.querySelectorAll(".tab").forEach(function (a) { a.classList.toggle("active", a.dataset.tab === name); });
     document.querySelectorAll(".tab-body").forEach(function (s) { s.hidden = s.id !== "tab-" + name; });
     if (name === "charts") CloudswarmCharts.drawAll(history);
+    if (name === "runs") loadRuns();
+    if (name === "runs" && compared) CloudswarmCharts.drawCompare(compared.base, compared.new, "chart-compare-");
   }
   document.querySelectorAll(".tab").forEach(function (a) {
     a.addEventListener("click", function (e) { e.preventDefault(); showTab(a.dataset.tab); history_replace(a.dataset.tab); });
@@ -240,6 +244,121 @@
     }));
   }
 
+  // ---- kept runs: the list, each run's files, and a comparison of two
+  var runs = [];
+  var runsTick = 0;
+  var compared = null;
+  var ticked = {};
+  function duration(s) {
+    s = Math.round(s || 0);
+    var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    return (h ? h + "h" : "") + (h || m ? m + "m" : "") + r + "s";
+  }
+  function link(td, href, text, download) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = text;
+    if (!download) a.target = "_blank";
+    td.appendChild(a);
+  }
+  var FILE_LINKS = [["report.html", "Report"], ["report.json", "JSON"], ["snapshot.json", "Snapshot"],
+    ["stats.csv", "Stats CSV"], ["failures.csv", "Failures CSV"], ["stats_history.csv", "History CSV"], ["sla.csv", "SLA CSV"]];
+  function renderRuns() {
+    var tb = document.querySelector("#runs-table tbody");
+    tb.replaceChildren.apply(tb, runs.map(function (r) {
+      var tr = document.createElement("tr");
+      tr.dataset.run = r.run_id;
+      var box = document.createElement("input");
+      box.type = "checkbox";
+      box.className = "run-pick";
+      box.value = r.run_id;
+      box.checked = !!ticked[r.run_id];
+      box.disabled = r.state === "journal_only";
+      box.addEventListener("change", function () {
+        if (box.checked) ticked[r.run_id] = true; else delete ticked[r.run_id];
+        pickable();
+      });
+      var td = document.createElement("td");
+      td.appendChild(box);
+      tr.appendChild(td);
+      cell(tr, r.run_id);
+      cell(tr, r.profile);
+      cell(tr, r.started_at ? new Date(r.started_at * 1000).toLocaleString() : "");
+      var none = r.state === "journal_only";
+      cell(tr, none ? "" : duration(r.duration_s), "num");
+      cell(tr, none ? "" : num(r.users, 0), "num");
+      cell(tr, none ? "" : num(r.requests, 0), "num");
+      cell(tr, none ? "" : num(r.failure_pct, 2) + "%", "num" + (r.failure_pct > 0 ? " bad" : ""));
+      cell(tr, r.sla === "none" ? "—" : r.sla, r.sla === "FAILED" ? "bad" : r.sla === "held" ? "good" : "");
+      var files = cell(tr, "", "files");
+      FILE_LINKS.forEach(function (f) {
+        if ((r.files || []).indexOf(f[0]) >= 0) link(files, "/runs/" + r.run_id + "/" + f[0], f[1], f[0] !== "report.html");
+      });
+      var notes = [];
+      if (r.run_id === runs.current) notes.push("the current run");
+      if (r.state === "snapshot") notes.push("no final report (crashed, or still running)");
+      if (r.state === "journal_only") notes.push("journal only (a worker's share, or from before reports were kept)");
+      if (r.workers) notes.push("on workers: no journal here");
+      cell(tr, notes.join("; "), "hint");
+      return tr;
+    }));
+    $("runs-empty").hidden = runs.length > 0;
+    pickable();
+  }
+  function pickable() {
+    var n = Object.keys(ticked).filter(function (id) { return runs.some(function (r) { return r.run_id === id; }); }).length;
+    $("compare-button").disabled = n !== 2;
+  }
+  function loadRuns() {
+    fetch("/runs.json", { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (d) {
+      runs = d.runs || [];
+      runs.current = d.current;
+      renderRuns();
+    });
+  }
+  $("compare-button").addEventListener("click", function () {
+    var picked = runs.filter(function (r) { return ticked[r.run_id]; });
+    if (picked.length !== 2) return;
+    // The older run is the base.
+    picked.sort(function (a, b) { return a.started_at - b.started_at; });
+    $("compare-error").textContent = "";
+    fetch("/compare.json?base=" + encodeURIComponent(picked[0].run_id) + "&new=" + encodeURIComponent(picked[1].run_id), { cache: "no-store" })
+      .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, j: j }; }); })
+      .then(function (res) {
+        if (!res.ok) { $("compare-error").textContent = res.j.message; return; }
+        showCompare(res.j);
+      }).catch(function (err) { $("compare-error").textContent = "cannot reach the dashboard: " + err; });
+  });
+  function showCompare(d) {
+    var c = d.comparison;
+    compared = d;
+    $("compare-view").hidden = false;
+    $("compare-title").textContent = "Run " + c.new.run_id + " (" + c.new.profile + ") compared with " + c.base.run_id + " (" + c.base.profile + ")";
+    $("compare-limits").textContent = "Regression: " + c.limits.on.join("/") + " more than " + num(c.limits.max_regression * 100, 1) +
+      "% worse, or the failure percentage up by more than " + num(c.limits.max_failure_increase * 100, 1) + " points" +
+      (c.limits.min_requests ? "; entries with fewer than " + c.limits.min_requests + " requests in a run are not judged." : ".");
+    var head = document.querySelector("#compare-table thead tr");
+    var th = function (t, cls) { var e = document.createElement("th"); e.textContent = t; if (cls) e.className = cls; return e; };
+    head.replaceChildren.apply(head, [th(""), th("Name")].concat(d.headings.map(function (h) { return th(h, "num"); })));
+    var tb = document.querySelector("#compare-table tbody");
+    tb.replaceChildren.apply(tb, c.rows.map(function (row, i) {
+      var tr = document.createElement("tr");
+      tr.dataset.name = row.name;
+      if (row.regressed) tr.className = "regressed";
+      cell(tr, row.regressed ? "!" : "", "bad");
+      cell(tr, row.name);
+      d.cells[i].forEach(function (v) { cell(tr, v, "num"); });
+      return tr;
+    }));
+    var failed = c.checks.filter(function (k) { return k.failed; });
+    $("compare-verdict").textContent = failed.length ? "REGRESSED: " + failed.length + " of " + c.checks.length + " checks" : "No regression (" + c.checks.length + " checks).";
+    $("compare-verdict").className = failed.length ? "bad" : "good";
+    var ul = $("compare-failed");
+    ul.replaceChildren.apply(ul, failed.map(function (k) { var li = document.createElement("li"); li.textContent = k.message; return li; })
+      .concat((c.notes || []).map(function (n) { var li = document.createElement("li"); li.className = "hint"; li.textContent = "Note: " + n; return li; })));
+    CloudswarmCharts.drawCompare(d.base, d.new, "chart-compare-");
+  }
+
   // ---- polling
   function lastT() { return history.length ? history[history.length - 1].t : 0; }
   function poll() {
@@ -252,6 +371,8 @@
       var h = res[1].history || [];
       if (h.length && h[0].t < lastT()) history = h; else history = history.concat(h);
       render();
+      // The Runs tab follows runs that end meanwhile.
+      if (!$("tab-runs").hidden && ++runsTick % 5 === 0) loadRuns();
     }).catch(function () {
       $("status").textContent = "offline";
       $("status").className = "state state-offline";
@@ -335,7 +456,10 @@
   $("stop-button").addEventListener("click", function () { fetch("/stop", { method: "POST" }); });
   $("reset-button").addEventListener("click", function () { fetch("/stats/reset", { method: "POST" }); });
   $("cleanup-button").addEventListener("click", function () { fetch("/cleanup", { method: "POST" }); });
-  window.addEventListener("resize", function () { if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history); });
+  window.addEventListener("resize", function () {
+    if (!$("tab-charts").hidden) CloudswarmCharts.drawAll(history);
+    if (!$("tab-runs").hidden && compared) CloudswarmCharts.drawCompare(compared.base, compared.new, "chart-compare-");
+  });
 
   // First state: the form is open only when nothing runs.
   fetch("/stats/requests").then(function (r) { return r.json(); }).then(function (d) {

@@ -1019,6 +1019,26 @@ async fn a_dashboard_that_is_a_master_runs_on_its_workers_and_shows_them() {
         m.body
     );
     assert!(everything_of_run(&moto, &run_id).await.is_empty());
+    // The run is kept on the master's machine, without a journal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs = json(&d.http("GET", "/runs.json", &[], ""));
+        if runs["runs"][0]["state"] == "complete" || Instant::now() > deadline {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let kept = &runs["runs"][0];
+    assert_eq!(kept["run_id"], run_id.as_str(), "{runs}");
+    assert_eq!(
+        (&kept["state"], &kept["workers"], &kept["journal"]),
+        (
+            &Value::from("complete"),
+            &Value::from(true),
+            &Value::from(false)
+        ),
+        "{runs}"
+    );
     drop(b);
     // The dashboard's shutdown tells its workers to quit.
     assert!(d.terminate().success());
@@ -1433,4 +1453,249 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
             .starts_with("requests[5s](s3:PutObject)<3,false,"),
         "{csv}"
     );
+}
+
+/// Pixels of the newer run's colour (#f778ba) in a comparison chart.
+const COMPARE_PIXELS: &str = r#"
+  const c = document.getElementById(arguments[0]);
+  const ctx = c.getContext('2d');
+  const top = Math.ceil(24 * (window.devicePixelRatio || 1));
+  const d = ctx.getImageData(0, top, c.width, c.height - top).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4)
+    if (Math.abs(d[i] - 247) < 12 && Math.abs(d[i+1] - 120) < 12 && Math.abs(d[i+2] - 186) < 12 && d[i+3] > 200) n++;
+  return n;
+"#;
+
+/// Two headless runs (one writing `--html`) and one from the dashboard are
+/// kept: `/runs.json` and the Runs tab list them, after a restart of
+/// `serve` too; each run's files download; two ticked runs compare (table
+/// and overlaid charts); the `--html` report opens offline.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_runs_survive_a_restart_and_compare_in_the_runs_tab() {
+    let _one = BROWSER.lock().await;
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("objects.toml"),
+        "[params]\nobject_size = \"16KiB\"\n[[user]]\nname = \"objects\"\nwait = { constant = 0.05 }\n\
+         [[user.task]]\nop = \"s3:PutObject\"\n[[user.task]]\nop = \"s3:GetObject\"\nweight = 2\n",
+    )
+    .unwrap();
+    let profile = profiles.join("objects.toml");
+    let html = dir.path().join("a.html");
+    let mut ids = Vec::new();
+    for extra in [vec!["--html", html.to_str().unwrap()], vec![]] {
+        let mut args = vec![
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "2",
+            "-r",
+            "10",
+            "-t",
+            "4s",
+        ];
+        args.extend(extra);
+        let o = run_against(&moto, &state, &args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let id = err
+            .lines()
+            .find_map(|l| l.strip_prefix("cloudswarm run "))
+            .and_then(|l| l.split(':').next())
+            .unwrap()
+            .to_string();
+        ids.push(id);
+    }
+    let listed = |d: &Dashboard| -> Vec<Value> {
+        json(&d.http("GET", "/runs.json", &[], ""))["runs"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let dash_args = ["--profiles-dir", profiles.to_str().unwrap()];
+    let mut d = Dashboard::start_in(&moto.url, &state, &dash_args);
+    let runs = listed(&d);
+    let got: Vec<&str> = runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(got, [ids[1].as_str(), ids[0].as_str()], "{runs:?}");
+
+    // A run from the dashboard is kept the same way.
+    let r = d.http(
+        "POST",
+        "/swarm",
+        &[],
+        &form(&[
+            ("user_count", "2"),
+            ("spawn_rate", "10"),
+            ("profile", "objects"),
+            ("run_time", "3s"),
+        ]),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dash_id = json(&r)["run_id"].as_str().unwrap().to_string();
+    d.wait_for(
+        "the run to stop and clean up",
+        Duration::from_secs(90),
+        |v| v["state"] == "stopped" && v["cleanup"]["outcome"]["leaked"] == 0,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let runs = listed(&d);
+        if runs[0]["state"] == "complete" {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "not kept: {runs:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["run_id"], dash_id.as_str());
+    assert_eq!(runs[0]["journal"], true);
+    assert_eq!(runs[0]["profile"], "objects");
+    assert!(runs[0]["requests"].as_u64().unwrap() > 0, "{runs:?}");
+    let page = d.http("GET", &format!("/runs/{dash_id}/report.html"), &[], "");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&dash_id) && page.body.contains("s3:PutObject"));
+    assert!(
+        page.header("content-disposition").is_none(),
+        "opens in the browser"
+    );
+    let csv = d.http("GET", &format!("/runs/{dash_id}/stats.csv"), &[], "");
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.header("content-disposition")
+            .unwrap()
+            .contains(&format!("cloudswarm_{dash_id}_stats.csv"))
+    );
+    assert!(csv.body.starts_with("Type,Name,Request Count"));
+    for bad in [
+        format!("/runs/{dash_id}/secret.txt"),
+        format!("/runs/{dash_id}/..%2Frun.json"),
+        "/runs/NOT-AN-ID/report.json".to_string(),
+        "/runs/nosuchrun/report.json".to_string(),
+    ] {
+        assert_eq!(d.http("GET", &bad, &[], "").status, 404, "{bad}");
+    }
+
+    // They survive a restart of serve.
+    assert_eq!(d.terminate().code(), Some(0));
+    let d = Dashboard::start_in(&moto.url, &state, &dash_args);
+    let again: Vec<String> = listed(&d)
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(again, [dash_id.clone(), ids[1].clone(), ids[0].clone()]);
+    let c = d.http(
+        "GET",
+        &format!("/compare.json?base={}&new={}", ids[0], ids[1]),
+        &[],
+        "",
+    );
+    assert_eq!(c.status, 200, "{}", c.body);
+    let c = json(&c);
+    assert_eq!(c["comparison"]["base"]["run_id"], ids[0].as_str());
+    assert!(c["base"]["history"].as_array().unwrap().len() >= 3, "{c}");
+    let bad = d.http(
+        "GET",
+        &format!("/compare.json?base={}&new=nosuchrun", ids[0]),
+        &[],
+        "",
+    );
+    assert_eq!(bad.status, 404, "{}", bad.body);
+
+    // The Runs tab: the list, then two ticked runs compared.
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&format!("{}/#runs", d.url)).await.unwrap();
+    let rows = until(
+        &b,
+        "the kept runs",
+        Duration::from_secs(30),
+        "const r = Array.from(document.querySelectorAll('#runs-table tbody tr')).map(tr => tr.dataset.run); return r.length === 3 ? r : null",
+    )
+    .await;
+    assert_eq!(rows, serde_json::json!([dash_id, ids[1], ids[0]]));
+    let links = js(
+        &b,
+        &format!(
+            "return Array.from(document.querySelectorAll('tr[data-run=\"{}\"] td.files a')).map(a => a.getAttribute('href'))",
+            ids[0]
+        ),
+    )
+    .await;
+    assert!(
+        links
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(format!("/runs/{}/report.html", ids[0]))),
+        "{links}"
+    );
+    click(&b, &format!("tr[data-run=\"{}\"] input.run-pick", ids[1])).await;
+    click(&b, &format!("tr[data-run=\"{}\"] input.run-pick", ids[0])).await;
+    click(&b, "#compare-button").await;
+    let names = until(
+        &b,
+        "the comparison table",
+        Duration::from_secs(30),
+        "return Array.from(document.querySelectorAll('#compare-table tbody tr')).map(tr => tr.dataset.name)",
+    )
+    .await;
+    let names: Vec<&str> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"s3:GetObject") && names.last() == Some(&"Aggregated"),
+        "{names:?}"
+    );
+    let title = js(
+        &b,
+        "return document.getElementById('compare-title').textContent",
+    )
+    .await;
+    assert!(
+        title
+            .as_str()
+            .unwrap()
+            .contains(&format!("compared with {}", ids[0])),
+        "the older run is the base: {title}"
+    );
+    for chart in ["chart-compare-rps", "chart-compare-p95"] {
+        until(
+            &b,
+            &format!("the newer run's line in {chart}"),
+            Duration::from_secs(30),
+            &format!(
+                "const n = (function() {{ {COMPARE_PIXELS} }})('{chart}'); return n > 40 ? n : null"
+            ),
+        )
+        .await;
+    }
+
+    // The first run's --html report opens offline: its table and chart.
+    b.goto(&format!("file://{}", html.display())).await.unwrap();
+    let rows = until(
+        &b,
+        "the --html report's table",
+        Duration::from_secs(30),
+        "return Array.from(document.querySelectorAll('table.stats tbody tr td:first-child')).map(td => td.textContent)",
+    )
+    .await;
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r == "s3:GetObject"),
+        "{rows}"
+    );
+    until(
+        &b,
+        "the --html report's RPS line",
+        Duration::from_secs(30),
+        &format!("const n = (function() {{ {LINE_PIXELS} }})(); return n > 40 ? n : null"),
+    )
+    .await;
+    b.close().await.unwrap();
 }

@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
         "cluster::master",
         "capacity",
     ],
-    &["run", "reclaim", "web", "cluster::worker"],
+    &["run", "reclaim", "results", "web", "cluster::worker"],
     &["cli"],
 ];
 

@@ -1,8 +1,10 @@
 //! Metrics against a real Prometheus: a swarm on moto (with an nginx in front
 //! of S3 that throttles HEAD requests, so errors and throttling have data),
-//! scraped through the dashboard's token; then every query of every panel of
-//! the Grafana dashboard must return data. Plus structural checks on the
-//! dashboard JSON and the headless `--metrics-bind`.
+//! scraped through the dashboard's token; then every query of every panel
+//! and annotation of the Grafana dashboard must return data, for every run
+//! and for the run's own id (the `run_id` variable), and the compare row
+//! with a short offset. Plus structural checks on the dashboard JSON and
+//! the headless `--metrics-bind`.
 
 mod common;
 
@@ -39,7 +41,41 @@ fn dashboard_json_is_well_formed() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert!(vars.contains("datasource") && vars.contains("instance") && vars.contains("op"));
+    for v in [
+        "datasource",
+        "instance",
+        "op",
+        "run_id",
+        "compare_offset",
+        "base_run_id",
+    ] {
+        assert!(vars.contains(v), "no ${v} variable");
+    }
+    // Every variable a query uses is defined (or one of Grafana's own).
+    let defined = |title: &str, expr: &str| {
+        for part in expr.split('$').skip(1) {
+            let name: String = part
+                .trim_start_matches('{')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                vars.contains(name.as_str()) || name.starts_with("__"),
+                "{title}: ${name} is not a dashboard variable"
+            );
+        }
+    };
+    // Runs and SLA breaches are annotations from Prometheus queries.
+    let notes = annotations(&d);
+    let names: Vec<&str> = notes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Runs", "SLA breaches"]);
+    for a in d["annotations"]["list"].as_array().unwrap() {
+        if a["builtIn"] == 1 {
+            continue;
+        }
+        assert_eq!(a["datasource"]["uid"], "${datasource}", "{a}");
+        defined(a["name"].as_str().unwrap(), a["expr"].as_str().unwrap());
+    }
     let ds_var = d["templating"]["list"]
         .as_array()
         .unwrap()
@@ -94,19 +130,16 @@ fn dashboard_json_is_well_formed() {
         }
         for t in p["targets"].as_array().unwrap() {
             let expr = t["expr"].as_str().unwrap();
-            // Every $variable is defined (or one of Grafana's own).
-            for part in expr.split('$').skip(1) {
-                let name: String = part
-                    .trim_start_matches('{')
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                assert!(
-                    vars.contains(name.as_str()) || name.starts_with("__"),
-                    "{title}: ${name} is not a dashboard variable"
-                );
-            }
+            defined(title, expr);
             assert!(!expr.contains("[5m]"), "{title}: use $__rate_interval");
+            // Every panel but the workers' follows the Run variable (the
+            // compare row's earlier queries, the Compared run).
+            assert!(
+                expr.contains("$run_id")
+                    || expr.contains("$base_run_id")
+                    || expr.contains("cloudswarm_workers"),
+                "{title}: not narrowed to $run_id: {expr}"
+            );
         }
     }
 }
@@ -219,10 +252,31 @@ wait = { constant = 0.1 }
 sequence = ["s3:PutObject", "s3:GetObject", "s3:HeadObject"]
 "#;
 
-/// Every Grafana panel's queries that a dashboard (a master when
-/// `master`) feeds, with the test's values for the variables.
-fn panel_queries(master: bool) -> Vec<(String, String)> {
-    panels(&dashboard_json())
+/// The dashboard's Prometheus annotations: (name, query).
+fn annotations(d: &Value) -> Vec<(String, String)> {
+    d["annotations"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["datasource"]["type"] == "prometheus")
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["expr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every Grafana panel's and annotation's queries that a dashboard (a
+/// master when `master`) feeds, with the test's values for the variables:
+/// `run_id` the run's id (or `.*`: All), the compare row 10 s back.
+fn panel_queries(master: bool, run_id: &str) -> Vec<(String, String)> {
+    let d = dashboard_json();
+    let notes = annotations(&d)
+        .into_iter()
+        .map(|(n, e)| (format!("annotation {n}"), e));
+    panels(&d)
         .into_iter()
         .filter(|p| p["type"] != "row")
         .flat_map(|p| {
@@ -233,14 +287,20 @@ fn panel_queries(master: bool) -> Vec<(String, String)> {
                         p["title"].as_str().unwrap(),
                         t["refId"].as_str().unwrap()
                     ),
-                    t["expr"]
-                        .as_str()
-                        .unwrap()
-                        .replace("$__rate_interval", "15s")
-                        .replace("$instance", ".*")
-                        .replace("$op", ".*"),
+                    t["expr"].as_str().unwrap().to_string(),
                 )
             })
+        })
+        .chain(notes)
+        .map(|(what, e)| {
+            let e = e
+                .replace("$__rate_interval", "15s")
+                .replace("$instance", ".*")
+                .replace("$op", ".*")
+                .replace("$run_id", run_id)
+                .replace("$base_run_id", ".*")
+                .replace("$compare_offset", "10s");
+            (what, e)
         })
         // Only a master has workers; a master has no engine of its own, so
         // no generator health (that stays on each worker).
@@ -318,10 +378,22 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     assert_eq!(r.status, 200, "{}", r.body);
     let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
 
-    let exprs = panel_queries(false);
+    let run_id = json_of(&r.body)["run_id"].as_str().unwrap().to_string();
+    let exprs = panel_queries(false, ".*");
     assert!(exprs.len() >= 20, "{} queries", exprs.len());
-    // Give the run time to produce every kind of sample, then require all.
+    // Give the run time to produce every kind of sample, then require all:
+    // for every run, and for this run's id.
     require_data(&prom, &exprs);
+    require_data(&prom, &panel_queries(false, &run_id));
+    // Another run's id keeps nothing.
+    let other = panel_queries(false, "nosuchrun");
+    for (what, expr) in other
+        .iter()
+        .filter(|(w, _)| w.starts_with("Requests/s by op"))
+    {
+        let v = prom.query(expr);
+        assert_eq!(v["data"]["result"], serde_json::json!([]), "{what}: {v}");
+    }
     // The figures agree with the dashboard's own statistics.
     let throttled = prom.query("sum(cloudswarm_throttled_total{op=\"s3:HeadObject\"})");
     let n: f64 = throttled["data"]["result"][0]["value"][1]
@@ -352,6 +424,34 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
         runs["data"]["result"][0]["metric"]["profile"], "metrics",
         "{runs}"
     );
+    assert_eq!(
+        runs["data"]["result"][0]["metric"]["run_id"],
+        run_id.as_str()
+    );
+
+    // Stopped, the run is no longer active: its annotation region ends.
+    let r = d.http("POST", "/stop", &[("Authorization", &bearer)], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let active = format!("cloudswarm_run_active{{run_id=\"{run_id}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = prom.query(&active);
+        if v["data"]["result"][0]["value"][1] == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run stays active: {v}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (_, runs_note) = panel_queries(false, &run_id)
+        .into_iter()
+        .find(|(w, _)| w == "annotation Runs")
+        .unwrap();
+    let v = prom.query(&runs_note);
+    assert_eq!(v["data"]["result"], serde_json::json!([]), "{v}");
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// A dashboard that is a master exports what its workers measured: every
@@ -410,9 +510,11 @@ fn a_masters_metrics_carry_its_workers_figures_to_every_grafana_panel() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let prom = Prometheus::start(&format!("127.0.0.1:{}", d.port), token);
-    let exprs = panel_queries(true);
+    let run_id = json_of(&r.body)["run_id"].as_str().unwrap().to_string();
+    let exprs = panel_queries(true, ".*");
     assert!(exprs.iter().any(|(_, e)| e.contains("cloudswarm_workers")));
     require_data(&prom, &exprs);
+    require_data(&prom, &panel_queries(true, &run_id));
     let running = prom.query("cloudswarm_workers{state=\"running\"}");
     assert_eq!(running["data"]["result"][0]["value"][1], "1", "{running}");
 
@@ -508,6 +610,7 @@ fn a_headless_run_serves_metrics_on_metrics_bind() {
     );
     assert!(body.contains("cloudswarm_users{class=\"ec2\"}"));
     assert!(body.contains("cloudswarm_run_info{"));
+    assert!(body.contains("cloudswarm_run_active{"), "{body}");
     // The load generator's health: limited (0/1) and the runtime's lag.
     assert!(
         body.lines()

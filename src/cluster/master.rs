@@ -357,10 +357,13 @@ impl Master {
             let now = (r.to_string(), profile.name.clone());
             let before = self.lock().info.replace(now.clone());
             if let Some(old) = before.filter(|b| *b != now) {
-                metrics::gauge!("cloudswarm_run_info", "run_id" => old.0, "profile" => old.1)
-                    .set(0.0);
+                crate::metrics::sink::run_gauges(&old.0, &old.1, false, false);
             }
-            metrics::gauge!("cloudswarm_run_info", "run_id" => now.0, "profile" => now.1).set(1.0);
+            let active = matches!(
+                self.state(),
+                RunState::Hatching | RunState::Running | RunState::Stopping
+            );
+            crate::metrics::sink::run_gauges(&now.0, &now.1, true, active);
         }
     }
 

@@ -1,5 +1,5 @@
 //! The exporter: installs the Prometheus recorder, sets the gauges (users,
-//! targets, arrival rates, resources, run info, generator health) from a run's engine at
+//! targets, arrival rates, resources, run info and activity, generator health) from a run's engine at
 //! scrape time, and answers `/metrics` (on the dashboard, or alone for
 //! `--metrics-bind`).
 
@@ -9,7 +9,8 @@ use std::time::Duration;
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::engine::Engine;
+use super::sink;
+use crate::engine::{Engine, RunState};
 use crate::resources::Kind;
 
 /// Bucket bounds (seconds) for API calls of a millisecond and provisioning of half an hour.
@@ -101,11 +102,15 @@ pub fn observe(engine: &Engine, profile: &str) {
     let mut run = RUN.lock().unwrap_or_else(|p| p.into_inner());
     if run.as_ref() != Some(&now) {
         if let Some((id, p)) = run.take() {
-            gauge!("cloudswarm_run_info", "run_id" => id, "profile" => p).set(0.0);
+            sink::run_gauges(&id, &p, false, false);
         }
         *run = Some(now.clone());
     }
-    gauge!("cloudswarm_run_info", "run_id" => now.0, "profile" => now.1).set(1.0);
+    let active = matches!(
+        engine.state(),
+        RunState::Hatching | RunState::Running | RunState::Stopping
+    );
+    sink::run_gauges(&now.0, &now.1, true, active);
 }
 
 /// The scrape body.

@@ -111,6 +111,21 @@ pub fn sla_ok(expression: &str, ok: bool) {
     }
 }
 
+/// A run's identity in Prometheus: `cloudswarm_run_info` 1 for the
+/// current run (0 for the one before it), `cloudswarm_run_active` 1 from
+/// its start until its users stopped (the Grafana dashboard's run
+/// annotation spans it).
+pub fn run_gauges(run_id: &str, profile: &str, current: bool, active: bool) {
+    if !enabled() {
+        return;
+    }
+    let one = |b: bool| if b { 1.0 } else { 0.0 };
+    metrics::gauge!("cloudswarm_run_info", "run_id" => run_id.to_string(), "profile" => profile.to_string())
+        .set(one(current));
+    metrics::gauge!("cloudswarm_run_active", "run_id" => run_id.to_string(), "profile" => profile.to_string())
+        .set(one(active));
+}
+
 /// Counts an op a budget cap kept from creating.
 pub fn capped(name: &'static str) {
     if enabled() {

@@ -1,16 +1,24 @@
 //! Outputs of a run: the Locust-style summary table, CSV files with Locust's
-//! column names, the JSON report, and SLA checks.
+//! column names, the JSON report (`report.rs`), the HTML report
+//! (`html.rs`), SLA checks (`sla.rs`), comparisons of two runs
+//! (`compare.rs`), JUnit XML (`junit.rs`), the runs kept in the state
+//! directory (`kept.rs`), and what a run leaves at its end (`finish.rs`).
 
+pub mod compare;
+pub mod finish;
+pub mod html;
+pub mod junit;
+pub mod kept;
+pub mod report;
 pub mod sla;
 
-use std::collections::BTreeMap;
+pub use report::{RunFacts, generator_summary, json_report};
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 
-use crate::resources::{Kind, KindCounts};
 use crate::stats::{EntrySummary, HistoryRow, PERCENTILE_LABELS, Snapshot};
 
 fn fmt_ms(v: f64) -> String {
@@ -148,6 +156,20 @@ pub fn write_csv(
     history: &[HistoryRow],
     slas: &[sla::Verdict],
 ) -> Result<()> {
+    for (suffix, text) in csv_files(s, history, slas) {
+        let path = csv_path(prefix, suffix);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
+    }
+    Ok(())
+}
+
+/// The CSV files of a run, by suffix (`stats`, `failures`,
+/// `stats_history`, and with SLAs `sla`), and their text.
+pub fn csv_files(
+    s: &Snapshot,
+    history: &[HistoryRow],
+    slas: &[sla::Verdict],
+) -> Vec<(&'static str, String)> {
     let mut files = vec![
         ("stats", stats_csv(s)),
         ("failures", failures_csv(s)),
@@ -156,11 +178,7 @@ pub fn write_csv(
     if !slas.is_empty() {
         files.push(("sla", sla_csv(slas)));
     }
-    for (suffix, text) in files {
-        let path = csv_path(prefix, suffix);
-        std::fs::write(&path, text).with_context(|| format!("cannot write {path}"))?;
-    }
-    Ok(())
+    files
 }
 
 fn csv_path(prefix: &str, suffix: &str) -> String {
@@ -379,112 +397,6 @@ pub fn history_csv(history: &[HistoryRow]) -> String {
         rec
     });
     to_csv(std::iter::once(header).chain(rows))
-}
-
-#[derive(Serialize)]
-struct JsonEntry<'a> {
-    name: &'a str,
-    num_requests: u64,
-    num_failures: u64,
-    num_throttled: u64,
-    p50_ms: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    avg_ms: f64,
-    min_ms: f64,
-    rps: f64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    throughput_bps: f64,
-}
-
-impl<'a> From<&'a EntrySummary> for JsonEntry<'a> {
-    fn from(e: &'a EntrySummary) -> Self {
-        JsonEntry {
-            name: &e.name,
-            num_requests: e.num_requests,
-            num_failures: e.num_failures,
-            num_throttled: e.num_throttled,
-            p50_ms: e.median_ms,
-            p95_ms: e.percentile(0.95).unwrap_or(0.0),
-            p99_ms: e.percentile(0.99).unwrap_or(0.0),
-            max_ms: e.max_ms,
-            avg_ms: e.avg_ms,
-            min_ms: e.min_ms,
-            rps: e.rps,
-            bytes_sent: e.bytes_sent,
-            bytes_received: e.bytes_received,
-            throughput_bps: e.throughput_bps,
-        }
-    }
-}
-
-/// What the JSON report needs beyond the stats.
-pub struct RunFacts<'a> {
-    pub run_id: &'a str,
-    pub profile: &'a str,
-    pub started_at: f64,
-    pub duration_s: f64,
-    pub users: u64,
-    pub resources: &'a BTreeMap<Kind, KindCounts>,
-    /// What a listing of the cloud found left after clean-up; None (`null`
-    /// in the report) when nobody knows: the listing failed or clean-up was
-    /// interrupted. With `--keep-resources`, what the run holds on purpose.
-    pub leaked: Option<u64>,
-}
-
-/// How many seconds of the history the load generator limited, and why
-/// (a second can have several reasons).
-pub fn generator_summary(history: &[HistoryRow]) -> serde_json::Value {
-    let count = |f: &dyn Fn(&HistoryRow) -> bool| history.iter().filter(|r| f(r)).count();
-    serde_json::json!({
-        "seconds": history.len(),
-        "limited_seconds": count(&|r| r.generator_limited),
-        "saturated_seconds": count(&|r| r.saturated),
-        "dropped_seconds": count(&|r| r.dropped > 0),
-        "lag_seconds": count(&|r| r.runtime_lag_ms > crate::stats::LAG_LIMIT_MS),
-        "max_runtime_lag_ms": history.iter().map(|r| r.runtime_lag_ms).fold(0.0, f64::max),
-    })
-}
-
-/// The JSON report of a run: its figures, what the load generator limited
-/// (`history`), and the SLA verdicts.
-pub fn json_report(
-    f: &RunFacts<'_>,
-    s: &Snapshot,
-    history: &[HistoryRow],
-    slas: &[sla::Verdict],
-) -> serde_json::Value {
-    let created: u64 = f.resources.values().map(|c| c.created).sum();
-    let deleted: u64 = f.resources.values().map(|c| c.deleted).sum();
-    // What a listing of the cloud found; null when it could not list (or
-    // never did): unknown, not a guess.
-    let leaked = f.leaked;
-    let by_kind: BTreeMap<&str, &KindCounts> =
-        f.resources.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    serde_json::json!({
-        "run_id": f.run_id,
-        "profile": f.profile,
-        "started_at": f.started_at,
-        "duration_s": f.duration_s,
-        "users": f.users,
-        "entries": s.entries.iter().map(JsonEntry::from).collect::<Vec<_>>(),
-        "total": JsonEntry::from(&s.total),
-        "errors": s.errors.iter().map(|e| serde_json::json!({
-            "name": e.name, "code": e.code, "message": e.message, "count": e.count,
-            "throttled": e.throttled, "first_seen": e.first_seen, "last_seen": e.last_seen,
-        })).collect::<Vec<_>>(),
-        "capped": s.capped,
-        // Arrivals of open classes that found no free user, by class (task
-        // starts and their lateness are the `arrival:<class>` entries).
-        "dropped": s.dropped,
-        "resources": { "created": created, "deleted": deleted, "leaked": leaked, "by_kind": by_kind },
-        // Seconds whose figures describe the load generator rather than the cloud.
-        "generator": generator_summary(history),
-        // Each SLA: `ok`, its actual value, and when it first broke (unix time).
-        "sla": slas,
-    })
 }
 
 /// Writes the JSON report to a file.

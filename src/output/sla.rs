@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::sink;
 use crate::ops::Op;
@@ -93,8 +93,8 @@ impl fmt::Display for Sla {
     }
 }
 
-/// The end-of-run outcome of one SLA.
-#[derive(Debug, Clone, Serialize)]
+/// The end-of-run outcome of one SLA (read back from a kept report too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     #[serde(rename = "expression")]
     pub sla: String,
@@ -118,7 +118,7 @@ enum Measure {
 }
 
 /// Where an SLA stands while the run goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlaState {
     /// Not judged yet: no data, or a lower bound waiting for its window.
@@ -128,7 +128,7 @@ pub enum SlaState {
 }
 
 /// One SLA as the monitor last judged it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlaStatus {
     pub sla: String,
     pub window_s: Option<u64>,

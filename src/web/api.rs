@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::cluster::master::Master;
 use crate::engine::{MAX_RATE, MAX_USERS, RunState};
 use crate::output;
+use crate::output::kept::{self, KeptRun};
 use crate::output::sla::{self, Monitor, Sla, SlaStatus};
 use crate::resources::Kind;
 use crate::session::{CleanupOutcome, Limits, Session, Spec};
@@ -51,6 +52,12 @@ pub struct Live {
     abort_on_sla: bool,
     /// The SLA whose breach stopped the run.
     pub aborted_by: Mutex<Option<SlaStatus>>,
+    /// The profile file's text when the run started (for its reports).
+    pub profile_text: String,
+    /// The run's folder in the state directory (None: it could not be made).
+    kept: Option<KeptRun>,
+    /// Rewrites the kept run's snapshot until its final report is written.
+    snapshots: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The dashboard's shared state.
@@ -71,6 +78,8 @@ pub struct App {
     closing: AtomicBool,
     /// `serve --master`: runs go to the workers that joined it.
     pub master: Option<Arc<Master>>,
+    /// Runs kept in the state directory (`--keep-runs`; 0: all).
+    pub keep_runs: usize,
 }
 
 impl Live {
@@ -274,6 +283,7 @@ impl App {
             starting: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             master,
+            keep_runs: kept::DEFAULT_KEEP_RUNS,
         }
     }
 
@@ -438,6 +448,9 @@ impl App {
             Ok(s) => s,
             Err(answer) => return answer,
         };
+        let profile_text = std::fs::read_to_string(self.profiles_dir.join(format!("{name}.toml")))
+            .unwrap_or_default();
+        kept::prune_for_new_run(&self.limits.state_dir(), self.keep_runs);
         let session = match &self.master {
             Some(_) if f.arrival_rate.is_some() => {
                 return bad(
@@ -485,11 +498,17 @@ impl App {
             monitor: Arc::new(Monitor::new(slas, started_at)),
             abort_on_sla: f.abort_on_sla_failure,
             aborted_by: Mutex::new(None),
+            profile_text,
+            kept: KeptRun::open(&self.limits.state_dir(), &run_id)
+                .inspect_err(|e| tracing::warn!(run_id = %run_id, "the run is not kept: {e:#}"))
+                .ok(),
+            snapshots: Mutex::new(None),
         });
         if let Some(d) = f.run_time {
             self.arm_timer(&live, d);
         }
         self.watch_slas(&live);
+        self.keep_snapshots(&live);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
         Json(json!({
             "success": true,
@@ -748,8 +767,14 @@ impl App {
             Some(n) => format!("the workers left {n} resource(s)"),
             None => "what the workers left is unknown".into(),
         });
-        c.running = false;
         c.outcome = Some(outcome);
+        drop(c);
+        // Kept before the clean-up says it is done: a shutdown waits for that.
+        self.keep_final(live);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
     }
 
     /// Marks a clean-up of `live` as running; false when one already is.
@@ -789,11 +814,62 @@ impl App {
             ..Default::default()
         });
         tracing::info!(run_id = %live.session.run_id, ?outcome.leaked, "clean-up done");
-        let mut c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
-        c.running = false;
-        c.outcome = Some(outcome);
-        drop(c);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .outcome = Some(outcome);
         live.session.mark_stopped();
+        // Kept before the clean-up says it is done: a shutdown waits for that.
+        self.keep_final(live);
+        live.cleanup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running = false;
+    }
+
+    /// Rewrites the kept run's snapshot every few seconds until its final
+    /// report is written.
+    fn keep_snapshots(self: &Arc<Self>, live: &Arc<Live>) {
+        let Some(k) = live.kept.clone() else { return };
+        let (app, l) = (self.clone(), live.clone());
+        let task = tokio::spawn(async move {
+            kept::snapshots(k, move || app.report_of(&l, false)).await;
+        });
+        *live.snapshots.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    /// Writes the kept run's final outputs (again after each clean-up).
+    fn keep_final(&self, live: &Live) {
+        if let Some(t) = live
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+        if live.kept.is_none() {
+            return;
+        }
+        let (snap, history) = {
+            let data = live.session.ctx.stats.lock();
+            (data.snapshot(), data.history.clone())
+        };
+        let verdicts = live.monitor.verdicts(&snap);
+        let ended = output::finish::finish(output::finish::Ending {
+            report: self.report_of(live, true),
+            snap: &snap,
+            history: &history,
+            verdicts: &verdicts,
+            kept: live.kept.as_ref(),
+            baseline: None,
+            limits: Default::default(),
+            html: None,
+            junit: None,
+        });
+        for u in ended.unwritten {
+            tracing::warn!(run_id = %live.session.run_id, "not kept: {u}");
+        }
     }
 
     /// On shutdown: refuse new starts, let one being started finish, stop
@@ -954,15 +1030,33 @@ impl App {
         Some((live, snap, history))
     }
 
-    /// The JSON report of the current run.
+    /// The JSON report of the current run (final once it has stopped and
+    /// cleaned up).
     pub fn report_json(&self) -> Option<Value> {
-        let (live, snap, history) = self.snapshot()?;
+        let live = self.current()?;
+        let over = live.state() == RunState::Stopped && {
+            let c = live.cleanup.lock().unwrap_or_else(|p| p.into_inner());
+            !c.running && c.outcome.is_some()
+        };
+        Some(self.report_of(&live, over))
+    }
+
+    /// The JSON report of a run (`over`: it has stopped and cleaned up).
+    fn report_of(&self, live: &Live, over: bool) -> Value {
+        let (snap, history) = {
+            let data = live.session.ctx.stats.lock();
+            (data.snapshot(), data.history.clone())
+        };
         let s = &live.session;
         let ended = live
             .ended_at
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(unix_now);
+        let target = match &self.master {
+            Some(_) => output::report::on_workers(),
+            None => self.clients.info.clone(),
+        };
         let counts = live.resources();
         let leaked = live
             .cleanup
@@ -974,7 +1068,10 @@ impl App {
         let facts = output::RunFacts {
             run_id: &s.run_id,
             profile: &live.profile,
+            profile_text: &live.profile_text,
+            target: &target,
             started_at: s.started_at,
+            ended_at: over.then_some(ended),
             duration_s: ended - s.started_at,
             users: live.peak_users(),
             resources: &counts,
@@ -988,7 +1085,7 @@ impl App {
         if self.master.is_some() {
             report["workers"] = self.workers_json();
         }
-        Some(report)
+        report
     }
 }
 
@@ -1170,24 +1267,13 @@ pub async fn history(State(app): State<Arc<App>>, Query(q): Query<Since>) -> Res
         .map(|live| {
             let data = live.session.ctx.stats.lock();
             let from = data.history.partition_point(|r| r.timestamp <= since);
-            data.history[from..].iter().map(history_point).collect()
+            data.history[from..]
+                .iter()
+                .map(output::report::history_point)
+                .collect()
         })
         .unwrap_or_default();
     Json(json!({ "history": rows })).into_response()
-}
-
-/// One chart point.
-pub fn history_point(r: &crate::stats::HistoryRow) -> Value {
-    let p = |q: f64| percentile_of(&r.percentiles_ms, q).unwrap_or(0.0);
-    let mut v = json!({
-        "t": r.timestamp, "users": r.user_count, "rps": r.current_rps,
-        "fails": r.current_fail_per_sec, "p50": p(0.5), "p95": p(0.95),
-    });
-    // A second the load generator limited: the charts mark it.
-    if r.generator_limited {
-        v["limited"] = json!(r.limited_by().join(", "));
-    }
-    v
 }
 
 fn csv_download(name: &str, body: String) -> Response {

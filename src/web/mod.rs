@@ -1,10 +1,12 @@
 //! The web dashboard (`cloudswarm serve`, the default command): axum serves
-//! the page (askama templates), the assets in `static/`, and the
-//! Locust-style HTTP API; an access token guards it when it is exposed.
+//! the page (askama templates), the assets in `static/`, the Locust-style
+//! HTTP API and the kept runs (`runs.rs`); an access token guards it when
+//! it is exposed.
 
 mod api;
 mod auth;
 mod pages;
+mod runs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,9 @@ pub struct ServeArgs {
     pub static_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: Limits,
+    /// Keep at most N runs in the state directory: the oldest are deleted when a run starts (0: keep all)
+    #[arg(long, default_value_t = crate::output::kept::DEFAULT_KEEP_RUNS, value_name = "N")]
+    pub keep_runs: usize,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -123,6 +128,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/stats/history/csv", get(api::history_csv))
         .route("/stats/requests_full_history/csv", get(api::history_csv))
         .route("/report.json", get(api::report_json))
+        .route("/runs.json", get(runs::list))
+        .route("/runs/{id}/{file}", get(runs::file))
+        .route("/compare.json", get(runs::compare_runs))
         .route("/cleanup", post(api::cleanup))
         .route("/profiles", get(api::profiles))
         .route("/metrics", get(api::metrics))
@@ -170,7 +178,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
     } else {
         None
     };
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         clients,
         args.limits.clone(),
         args.token.clone(),
@@ -178,7 +186,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32> {
         profiles_dir,
         static_dir,
         master,
-    ));
+    );
+    app.keep_runs = args.keep_runs;
+    let app = Arc::new(app);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .map_err(|e| config_err(format!("cannot listen on {}: {e}", args.bind)))?;

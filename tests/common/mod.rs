@@ -291,6 +291,7 @@ pub struct Dashboard {
     child: Child,
     pub port: u16,
     pub url: String,
+    /// The state directory (with `start_in`, an unused one: the given folder is).
     pub state: tempfile::TempDir,
 }
 
@@ -306,13 +307,29 @@ impl Dashboard {
 
     /// A dashboard with these EC2 and S3 endpoints.
     pub fn start_with(ec2: &str, s3: &str, extra: &[&str]) -> Dashboard {
-        let port = free_port();
         let state = tempfile::tempdir().unwrap();
+        let dir = state.path().to_path_buf();
+        Dashboard::start_state(ec2, s3, state, &dir, extra)
+    }
+
+    /// A dashboard whose state directory is `dir` (kept across restarts).
+    pub fn start_in(cloud: &str, dir: &Path, extra: &[&str]) -> Dashboard {
+        Dashboard::start_state(cloud, cloud, tempfile::tempdir().unwrap(), dir, extra)
+    }
+
+    fn start_state(
+        ec2: &str,
+        s3: &str,
+        state: tempfile::TempDir,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Dashboard {
+        let port = free_port();
         let child = cloudswarm()
             .arg("serve")
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--ec2-endpoint", ec2, "--s3-endpoint", s3])
-            .args(["--state-dir", state.path().to_str().unwrap()])
+            .args(["--state-dir", dir.to_str().unwrap()])
             .args(["--stop-timeout", "10s"])
             .args(extra)
             .stdout(Stdio::null())
