@@ -182,6 +182,55 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Writes the steps as CSV (`PREFIX_capacity.csv`).
+    pub fn write_csv(&self, path: &std::path::Path) -> Result<(), String> {
+        let mut w = csv::Writer::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let err = |e: csv::Error| format!("{}: {e}", path.display());
+        w.write_record([
+            "Step",
+            "Rate",
+            "Achieved Rate",
+            "Seconds",
+            "Requests",
+            "Failures",
+            "Failure Ratio",
+            "Throttled",
+            "Throttle Ratio",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "Dropped Arrivals",
+            "Generator Limited Seconds",
+            "Held",
+            "Broke",
+        ])
+        .map_err(err)?;
+        for s in &self.steps {
+            w.write_record([
+                s.step.to_string(),
+                format!("{:.3}", s.rate),
+                format!("{:.3}", s.achieved_rate),
+                format!("{:.1}", s.seconds),
+                s.requests.to_string(),
+                s.failures.to_string(),
+                format!("{:.5}", s.failure_ratio),
+                s.throttled.to_string(),
+                format!("{:.5}", s.throttle_ratio),
+                format!("{:.3}", s.p50_ms),
+                format!("{:.3}", s.p95_ms),
+                format!("{:.3}", s.p99_ms),
+                s.dropped.to_string(),
+                s.limited_seconds.to_string(),
+                s.held.to_string(),
+                s.broke.clone().unwrap_or_default(),
+            ])
+            .map_err(err)?;
+        }
+        w.flush().map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
 /// Judges one step's figures: None when it held, else why not and which
 /// limit. `sla` judges the SLAs on the step's own snapshot.
 fn judge(

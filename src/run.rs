@@ -697,6 +697,11 @@ fn outputs(
     {
         unwritten.push(format!("--csv: {e:#}"));
     }
+    if let (Some(prefix), Some(c)) = (&args.csv, &driven.capacity)
+        && let Err(e) = c.write_csv(std::path::Path::new(&format!("{prefix}_capacity.csv")))
+    {
+        unwritten.push(format!("--csv: {e}"));
+    }
     let mut report = output::json_report(facts, snap, history, &verdicts);
     report["aborted_by_sla"] = serde_json::to_value(&driven.aborted).unwrap_or_default();
     if let Some(c) = &driven.capacity {

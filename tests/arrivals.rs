@@ -490,6 +490,7 @@ fn find_max_reports_the_highest_rate_that_held_and_each_step() {
     )
     .unwrap();
     let json = dir.path().join("cap.json");
+    let html = dir.path().join("cap.html");
     let state = tempfile::tempdir().unwrap();
     let o = cloudswarm()
         .arg("run")
@@ -502,7 +503,13 @@ fn find_max_reports_the_highest_rate_that_held_and_each_step() {
         ])
         .args(["-f", profile.to_str().unwrap(), "-u", "8", "-r", "100"])
         .args(["--find-max", "4/s:4/s:4s", "-t", "2m"])
-        .args(["--json", json.to_str().unwrap()])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ])
+        .args(["--csv", dir.path().join("cap").to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -95,6 +95,62 @@ struct CompareView {
 /// Most limited periods the report lists.
 const MAX_LIMITED_ROWS: usize = 50;
 
+/// One step of a capacity search, formatted.
+struct CapacityRow {
+    step: u64,
+    rate: String,
+    achieved: String,
+    requests: u64,
+    fail_pct: String,
+    throttle_pct: String,
+    p95: String,
+    dropped: u64,
+    limited: u64,
+    held: bool,
+    verdict: String,
+}
+
+/// A capacity search (`--find-max`): its answer and steps.
+struct CapacityView {
+    summary: String,
+    rows: Vec<CapacityRow>,
+}
+
+fn capacity_view(v: &serde_json::Value) -> CapacityView {
+    let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap_or(0.0);
+    let rate = |r: f64| crate::units::format_rate(r.max(1e-9));
+    let rows = v["steps"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| CapacityRow {
+            step: s["step"].as_u64().unwrap_or(0),
+            rate: rate(f(s, "rate")),
+            achieved: rate(f(s, "achieved_rate")),
+            requests: s["requests"].as_u64().unwrap_or(0),
+            fail_pct: format!("{:.2}", f(s, "failure_ratio") * 100.0),
+            throttle_pct: format!("{:.2}", f(s, "throttle_ratio") * 100.0),
+            p95: format!("{:.1}", f(s, "p95_ms")),
+            dropped: s["dropped"].as_u64().unwrap_or(0),
+            limited: s["limited_seconds"].as_u64().unwrap_or(0),
+            held: s["held"].as_bool().unwrap_or(false),
+            verdict: s["broke"]
+                .as_str()
+                .map_or("held".to_string(), |w| format!("broke: {w}")),
+        })
+        .collect();
+    let max = v["max_rate"]
+        .as_f64()
+        .map_or("no step held".to_string(), |r| {
+            format!("the highest arrival rate that held: {}", rate(r))
+        });
+    CapacityView {
+        summary: format!("{max}; {}", v["reason"].as_str().unwrap_or("")),
+        rows,
+    }
+}
+
 #[derive(Template)]
 #[template(path = "report.html")]
 struct Page {
@@ -118,6 +174,7 @@ struct Page {
     limited: Vec<LimitedRow>,
     limited_more: usize,
     comparison: Option<CompareView>,
+    capacity: Option<CapacityView>,
     style: String,
     charts_js: String,
     data_json: String,
@@ -334,6 +391,7 @@ pub fn render(r: &Report, baseline: Option<&Report>) -> Result<String, String> {
         limited,
         limited_more,
         comparison: r.comparison.as_ref().map(compare_view),
+        capacity: r.capacity.as_ref().map(capacity_view),
         style: inline(STYLE),
         charts_js: inline(CHARTS_JS),
         data_json: inline(&data.to_string()),

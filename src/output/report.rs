@@ -316,6 +316,8 @@ pub struct Report {
     pub workers: Option<serde_json::Value>,
     /// The comparison with a baseline (`run --baseline`).
     pub comparison: Option<Comparison>,
+    /// A capacity search's answer (`run --find-max`).
+    pub capacity: Option<serde_json::Value>,
 }
 
 impl Report {
