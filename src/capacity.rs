@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::Engine;
-use crate::stats::{Snapshot, StatsData};
+use crate::metrics::sink;
+use crate::stats::{Snapshot, Stats, StatsData};
 use crate::units::{format_rate, parse_duration, parse_rate};
 
 /// A search: the first rate, the step, how long each step holds.
@@ -327,22 +327,60 @@ fn figures(n: usize, rate: f64, data: &StatsData, seconds: f64) -> (Step, Snapsh
     (step, snap)
 }
 
-/// Runs the search on a started engine whose open classes it drives: step
-/// after step until one breaks or `MAX_STEPS`; each step's verdict is
-/// printed as it comes. Cancel it (drop the future) to end early: the steps
-/// so far are in `progress`.
+/// What a search drives: the local engine, or a master over its workers.
+pub trait Target: Sync {
+    /// Sets the open classes' arrival rate in all (per second).
+    fn set_rate(&self, rate: f64) -> Result<(), String>;
+    /// The run's figures.
+    fn figures(&self) -> Stats;
+    /// Waits until the figures hold what was measured up to now (a
+    /// master: until each worker has reported since).
+    fn settle(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Target for crate::engine::Engine {
+    fn set_rate(&self, rate: f64) -> Result<(), String> {
+        self.set_arrival_rate(rate)
+    }
+    fn figures(&self) -> Stats {
+        self.ctx.stats.clone()
+    }
+    async fn settle(&self) {}
+}
+
+impl Target for crate::cluster::master::Master {
+    fn set_rate(&self, rate: f64) -> Result<(), String> {
+        self.set_arrival_rate(rate)
+    }
+    fn figures(&self) -> Stats {
+        self.stats()
+    }
+    /// Workers report every 3 s: a step's figures wait for the reports
+    /// that cover it (the rate does not change meanwhile).
+    async fn settle(&self) {
+        self.fresh_reports(Duration::from_secs(10)).await
+    }
+}
+
+/// Runs the search on a started run (see [`Target`]): step after step
+/// until one breaks or `MAX_STEPS`; each step's verdict is printed as it
+/// comes. Cancel it (drop the future) to end early: the steps so far are
+/// in `progress`.
 pub async fn search(
-    engine: &Engine,
+    target: &impl Target,
     plan: &Plan,
     limits: Limits,
     sla: &(dyn Fn(&Snapshot) -> Option<String> + Sync),
     progress: &std::sync::Mutex<Vec<Step>>,
 ) -> Outcome {
     let hold = plan.hold.as_secs_f64();
+    let stats = target.figures();
     let mut rate = plan.start;
     let mut last_held = None;
     for n in 1..=MAX_STEPS {
-        if let Err(e) = engine.set_arrival_rate(rate) {
+        sink::capacity_step(n, rate, last_held);
+        if let Err(e) = target.set_rate(rate) {
+            sink::capacity_over(last_held);
             return Outcome {
                 max_rate: last_held,
                 stopped_by: Stop::Ended,
@@ -350,13 +388,14 @@ pub async fn search(
                 steps: progress.lock().map(|s| s.clone()).unwrap_or_default(),
             };
         }
-        let before = engine.ctx.stats.lock().clone();
+        let before = stats.lock().clone();
         let from = unix_now();
         let t0 = Instant::now();
         tokio::time::sleep(plan.hold).await;
+        target.settle().await;
         let to = unix_now();
         let (delta, limited) = {
-            let now = engine.ctx.stats.lock();
+            let now = stats.lock();
             let limited = now
                 .history
                 .iter()
@@ -387,6 +426,10 @@ pub async fn search(
         if let Ok(mut p) = progress.lock() {
             p.push(step.clone());
         }
+        if step.held {
+            last_held = Some(rate);
+        }
+        sink::capacity_judged(step.held, last_held, verdict.is_some() || n == MAX_STEPS);
         if let Some((stop, why)) = verdict {
             return Outcome {
                 max_rate: last_held,
@@ -395,7 +438,6 @@ pub async fn search(
                 steps: progress.lock().map(|s| s.clone()).unwrap_or_default(),
             };
         }
-        last_held = Some(rate);
         rate += plan.step;
     }
     Outcome {
@@ -421,6 +463,7 @@ pub fn cut_short(steps: Vec<Step>, why: &str) -> Outcome {
         .filter(|s| s.held)
         .map(|s| s.rate)
         .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+    sink::capacity_over(max_rate);
     Outcome {
         max_rate,
         stopped_by: Stop::Ended,

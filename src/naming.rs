@@ -164,6 +164,25 @@ pub fn is_run_name(name: &str, run_id: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// The number `n` of run `run_id`'s name `cs-<runid>-<n>`, if it is one.
+pub fn name_number(name: &str, run_id: &str) -> Option<u64> {
+    if !is_run_name(name, run_id) {
+        return None;
+    }
+    name.rsplit('-').next()?.parse().ok()
+}
+
+/// How many names each worker of a shared run has to itself: worker `i`
+/// (from 0) names from `(i + 1) * NAME_RANGE + 1` on.
+pub const NAME_RANGE: u64 = 1_000_000_000;
+
+/// The `Name` tag's value among `tags`, if any.
+pub fn name_tag_of(tags: &[Tag]) -> Option<&str> {
+    tags.iter()
+        .find(|t| t.key() == Some("Name"))
+        .and_then(|t| t.value())
+}
+
 /// The run id a name such as `cs-k3x9q2ab-12` is shaped for, if any. A
 /// shape only: a bucket so named is a run's only if its marker says so.
 pub fn run_of_name(name: &str) -> Option<RunId> {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,6 +168,9 @@ pub struct Tracker {
     seq: Arc<AtomicU64>,
     inner: Arc<Mutex<Inner>>,
     objects: Arc<ObjectCounts>,
+    /// The numbers of the names this tracker may claim by tag or marker
+    /// (a worker of a run shared with other workers); None: the whole run.
+    scope: Option<RangeInclusive<u64>>,
 }
 
 impl Tracker {
@@ -194,6 +198,7 @@ impl Tracker {
             seq: Arc::new(AtomicU64::new(0)),
             inner: Arc::default(),
             objects: Arc::default(),
+            scope: None,
         })
     }
 
@@ -220,7 +225,28 @@ impl Tracker {
             seq: Arc::new(AtomicU64::new(1_000_000_000)),
             inner: Arc::default(),
             objects: Arc::default(),
+            scope: None,
         })
+    }
+
+    /// Limits what this tracker claims by the run's tag or marker to the
+    /// resources named `cs-<runid>-<n>` with `n` in `names`: a worker's
+    /// clean-up must not take what other workers of the same run still
+    /// use. What the journal names stays claimed whatever its name.
+    pub fn scoped(mut self, names: RangeInclusive<u64>) -> Tracker {
+        self.scope = Some(names);
+        self
+    }
+
+    /// True when a resource named `name` (None: no name) that proves to be
+    /// the run's by its tag or marker is this tracker's to claim.
+    pub fn in_scope(&self, name: Option<&str>) -> bool {
+        match &self.scope {
+            None => true,
+            Some(r) => name
+                .and_then(|n| crate::naming::name_number(n, self.run_id.as_str()))
+                .is_some_and(|n| r.contains(&n)),
+        }
     }
 
     /// Takes over a resource found alive (in a journal or in the cloud) without journaling it again.

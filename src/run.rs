@@ -227,6 +227,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         max_inflight: args.limits.max_inflight as usize,
         run_id: None,
         name_base: 0,
+        own_names_only: false,
     };
     let session = Session::prepare(profile, spec).await?;
     let info = &session.ctx.clients.info;
@@ -321,11 +322,6 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>, Option<Report
         )));
     }
     if args.find_max.is_some() {
-        if args.master.master {
-            bail!(config_err(
-                "--find-max runs on one machine: workers run their open classes at the profile's arrival_rate"
-            ));
-        }
         if args.stages.is_some() {
             bail!(config_err(
                 "--find-max sets the arrival rate itself: leave out --stages"
@@ -337,11 +333,6 @@ fn validate(args: &RunArgs) -> Result<(profile::Profile, Vec<Sla>, Option<Report
                 args.profile.display()
             )));
         }
-    }
-    if args.master.master && args.stages.as_ref().is_some_and(Shape::sets_arrival_rate) {
-        bail!(config_err(
-            "--master: rate= stages are not sent to workers (each worker runs its open classes at the profile's arrival_rate)"
-        ));
     }
     if args.stages.as_ref().is_some_and(Shape::sets_arrival_rate)
         && profile.users.iter().all(|u| u.arrival.is_none())
@@ -494,35 +485,8 @@ async fn drive(
             None => std::future::pending().await,
         }
     };
-    // A step is judged on its own figures: each SLA over the step (an SLA
-    // on an entry the step did not touch is not judged).
-    let judge = |snap: &crate::stats::Snapshot| {
-        slas.iter().find_map(|s| {
-            let judged = match s.entry() {
-                Some(e) => snap
-                    .entries
-                    .iter()
-                    .any(|x| x.name == e && x.num_requests > 0),
-                None => snap.total.num_requests > 0,
-            };
-            let v = s.check(snap);
-            (judged && !v.held).then(|| format!("SLA {} (actual {})", v.sla, v.actual))
-        })
-    };
     let steps = std::sync::Mutex::new(Vec::new());
-    let search = async {
-        match &args.find_max {
-            Some(plan) => {
-                let limits = crate::capacity::Limits {
-                    failure_rate: args.find_max_failure_rate,
-                    throttle_rate: args.find_max_throttle_rate,
-                    ..Default::default()
-                };
-                crate::capacity::search(&engine, plan, limits, &judge, &steps).await
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let search = find_max(args, slas, &*engine, &steps);
     let mut driven = Driven::default();
     let reason = tokio::select! {
         outcome = search => {
@@ -549,6 +513,40 @@ async fn drive(
     }
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
     Ok(driven)
+}
+
+/// The `--find-max` search over a run (the engine, or a master over its
+/// workers; never ends without `--find-max`).
+/// A step is judged on its own figures: each SLA over the step (an SLA on
+/// an entry the step did not touch is not judged).
+async fn find_max(
+    args: &RunArgs,
+    slas: &[Sla],
+    target: &impl crate::capacity::Target,
+    steps: &std::sync::Mutex<Vec<crate::capacity::Step>>,
+) -> crate::capacity::Outcome {
+    let Some(plan) = &args.find_max else {
+        return std::future::pending().await;
+    };
+    let judge = |snap: &crate::stats::Snapshot| {
+        slas.iter().find_map(|s| {
+            let judged = match s.entry() {
+                Some(e) => snap
+                    .entries
+                    .iter()
+                    .any(|x| x.name == e && x.num_requests > 0),
+                None => snap.total.num_requests > 0,
+            };
+            let v = s.check(snap);
+            (judged && !v.held).then(|| format!("SLA {} (actual {})", v.sla, v.actual))
+        })
+    };
+    let limits = crate::capacity::Limits {
+        failure_rate: args.find_max_failure_rate,
+        throttle_rate: args.find_max_throttle_rate,
+        ..Default::default()
+    };
+    crate::capacity::search(target, plan, limits, &judge, steps).await
 }
 
 /// Stops the users (a second signal abandons their current tasks).
@@ -832,17 +830,23 @@ async fn run_master(
         .unwrap_or_default()
         .as_secs_f64();
     let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
-    // validate refused rate= stages: every stage sets users.
+    // Users from the first stage (-u when it is a rate= stage), the arrival
+    // rate from the first stage or the search's start (else the profile's),
+    // split by the master between the workers.
     let first = shape.first().map_or((args.users, args.rate), |st| {
         (st.users.unwrap_or(args.users), st.rate.unwrap_or(args.rate))
     });
+    let arrival = shape
+        .first()
+        .and_then(|st| st.arrival_rate)
+        .or(args.find_max.as_ref().map(|p| p.start));
     master
         .start(
             run_id.clone(),
             profile,
             crate::stats::Stats::new(),
-            first.0,
-            first.1,
+            first,
+            arrival,
             args.limits.stop_timeout.as_secs_f64(),
         )
         .map_err(config_err)?;
@@ -869,8 +873,12 @@ async fn run_master(
             return std::future::pending::<Option<String>>().await;
         }
         for (i, st) in shape.iter().enumerate() {
-            let users = st.users.unwrap_or(args.users);
-            if let Err(e) = master.set_target(users, st.rate.unwrap_or(args.rate)) {
+            let set = match (st.users, st.arrival_rate) {
+                (Some(users), _) => master.set_target(users, st.rate.unwrap_or(args.rate)),
+                (None, Some(r)) => master.set_arrival_rate(r),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = set {
                 return Some(format!("--stages: stage {}: {e}", i + 1));
             }
             tokio::time::sleep(st.duration).await;
@@ -885,7 +893,7 @@ async fn run_master(
     };
     let mut driven = Driven::default();
     // The master's figures: its workers' reports merged, judged like a local run's.
-    let monitor = Monitor::new(slas, started_at);
+    let monitor = Monitor::new(slas.clone(), started_at);
     let stats = master.stats();
     // Kept on this machine, without a journal: each worker keeps its own.
     let keep = keep(&args, &run_id, baseline)?;
@@ -907,8 +915,15 @@ async fn run_master(
         r["workers"] = serde_json::to_value(master.workers()).unwrap_or_default();
         r
     };
+    let steps = std::sync::Mutex::new(Vec::new());
+    let search = find_max(&args, &slas, &*master, &steps);
     let work = async {
         let reason = tokio::select! {
+            outcome = search => {
+                eprintln!("find-max: {}", outcome.summary());
+                driven.capacity = Some(outcome);
+                "capacity search done".to_string()
+            }
             _ = run_time => "run time reached".to_string(),
             e = shape_done => {
                 driven.stage_error = e;
@@ -923,6 +938,10 @@ async fn run_master(
             _ = signals::shutdown() => "interrupted".to_string(),
         };
         status.abort();
+        if args.find_max.is_some() && driven.capacity.is_none() {
+            let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
+            driven.capacity = Some(crate::capacity::cut_short(done, &reason));
+        }
         eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
         let peak_users = master.peak_users();
         let limit =
@@ -1003,8 +1022,19 @@ fn master_status_line(m: &Master, t0: Instant) -> String {
     let (target, _) = m.target();
     let workers = m.workers();
     let missing = workers.iter().filter(|w| w.missing).count();
+    let rates = m.arrival_rates();
+    let arrivals = if rates.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = rates
+            .iter()
+            .map(|(c, r)| format!("{c} {}", crate::units::format_rate(*r)))
+            .collect();
+        let dropped: u64 = snap.dropped.values().sum();
+        format!("  arrivals {}  dropped {dropped}", each.join(", "))
+    };
     format!(
-        "[{:>6}] {:<9} workers {}{}  users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}",
+        "[{:>6}] {:<9} workers {}{}  users {}/{}  reqs {}  fails {} ({:.2}%)  rps {:.1}  p50 {:.0}ms p95 {:.0}ms  throttled {}{arrivals}",
         humantime::format_duration(Duration::from_secs(t0.elapsed().as_secs())).to_string(),
         match m.state() {
             RunState::CleaningUp => "cleaning up",

@@ -13,7 +13,7 @@ use clap::Args;
 use crate::cleanup;
 use crate::engine::{Engine, RunState};
 use crate::error::config_err;
-use crate::naming::{RunId, RunMeta, Services};
+use crate::naming::{NAME_RANGE, RunId, RunMeta, Services};
 use crate::ops::{Op, Service};
 use crate::profile::Profile;
 use crate::resources::Caps;
@@ -80,6 +80,10 @@ pub struct Spec<'a> {
     /// Where the run's resource names start counting: workers sharing a
     /// run id each get their own range, so their names never collide.
     pub name_base: u64,
+    /// Other workers share the run id: the clean-up claims by tag or marker
+    /// only what is named from this run's range (`name_base` + 1 to
+    /// `name_base` + [`NAME_RANGE`]), and whatever the journal names.
+    pub own_names_only: bool,
 }
 
 /// A prepared run: the engine and what it writes into.
@@ -188,8 +192,11 @@ impl Session {
         };
         let target = serde_json::to_value(&spec.clients.info).unwrap_or_default();
         let meta = RunMeta::new(&run_id, spec.profile_path, started_at, target, services);
-        let tracker = Tracker::create(&spec.state_dir, &run_id, &meta)
+        let mut tracker = Tracker::create(&spec.state_dir, &run_id, &meta)
             .map_err(|e| config_err(format!("{e:#}")))?;
+        if spec.own_names_only {
+            tracker = tracker.scoped(spec.name_base + 1..=spec.name_base + NAME_RANGE);
+        }
         let mut ctx = RunCtx::new(
             run_id.clone(),
             spec.clients,

@@ -449,19 +449,6 @@ fn check_and_run_explain_arrival_mistakes_before_anything_starts() {
             "refused before the preflight: {err}"
         );
     }
-    // A master sends no arrival rate to its workers: refused before it binds.
-    let out = cloudswarm()
-        .args(["run", "--master", "--expect-workers", "1", "-f", &good])
-        .args(["--stages", "rate=10/s:1m", "--master-bind-port"])
-        .arg(free_port().to_string())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--master: rate= stages are not sent to workers"),
-        "{err}"
-    );
 }
 
 /// `--find-max` against moto behind an nginx that lets 10 requests a second
@@ -492,9 +479,11 @@ fn find_max_reports_the_highest_rate_that_held_and_each_step() {
     let json = dir.path().join("cap.json");
     let html = dir.path().join("cap.html");
     let state = tempfile::tempdir().unwrap();
-    let o = cloudswarm()
+    let metrics_port = free_port();
+    let child = cloudswarm()
         .arg("run")
         .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &front.url])
+        .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
         .args([
             "--state-dir",
             state.path().to_str().unwrap(),
@@ -510,9 +499,54 @@ fn find_max_reports_the_highest_rate_that_held_and_each_step() {
             html.to_str().unwrap(),
         ])
         .args(["--csv", dir.path().join("cap").to_str().unwrap()])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // The search in Prometheus, scraped as it goes: (step, its rate, the
+    // highest rate held so far, searching, steps held, steps broken).
+    let pid = child.id();
+    let scraper = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+            let up = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok();
+            if up
+                && let Ok(m) =
+                    std::panic::catch_unwind(|| http(metrics_port, "GET", "/metrics", &[], ""))
+                && m.status == 200
+            {
+                let g = |name: &str| {
+                    m.body
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                };
+                if let Some(step) = g("cloudswarm_capacity_step") {
+                    seen.push([
+                        step,
+                        g("cloudswarm_capacity_step_rate").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_max_rate").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_searching").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_steps_total{verdict=\"held\"}").unwrap_or(0.0),
+                        g("cloudswarm_capacity_steps_total{verdict=\"broke\"}").unwrap_or(0.0),
+                    ]);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        seen
+    });
+    let o = child.wait_with_output().unwrap();
+    let seen = scraper.join().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Step 1 at 4/s under way, nothing held yet; step 3 at 12/s under way
+    // with 8/s held; then step 3 broken, the search over, 8/s the answer.
+    for want in [
+        [1.0, 4.0, 0.0, 1.0, 0.0, 0.0],
+        [3.0, 12.0, 8.0, 1.0, 2.0, 0.0],
+        [3.0, 12.0, 8.0, 0.0, 2.0, 1.0],
+    ] {
+        assert!(seen.contains(&want), "{want:?} not among {seen:?}");
+    }
     let report = read_json(&json);
     let cap = &report["capacity"];
     assert_eq!(cap["max_rate"].as_f64(), Some(8.0), "{cap:#}\n{}", text(&o));

@@ -1117,3 +1117,174 @@ fn a_spawn_naming_a_class_the_profile_lacks_is_reported_not_fatal() {
     let (reqs, _, _) = reported(&out);
     assert!(reqs > 0, "{out}");
 }
+
+/// An open class under cloudswarm's master: the profile's rate and each
+/// `rate=` stage are the rate in all, split between the two workers as
+/// their users are (not run in full by each), and the status line says it.
+#[test]
+fn run_master_splits_arrival_rates_between_workers_and_follows_rate_stages() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("open.toml");
+    std::fs::write(
+        &profile,
+        "[[user]]\nname = \"api\"\narrival_rate = \"10/s\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n",
+    )
+    .unwrap();
+    let profile = profile.to_str().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let mut m = master(
+        profile,
+        port,
+        &json,
+        &[
+            "--expect-workers",
+            "2",
+            "-u",
+            "8",
+            "-r",
+            "100",
+            "--stages",
+            "rate=20/s:6s,rate=40/s:6s",
+        ],
+    );
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut ws: Vec<Watched> = states
+        .iter()
+        .map(|s| Watched::new(worker(&moto, port, s.path(), profile)))
+        .collect();
+    let (code, _) = m.finish(Duration::from_secs(90));
+    assert_eq!(code, Some(0), "{}", m.stderr());
+    for w in &mut ws {
+        let (c, _) = w.finish(Duration::from_secs(60));
+        assert_eq!(c, Some(0), "{}", w.stderr());
+    }
+    // 6 s at 20/s and 6 s at 40/s: 360 task starts in all (720 if each
+    // worker ran the whole rate), less what the workers' start-up took.
+    let report = read_json(&json);
+    let starts = find_entry(&report, "arrival:api").expect("arrival:api row")["num_requests"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (280..=378).contains(&starts),
+        "{starts} task starts\n{}",
+        m.stderr()
+    );
+    let dropped = report["dropped"]["api"].as_u64().unwrap_or(0);
+    eprintln!("{starts} task starts, {dropped} dropped");
+    assert!(dropped * 100 <= starts, "{dropped} dropped of {starts}");
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{report:#}");
+    for w in workers {
+        let n = w["num_requests"].as_u64().unwrap();
+        assert!(
+            n * 3 >= starts,
+            "each worker ran about half: {w} of {starts}"
+        );
+    }
+    for rate in ["arrivals api 20/s", "arrivals api 40/s"] {
+        assert!(
+            m.wait_line(rate, Duration::ZERO).is_some(),
+            "{rate}\n{}",
+            m.stderr()
+        );
+    }
+}
+
+/// `--find-max` under cloudswarm's master: the two workers share each
+/// step's rate through an nginx that lets 10 requests a second through
+/// (answering the rest 503), so the steps hold at 4/s and 8/s and the
+/// 12/s step is throttled, as on one machine.
+#[test]
+fn run_master_finds_the_max_rate_over_its_workers() {
+    let moto = Moto::start();
+    let front_port = free_port();
+    let front = Nginx::start_http(
+        front_port,
+        &[],
+        &format!(
+            "  limit_req_zone $server_port zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
+             server {{\n    listen 127.0.0.1:{front_port};\n    location / {{\n      \
+             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
+            moto.url
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("cap.toml");
+    std::fs::write(
+        &profile,
+        "[params]\nobject_size = \"1KiB\"\nbucket = \"shared\"\n\
+         [[user]]\nname = \"api\"\narrival_rate = \"4/s\"\n[[user.task]]\nop = \"s3:PutObject\"\n",
+    )
+    .unwrap();
+    let profile = profile.to_str().unwrap();
+    let port = free_port();
+    let json = dir.path().join("report.json");
+    let mut m = master(
+        profile,
+        port,
+        &json,
+        &[
+            "--expect-workers",
+            "2",
+            "-u",
+            "8",
+            "-r",
+            "100",
+            "--find-max",
+            "4/s:4/s:4s",
+            "-t",
+            "2m",
+        ],
+    );
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut ws: Vec<Watched> = states
+        .iter()
+        .map(|s| {
+            Watched::new(
+                cloudswarm()
+                    .args(["worker", "-f", profile, "--master-port", &port.to_string()])
+                    .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &front.url])
+                    .args(["--state-dir", s.path().to_str().unwrap()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let (code, out) = m.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{}", m.stderr());
+    for w in &mut ws {
+        let (c, _) = w.finish(Duration::from_secs(60));
+        assert_eq!(c, Some(0), "{}", w.stderr());
+    }
+    let report = read_json(&json);
+    let cap = &report["capacity"];
+    assert_eq!(
+        cap["max_rate"].as_f64(),
+        Some(8.0),
+        "{cap:#}\n{}",
+        m.stderr()
+    );
+    assert_eq!(cap["stopped_by"], "throttle_rate", "{cap:#}");
+    let steps = cap["steps"].as_array().unwrap();
+    eprintln!("{cap:#}");
+    assert_eq!(steps.len(), 3, "{cap:#}");
+    for (i, rate) in [4.0, 8.0, 12.0].iter().enumerate() {
+        let achieved = steps[i]["achieved_rate"].as_f64().unwrap();
+        assert!(
+            (achieved - rate).abs() <= rate * 0.3,
+            "step {i}: achieved {achieved} for {rate} in all, not per worker\n{cap:#}"
+        );
+    }
+    // Both workers took their share of the steps.
+    for w in report["workers"].as_array().unwrap() {
+        assert!(w["num_requests"].as_u64().unwrap() > 10, "{w}");
+    }
+    assert!(
+        out.contains("the highest arrival rate that held: 8/s"),
+        "{out}"
+    );
+}

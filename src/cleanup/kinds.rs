@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use super::Proof;
 use super::retry::with_retry;
-use crate::naming::{MARKER_KEY, is_run_name, run_tag_of};
+use crate::naming::{MARKER_KEY, is_run_name, name_tag_of, run_tag_of};
 use crate::resources::{Kind, Tracker};
 use crate::target::Clients;
 
@@ -203,10 +203,18 @@ async fn release_address(c: &Clients, id: &str, deadline: Instant) -> Result<(),
     with_retry(deadline, release).await.map(drop)
 }
 
-/// Why a listed EC2 resource is the run's: its tag first, else the journal
-/// (by any of `ids`); None when neither says so.
-fn proof(tracker: &Tracker, kind: Kind, tags: &[Tag], ids: &[&str]) -> Option<Proof> {
-    if run_tag_of(tags) == Some(tracker.run_id().as_str()) {
+/// Why a listed EC2 resource is the run's: the journal (by any of `ids`),
+/// else its tag, if its name (`name`, else its `Name` tag) is in the
+/// tracker's scope; None when neither says so.
+fn proof(
+    tracker: &Tracker,
+    kind: Kind,
+    tags: &[Tag],
+    ids: &[&str],
+    name: Option<&str>,
+) -> Option<Proof> {
+    let tagged = run_tag_of(tags) == Some(tracker.run_id().as_str());
+    if tagged && tracker.in_scope(name.or(name_tag_of(tags))) {
         Some(Proof::Tag)
     } else if ids.iter().any(|i| tracker.knows(kind, i)) {
         Some(Proof::Journal)
@@ -311,7 +319,7 @@ async fn instances(
                         .flat_map(|r| r.instances())
                         .filter_map(|i| {
                             let id = i.instance_id()?;
-                            Some((id.to_string(), proof(tracker, kind, i.tags(), &[id])?))
+                            Some((id.to_string(), proof(tracker, kind, i.tags(), &[id], None)?))
                         })
                         .collect();
                     Ok((found, p.next_token().map(str::to_string)))
@@ -354,7 +362,7 @@ async fn volumes(
                         })
                         .filter_map(|v| {
                             let id = v.volume_id()?;
-                            Some((id.to_string(), proof(tracker, kind, v.tags(), &[id])?))
+                            Some((id.to_string(), proof(tracker, kind, v.tags(), &[id], None)?))
                         })
                         .collect();
                     Ok((found, p.next_token().map(str::to_string)))
@@ -392,7 +400,7 @@ async fn snapshots(
                         .iter()
                         .filter_map(|s| {
                             let id = s.snapshot_id()?;
-                            Some((id.to_string(), proof(tracker, kind, s.tags(), &[id])?))
+                            Some((id.to_string(), proof(tracker, kind, s.tags(), &[id], None)?))
                         })
                         .collect();
                     Ok((found, p.next_token().map(str::to_string)))
@@ -433,7 +441,7 @@ async fn addresses(
                 .collect();
             Some((
                 ids.first()?.to_string(),
-                proof(tracker, kind, a.tags(), &ids)?,
+                proof(tracker, kind, a.tags(), &ids, None)?,
             ))
         }));
     }
@@ -461,7 +469,10 @@ async fn key_pairs(
         .map_err(|e| format!("DescribeKeyPairs: {e}"))?;
     out.extend(p.key_pairs().iter().filter_map(|k| {
         let n = k.key_name()?;
-        Some((n.to_string(), proof(tracker, kind, k.tags(), &[n])?))
+        Some((
+            n.to_string(),
+            proof(tracker, kind, k.tags(), &[n], Some(n))?,
+        ))
     }));
     Ok(out)
 }
@@ -498,7 +509,10 @@ async fn groups(
                         .flatten()
                         .collect();
                     let id = g.group_id()?;
-                    Some((id.to_string(), proof(tracker, kind, g.tags(), &ids)?))
+                    Some((
+                        id.to_string(),
+                        proof(tracker, kind, g.tags(), &ids, g.group_name())?,
+                    ))
                 })
                 .collect();
             Ok((found, p.next_token().map(str::to_string)))
@@ -524,7 +538,9 @@ async fn buckets(
         }
         if tracker.knows(kind, &name) {
             out.push((name, Proof::Journal));
-        } else if marker_of(c, &name, deadline).await?.as_deref() == Some(run.as_str()) {
+        } else if tracker.in_scope(Some(&name))
+            && marker_of(c, &name, deadline).await?.as_deref() == Some(run.as_str())
+        {
             out.push((name, Proof::Marker));
         }
     }

@@ -179,3 +179,137 @@ pub async fn sweep(
     let left = list_run(c, tracker, services, deadline).await;
     (report, left)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::ResourceType;
+
+    use super::*;
+    use crate::tasks::tests::{Moto, ctx_at};
+
+    /// Two workers share run `sizes`: worker 1 names from 1e9 + 1, worker 2
+    /// from 2e9 + 1. Worker 1's clean-up takes its own names and what its
+    /// journal names, and leaves worker 2's though they carry the run's tag
+    /// and marker; an unscoped clean-up (`cleanup --run-id`) takes the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workers_sweep_spares_the_other_workers_resources() {
+        let moto = Moto::start();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx_at(dir.path(), &moto.url).await;
+        let (c, run) = (&ctx.clients, &ctx.run_id);
+        let mut volumes = BTreeMap::new();
+        for n in [1_000_000_005u64, 2_000_000_005, 7] {
+            let name = run.resource_name(n);
+            c.ec2
+                .create_key_pair()
+                .key_name(&name)
+                .tag_specifications(run.tags(ResourceType::KeyPair, &name))
+                .send()
+                .await
+                .unwrap();
+            c.ec2
+                .create_security_group()
+                .group_name(&name)
+                .description("cloudswarm run")
+                .tag_specifications(run.tags(ResourceType::SecurityGroup, &name))
+                .send()
+                .await
+                .unwrap();
+            let v = c
+                .ec2
+                .create_volume()
+                .size(1)
+                .availability_zone("us-east-1a")
+                .tag_specifications(run.tags(ResourceType::Volume, &name))
+                .send()
+                .await
+                .unwrap();
+            volumes.insert(n, v.volume_id().unwrap().to_string());
+            c.s3.create_bucket().bucket(&name).send().await.unwrap();
+            c.s3.put_object()
+                .bucket(&name)
+                .key(crate::naming::MARKER_KEY)
+                .body(run.as_str().as_bytes().to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let worker1 = Tracker::open(state.path(), run)
+            .unwrap()
+            .scoped(1_000_000_001..=2_000_000_000);
+        // Worker 1's journal names key pair 7 (an intent that never got
+        // its answer): the journal proves it whatever its number.
+        worker1.adopt_name(Kind::KeyPair, &run.resource_name(7));
+        let (report, left) =
+            sweep(c, &worker1, Services::ALL, Duration::from_secs(60), &|_| {}).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.deleted.get(&Kind::KeyPair), Some(&2), "{report:?}");
+        for kind in [Kind::SecurityGroup, Kind::Volume, Kind::Bucket] {
+            assert_eq!(report.deleted.get(&kind), Some(&1), "{kind:?}: {report:?}");
+        }
+        assert!(left.unwrap().is_empty(), "worker 1's scope is empty now");
+
+        let keys = c.ec2.describe_key_pairs().send().await.unwrap();
+        let mut keys: Vec<&str> = keys
+            .key_pairs()
+            .iter()
+            .filter_map(|k| k.key_name())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, [run.resource_name(2_000_000_005)]);
+        let groups = c.ec2.describe_security_groups().send().await.unwrap();
+        let groups: BTreeMap<&str, &str> = groups
+            .security_groups()
+            .iter()
+            .filter_map(|g| Some((g.group_name()?, g.group_id()?)))
+            .filter(|(n, _)| n.starts_with("cs-"))
+            .collect();
+        let spared: Vec<&&str> = groups.keys().collect();
+        assert_eq!(
+            spared,
+            [
+                &run.resource_name(2_000_000_005).as_str(),
+                &run.resource_name(7).as_str()
+            ]
+        );
+        let vols = c.ec2.describe_volumes().send().await.unwrap();
+        let vols: Vec<&str> = vols
+            .volumes()
+            .iter()
+            .filter_map(|v| v.volume_id())
+            .collect();
+        assert!(
+            !vols.contains(&volumes[&1_000_000_005].as_str()),
+            "{vols:?}"
+        );
+        assert!(vols.contains(&volumes[&2_000_000_005].as_str()), "{vols:?}");
+        assert!(vols.contains(&volumes[&7].as_str()), "{vols:?}");
+        let buckets = list_bucket_names(c, Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            buckets,
+            [run.resource_name(2_000_000_005), run.resource_name(7)]
+        );
+
+        // The whole run, as `cloudswarm cleanup --run-id` takes it.
+        let all = Tracker::open(state.path(), run).unwrap();
+        let (report, left) = sweep(c, &all, Services::ALL, Duration::from_secs(60), &|_| {}).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        for kind in [
+            Kind::KeyPair,
+            Kind::SecurityGroup,
+            Kind::Volume,
+            Kind::Bucket,
+        ] {
+            let want = if kind == Kind::KeyPair { 1 } else { 2 };
+            assert_eq!(
+                report.deleted.get(&kind),
+                Some(&want),
+                "{kind:?}: {report:?}"
+            );
+        }
+        assert!(left.unwrap().is_empty());
+    }
+}

@@ -137,6 +137,8 @@ struct Node {
     assigned: Vec<u64>,
     /// It was given users in the current run.
     ran: bool,
+    /// The arrival rates it was last told (its share of the open classes').
+    rates: Vec<(String, f64)>,
 }
 
 struct Inner {
@@ -163,6 +165,9 @@ struct Inner {
     refusals_logged: u32,
     /// The (run id, profile) whose info gauge is 1.
     info: Option<(String, String)>,
+    /// The open classes' arrival rate in all (per second, split between
+    /// them as their profile rates are); None: the profile's rates.
+    arrival: Option<f64>,
 }
 
 /// The master of a distributed run.
@@ -192,6 +197,47 @@ fn now_unix() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// Each class's arrival rate in all (per second, profile order; None for a
+/// closed class): `total` split between the open classes as their profile
+/// rates are, or the profile's rates when there is no `total`.
+fn class_rates(profile: &Profile, total: Option<f64>) -> Vec<Option<f64>> {
+    let base: f64 = profile
+        .users
+        .iter()
+        .filter_map(|u| Some(u.arrival.as_ref()?.rate))
+        .sum();
+    profile
+        .users
+        .iter()
+        .map(|u| {
+            let r = u.arrival.as_ref()?.rate;
+            Some(match total {
+                Some(t) if base > 0.0 => t * r / base,
+                _ => r,
+            })
+        })
+        .collect()
+}
+
+/// A worker's share of each open class's rate: as its share of the class's
+/// users (a worker with none of them gets no rate: it has no arrivals).
+fn worker_rates(
+    profile: &Profile,
+    rates: &[Option<f64>],
+    classes: &[u64],
+    share: &[u64],
+) -> Vec<(String, f64)> {
+    profile
+        .users
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| {
+            let (r, all, mine) = (rates.get(i).copied()??, *classes.get(i)?, *share.get(i)?);
+            (mine > 0 && all > 0).then(|| (u.name.clone(), r * mine as f64 / all as f64))
+        })
+        .collect()
 }
 
 /// Users dealt round-robin to `workers`, class after class with the deal
@@ -258,6 +304,7 @@ impl Master {
                 profile: None,
                 refusals_logged: 0,
                 info: None,
+                arrival: None,
             }),
             out,
             changed: Notify::new(),
@@ -483,6 +530,7 @@ impl Master {
                                 stopped: true,
                                 assigned: vec![0; classes],
                                 ran: false,
+                                rates: vec![],
                             },
                         );
                     }
@@ -688,6 +736,7 @@ impl Master {
         live.sort();
         let live: Vec<String> = live.into_iter().map(|(_, id)| id).collect();
         let shares = split(&classes, live.len());
+        let rates = class_rates(&profile, g.arrival);
         let ts = now_unix().max(g.last_ts + 1e-3);
         g.last_ts = ts;
         let run_id = g.run_id.clone();
@@ -696,10 +745,12 @@ impl Master {
         for (id, share) in live.iter().zip(shares) {
             let n = g.nodes.get_mut(id).expect("live");
             line.push(format!("{} {}", n.index, share.iter().sum::<u64>()));
-            if n.assigned == share && !n.stopped {
+            let arrival_rates = worker_rates(&profile, &rates, &classes, &share);
+            if n.assigned == share && n.rates == arrival_rates && !n.stopped {
                 continue;
             }
             n.assigned = share.clone();
+            n.rates = arrival_rates.clone();
             n.stopped = false;
             n.ran = true;
             let spawn = Spawn {
@@ -713,6 +764,7 @@ impl Master {
                 stop_timeout,
                 run_id: run_id.clone(),
                 profile: Some((profile.name.clone(), text.to_string())),
+                arrival_rates,
             };
             self.send(id, "spawn", spawn.to_value());
         }
@@ -722,6 +774,72 @@ impl Master {
             live.len(),
             line.join(", ")
         );
+    }
+
+    /// Sets the open classes' arrival rate in all (per second), split
+    /// between them as their profile rates are, and between the workers as
+    /// their users are.
+    pub fn set_arrival_rate(&self, total: f64) -> Result<(), String> {
+        let mut g = self.lock();
+        let Some((profile, _)) = g.profile.clone() else {
+            return Err("no run".into());
+        };
+        if profile.users.iter().all(|u| u.arrival.is_none()) {
+            return Err(
+                "the profile has no open class: an arrival rate needs a class with arrival_rate"
+                    .into(),
+            );
+        }
+        if !(total.is_finite() && total > 0.0 && total <= crate::units::MAX_ARRIVAL_RATE) {
+            return Err(format!("an arrival rate must be above zero, got {total}"));
+        }
+        if matches!(
+            g.state,
+            RunState::Stopping | RunState::CleaningUp | RunState::Stopped
+        ) {
+            return Err("the run is stopping".into());
+        }
+        g.arrival = Some(total);
+        if matches!(g.state, RunState::Hatching | RunState::Running) {
+            self.rebalance(&mut g);
+        }
+        Ok(())
+    }
+
+    /// Waits until every live worker that runs users has sent a report
+    /// since now (or `limit` passes): the merged figures then hold what
+    /// the workers measured up to about now.
+    pub async fn fresh_reports(&self, limit: Duration) {
+        let since = Instant::now();
+        let deadline = since + limit;
+        while Instant::now() < deadline {
+            let fresh = self
+                .lock()
+                .nodes
+                .values()
+                .filter(|n| !n.missing && n.assigned.iter().any(|&u| u > 0))
+                .all(|n| n.last_report > since);
+            if fresh {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Each open class's arrival rate in all (per second), as the status
+    /// line says it.
+    pub fn arrival_rates(&self) -> Vec<(String, f64)> {
+        let g = self.lock();
+        let Some((profile, _)) = &g.profile else {
+            return vec![];
+        };
+        let rates = class_rates(profile, g.arrival);
+        profile
+            .users
+            .iter()
+            .zip(rates)
+            .filter_map(|(u, r)| Some((u.name.clone(), r?)))
+            .collect()
     }
 
     /// Waits until `n` workers are ready (or `limit` passes): how many are.
@@ -742,14 +860,15 @@ impl Master {
     }
 
     /// Starts a run of `profile` (whose TOML text goes to the workers):
-    /// `users` at `rate` per second over the live workers.
+    /// `users` at `rate` per second over the live workers, and the open
+    /// classes at `arrival` per second in all (None: the profile's rates).
     pub fn start(
         &self,
         run_id: RunId,
         profile: (Arc<Profile>, Arc<str>),
         stats: Stats,
-        users: u64,
-        rate: f64,
+        (users, rate): (u64, f64),
+        arrival: Option<f64>,
         stop_timeout: f64,
     ) -> Result<(), String> {
         let mut g = self.lock();
@@ -775,10 +894,15 @@ impl Master {
         for n in g.nodes.values_mut() {
             n.ran = false;
             n.held = Default::default();
+            n.rates = vec![];
         }
         g.ramp = 0.0;
+        g.arrival = None;
         drop(g);
         self.set_target(users, rate)?;
+        if let Some(r) = arrival {
+            self.set_arrival_rate(r)?;
+        }
         let mut g = self.lock();
         g.state = RunState::Hatching;
         g.ramp = g.rate.min(g.target as f64);

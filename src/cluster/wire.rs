@@ -143,6 +143,10 @@ pub struct Spawn {
     pub run_id: Option<RunId>,
     /// The profile to run, (name, TOML text): cloudswarm's master sends it.
     pub profile: Option<(String, String)>,
+    /// This worker's share of the open classes' arrival rates (per
+    /// second), by class: cloudswarm's master sends it; a class left out
+    /// keeps the rate it has (at first, the profile's).
+    pub arrival_rates: Vec<(String, f64)>,
 }
 
 impl Spawn {
@@ -179,12 +183,29 @@ impl Spawn {
             }
             None => None,
         };
+        let mut arrival_rates = vec![];
+        match ext.and_then(|e| get(e, "arrival_rates")) {
+            Some(Value::Map(m)) => {
+                for (k, v) in m {
+                    let name = k
+                        .as_str()
+                        .ok_or("an arrival rate's class is not a string")?;
+                    let r = num(v)
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| format!("class `{name}`: arrival rate is not above 0"))?;
+                    arrival_rates.push((name.to_string(), r));
+                }
+            }
+            Some(_) => return Err("arrival_rates is not a map".into()),
+            None => {}
+        }
         Ok(Spawn {
             timestamp,
             classes,
             stop_timeout,
             run_id,
             profile,
+            arrival_rates,
         })
     }
 
@@ -216,6 +237,17 @@ impl Spawn {
                     ("name", Value::from(name.as_str())),
                     ("text", Value::from(text.as_str())),
                 ]),
+            ));
+        }
+        if !self.arrival_rates.is_empty() {
+            ext.push((
+                "arrival_rates",
+                Value::Map(
+                    self.arrival_rates
+                        .iter()
+                        .map(|(c, r)| (Value::from(c.as_str()), Value::F64(*r)))
+                        .collect(),
+                ),
             ));
         }
         if !ext.is_empty() {
@@ -808,6 +840,57 @@ mod tests {
     use crate::failure::Failure;
     use crate::stats::Bytes;
     use std::time::Duration;
+
+    #[test]
+    fn a_spawn_carries_arrival_rates_and_bad_ones_are_named() {
+        let spawn = Spawn {
+            timestamp: 12.5,
+            classes: vec![("api".into(), 3), ("batch".into(), 1)],
+            stop_timeout: 2.0,
+            run_id: Some(RunId::parse("k3x9q2ab").unwrap()),
+            profile: Some(("p".into(), "[[user]]".into())),
+            arrival_rates: vec![("api".into(), 7.5)],
+        };
+        let back = Spawn::parse(&spawn.to_value()).unwrap();
+        assert_eq!(back.arrival_rates, [("api".to_string(), 7.5)]);
+        assert_eq!(back.classes, spawn.classes);
+        // A stock master's spawn has none: the classes keep their rates.
+        let stock = Spawn {
+            arrival_rates: vec![],
+            run_id: None,
+            profile: None,
+            ..spawn.clone()
+        };
+        assert!(
+            Spawn::parse(&stock.to_value())
+                .unwrap()
+                .arrival_rates
+                .is_empty()
+        );
+        for (bad, says) in [
+            (Value::F64(0.0), "not above 0"),
+            (Value::F64(f64::NAN), "not above 0"),
+            (Value::from("fast"), "not above 0"),
+        ] {
+            let mut v = spawn.to_value();
+            let Value::Map(top) = &mut v else { panic!() };
+            let ext = top
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some(EXT))
+                .unwrap();
+            ext.1 = map([("arrival_rates", map([("api", bad)]))]);
+            let e = Spawn::parse(&v).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        let mut v = spawn.to_value();
+        let Value::Map(top) = &mut v else { panic!() };
+        let ext = top
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(EXT))
+            .unwrap();
+        ext.1 = map([("arrival_rates", Value::from(3))]);
+        assert!(Spawn::parse(&v).unwrap_err().contains("not a map"));
+    }
 
     #[test]
     fn buckets_round_half_to_even_as_python_does() {

@@ -28,7 +28,7 @@ use zeromq::{
 use super::wire::{self, Holdings, Message, Spawn, map};
 use crate::engine::{MAX_RATE, RunState};
 use crate::error::config_err;
-use crate::naming::RunId;
+use crate::naming::{NAME_RANGE, RunId};
 use crate::profile::{self, Profile};
 use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::signals;
@@ -191,6 +191,8 @@ struct Worker {
     phase: Phase,
     /// Targets of the latest accepted spawn (profile order).
     want: Vec<u64>,
+    /// The arrival rate per class (profile order) the last spawn gave.
+    rates: Vec<Option<f64>>,
     last_spawn: f64,
     stop_timeout: Duration,
     index: Option<u64>,
@@ -262,6 +264,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32> {
         link: None,
         phase: Phase::Idle,
         want: vec![],
+        rates: vec![],
         last_spawn: f64::NEG_INFINITY,
         stop_timeout: Duration::ZERO,
         index: None,
@@ -603,6 +606,14 @@ impl Worker {
                 None => {}
             }
         }
+        let rates = profile
+            .users
+            .iter()
+            .map(|u| {
+                let r = spawn.arrival_rates.iter().find(|(c, _)| *c == u.name);
+                r.filter(|_| u.arrival.is_some()).map(|(_, r)| *r)
+            })
+            .collect();
         if !unknown.is_empty() {
             let known: Vec<&str> = profile.users.iter().map(|u| u.name.as_str()).collect();
             let msg = format!(
@@ -614,6 +625,7 @@ impl Worker {
             self.exception(msg).await;
         }
         self.want = targets;
+        self.rates = rates;
         match &self.phase {
             Phase::Idle => {
                 self.phase = Phase::Preparing;
@@ -635,7 +647,10 @@ impl Worker {
                 }
                 let s = s.clone();
                 match s.engine.set_class_targets(self.want.clone(), MAX_RATE) {
-                    Ok(()) => self.watch_spawn(s),
+                    Ok(()) => {
+                        self.apply_rates(&s).await;
+                        self.watch_spawn(s)
+                    }
                     Err(e) => self.exception(format!("spawn refused: {e}")).await,
                 }
             }
@@ -653,8 +668,10 @@ impl Worker {
         };
         let (clients, limits) = (self.clients.clone(), self.args.limits.clone());
         let path = self.profile_path.clone();
-        // Workers under one run id each name from their own range.
-        let name_base = (self.index.unwrap_or(0) + 1) * 1_000_000_000;
+        // Workers under one run id each name from their own range, and
+        // their clean-ups claim only that range (and their journals).
+        let name_base = (self.index.unwrap_or(0) + 1) * NAME_RANGE;
+        let own_names_only = run_id.is_some();
         let tx = self.jobs_tx.clone();
         tokio::spawn(async move {
             let spec = Spec {
@@ -665,9 +682,20 @@ impl Worker {
                 max_inflight: limits.max_inflight as usize,
                 run_id,
                 name_base,
+                own_names_only,
             };
             let _ = tx.send(Job::Prepared(Session::prepare(profile, spec).await));
         });
+    }
+
+    /// Sets the open classes' arrival rates the last spawn gave (its share
+    /// of the master's rate); a class it gave none keeps its rate.
+    async fn apply_rates(&mut self, s: &Session) {
+        if self.rates.iter().any(Option::is_some)
+            && let Err(e) = s.engine.set_class_arrival_rates(self.rates.clone())
+        {
+            self.exception(format!("arrival rates refused: {e}")).await;
+        }
     }
 
     /// Says `spawning_complete` once the users reach the targets (or after 10 s).
@@ -695,7 +723,10 @@ impl Worker {
                 );
                 self.current.store(Some(s.engine.clone()));
                 match s.start_classes(self.want.clone(), MAX_RATE) {
-                    Ok(()) => self.watch_spawn(s.clone()),
+                    Ok(()) => {
+                        self.apply_rates(&s).await;
+                        self.watch_spawn(s.clone())
+                    }
                     Err(e) => self.exception(format!("spawn refused: {e}")).await,
                 }
                 self.phase = Phase::Running(s);

@@ -326,12 +326,12 @@ impl User {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A run context whose clients point at `url` (signing with test keys,
     /// from a eucarc in `dir`). Building them sends nothing.
-    pub(super) async fn ctx_at(dir: &std::path::Path, url: &str) -> RunCtx {
+    pub(crate) async fn ctx_at(dir: &std::path::Path, url: &str) -> RunCtx {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -379,13 +379,13 @@ mod tests {
 
     /// A moto server on a free loopback port (`MOTO_SERVER`, else the
     /// repository's `.venv`), for as long as this value lives.
-    pub(super) struct Moto {
+    pub(crate) struct Moto {
         child: std::process::Child,
         pub url: String,
     }
 
     impl Moto {
-        pub(super) fn start() -> Moto {
+        pub(crate) fn start() -> Moto {
             let bin = std::env::var_os("MOTO_SERVER").map_or_else(
                 || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
                 std::path::PathBuf::from,

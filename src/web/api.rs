@@ -24,9 +24,6 @@ use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::stats::{PERCENTILES, Snapshot, percentile_of};
 use crate::target::Clients;
 
-/// Why a distributed run's arrival rate cannot be changed from here.
-const NO_RATE_ON_WORKERS: &str = "a run on workers keeps the profile's arrival rates (each worker runs them at the profile's rate): changing them from the master is not supported";
-
 /// Clean-up of the current run, as the page shows it.
 #[derive(Default, Clone, serde::Serialize)]
 pub struct CleanupView {
@@ -95,6 +92,22 @@ impl Live {
         match &self.master {
             Some(m) => m.set_target(users, rate),
             None => self.session.engine.set_target(users, rate),
+        }
+    }
+
+    /// Sets the open classes' arrival rate in all (per second).
+    fn set_arrival_rate(&self, total: f64) -> Result<(), String> {
+        match &self.master {
+            Some(m) => m.set_arrival_rate(total),
+            None => self.session.engine.set_arrival_rate(total),
+        }
+    }
+
+    /// Each open class's arrival rate now (per second).
+    fn arrival_rates(&self) -> Vec<(String, f64)> {
+        match &self.master {
+            Some(m) => m.arrival_rates(),
+            None => self.session.engine.arrival_rates(),
         }
     }
 
@@ -376,17 +389,10 @@ impl App {
                             "SLAs are set when a swarm starts: this one keeps its own (stop it to start one with others)",
                         ));
                     }
-                    if let Some(r) = f.arrival_rate {
-                        if live.master.is_some() {
-                            return Some(bad(
-                                StatusCode::BAD_REQUEST,
-                                Some("arrival_rate"),
-                                NO_RATE_ON_WORKERS,
-                            ));
-                        }
-                        if let Err(e) = live.session.engine.set_arrival_rate(r) {
-                            return Some(bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e));
-                        }
+                    if let Some(r) = f.arrival_rate
+                        && let Err(e) = live.set_arrival_rate(r)
+                    {
+                        return Some(bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e));
                     }
                     if let Err(e) = live.set_target(f.user_count, f.spawn_rate) {
                         return Some(bad(StatusCode::CONFLICT, None, e));
@@ -452,13 +458,6 @@ impl App {
             .unwrap_or_default();
         kept::prune_for_new_run(&self.limits.state_dir(), self.keep_runs);
         let session = match &self.master {
-            Some(_) if f.arrival_rate.is_some() => {
-                return bad(
-                    StatusCode::BAD_REQUEST,
-                    Some("arrival_rate"),
-                    NO_RATE_ON_WORKERS,
-                );
-            }
             Some(m) => match self.prepare_on_workers(m, name, &f) {
                 Ok(s) => s,
                 Err(answer) => return answer,
@@ -602,6 +601,7 @@ impl App {
             max_inflight: 1,
             run_id: None,
             name_base: 0,
+            own_names_only: false,
         };
         let run_id = crate::naming::RunId::new();
         let stats = crate::stats::Stats::new();
@@ -612,8 +612,8 @@ impl App {
                 run_id,
                 (Arc::new(profile), text.into()),
                 stats,
-                f.user_count,
-                f.spawn_rate,
+                (f.user_count, f.spawn_rate),
+                f.arrival_rate,
                 self.limits.stop_timeout.as_secs_f64(),
             )
             .map_err(|e| bad(StatusCode::CONFLICT, None, e))?;
@@ -646,6 +646,7 @@ impl App {
                 max_inflight,
                 run_id: None,
                 name_base: 0,
+                own_names_only: false,
             };
             Session::prepare(profile, spec).await
         })
@@ -968,6 +969,8 @@ impl App {
             .collect();
         let cur = |q: f64| percentile_of(&snap.current_percentiles_ms, q).unwrap_or(0.0);
         let generator = generator_json(&s.ctx.stats.lock().history);
+        let rates = live.arrival_rates();
+        let arrival_total = (!rates.is_empty()).then(|| rates.iter().map(|(_, r)| r).sum::<f64>());
         json!({
             "state": locust_state(live.state()),
             "state_label": live.state().as_str(),
@@ -981,7 +984,7 @@ impl App {
             "worker_count": self.master.as_ref().map_or(0, |m| m.live_workers()),
             // All open classes together (null without any), and the
             // arrivals dropped per class.
-            "arrival_rate": s.engine.arrival_rate(),
+            "arrival_rate": arrival_total,
             "dropped": snap.dropped,
             "stats": rows,
             "errors": errors,
@@ -1122,7 +1125,7 @@ fn arrivals_note(f: &SwarmForm) -> String {
 /// Users per class, and for open classes their arrival rate (per second)
 /// and the arrivals dropped.
 fn user_classes(live: &Live, snap: &Snapshot) -> Vec<Value> {
-    let rates = live.session.engine.arrival_rates();
+    let rates = live.arrival_rates();
     live.user_counts()
         .into_iter()
         .map(|(name, count)| {
