@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::metrics::sink;
+use crate::output::sla::Sla;
 use crate::stats::{Snapshot, Stats, StatsData};
 use crate::units::{format_rate, parse_duration, parse_rate};
 
@@ -57,7 +58,7 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 /// The limits a step must stay under besides the SLAs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Failed requests over requests.
     pub failure_rate: f64,
@@ -325,6 +326,81 @@ fn figures(n: usize, rate: f64, data: &StatsData, seconds: f64) -> (Step, Snapsh
         broke: None,
     };
     (step, snap)
+}
+
+/// Judges the SLAs on one step's figures: the first that broke, with its
+/// value. An SLA on an entry the step did not touch is not judged.
+pub fn sla_judge(slas: &[Sla]) -> impl Fn(&Snapshot) -> Option<String> + Sync + '_ {
+    move |snap: &Snapshot| {
+        slas.iter().find_map(|s| {
+            let judged = match s.entry() {
+                Some(e) => snap
+                    .entries
+                    .iter()
+                    .any(|x| x.name == e && x.num_requests > 0),
+                None => snap.total.num_requests > 0,
+            };
+            let v = s.check(snap);
+            (judged && !v.held).then(|| format!("SLA {} (actual {})", v.sla, v.actual))
+        })
+    }
+}
+
+/// A search going on (the dashboard's): its plan, the steps so far, and
+/// its answer once it has one.
+#[derive(Debug)]
+pub struct Running {
+    pub plan: Plan,
+    pub steps: std::sync::Mutex<Vec<Step>>,
+    pub outcome: std::sync::Mutex<Option<Outcome>>,
+}
+
+impl Running {
+    pub fn new(plan: Plan) -> Running {
+        Running {
+            plan,
+            steps: Default::default(),
+            outcome: Default::default(),
+        }
+    }
+
+    /// As the JSON report has it: the answer (as `run --find-max` writes
+    /// it) once there is one, else the search so far.
+    pub fn report_json(&self) -> serde_json::Value {
+        match self.outcome.lock().ok().and_then(|o| o.clone()) {
+            Some(o) => serde_json::to_value(o).unwrap_or_default(),
+            None => self.to_json(),
+        }
+    }
+
+    /// As `/stats/requests` shows it: the plan, whether it goes on, the
+    /// step under way and its rate, the highest rate that held so far, the
+    /// steps, and the answer once there is one.
+    pub fn to_json(&self) -> serde_json::Value {
+        let steps = self.steps.lock().map(|s| s.clone()).unwrap_or_default();
+        let outcome = self.outcome.lock().ok().and_then(|o| o.clone());
+        let held = steps
+            .iter()
+            .filter(|s| s.held)
+            .map(|s| s.rate)
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+        let n = steps.len();
+        serde_json::json!({
+            "plan": {
+                "start": self.plan.start,
+                "step": self.plan.step,
+                "hold_s": self.plan.hold.as_secs_f64(),
+            },
+            "searching": outcome.is_none(),
+            "step": outcome.is_none().then_some(n + 1),
+            "step_rate": outcome.is_none().then_some(self.plan.start + n as f64 * self.plan.step),
+            "max_rate": outcome.as_ref().map_or(held, |o| o.max_rate),
+            "steps": steps,
+            "stopped_by": outcome.as_ref().map(|o| o.stopped_by),
+            "reason": outcome.as_ref().map(|o| o.reason.clone()),
+            "summary": outcome.as_ref().map(Outcome::summary),
+        })
+    }
 }
 
 /// What a search drives: the local engine, or a master over its workers.

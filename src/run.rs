@@ -516,9 +516,8 @@ async fn drive(
 }
 
 /// The `--find-max` search over a run (the engine, or a master over its
-/// workers; never ends without `--find-max`).
-/// A step is judged on its own figures: each SLA over the step (an SLA on
-/// an entry the step did not touch is not judged).
+/// workers; never ends without `--find-max`), each step judged on its own
+/// figures.
 async fn find_max(
     args: &RunArgs,
     slas: &[Sla],
@@ -528,19 +527,7 @@ async fn find_max(
     let Some(plan) = &args.find_max else {
         return std::future::pending().await;
     };
-    let judge = |snap: &crate::stats::Snapshot| {
-        slas.iter().find_map(|s| {
-            let judged = match s.entry() {
-                Some(e) => snap
-                    .entries
-                    .iter()
-                    .any(|x| x.name == e && x.num_requests > 0),
-                None => snap.total.num_requests > 0,
-            };
-            let v = s.check(snap);
-            (judged && !v.held).then(|| format!("SLA {} (actual {})", v.sla, v.actual))
-        })
-    };
+    let judge = crate::capacity::sla_judge(slas);
     let limits = crate::capacity::Limits {
         failure_rate: args.find_max_failure_rate,
         throttle_rate: args.find_max_throttle_rate,

@@ -119,6 +119,7 @@
     $("generator-box").hidden = !gen.limited;
     $("generator-limited").textContent = gen.limited ? "GENERATOR-LIMITED: " + (gen.reasons || []).join(", ") : "";
     renderSlas(d);
+    renderCapacity(d);
     var running = state === "hatching" || state === "running";
     $("stop-button").hidden = !running;
     $("edit-button").hidden = !running || editing;
@@ -217,6 +218,35 @@
   }
 
   // ---- SLAs: each one's state now, since when it is broken, when it first broke
+  // The capacity search (find_max): the step under way or the answer, and the steps.
+  function renderCapacity(d) {
+    var c = d.capacity;
+    $("capacity-tab").hidden = !c;
+    $("capacity-box").hidden = !c;
+    if (!c) return;
+    var held = c.max_rate === null || c.max_rate === undefined ? "none held yet" : "max " + rate(c.max_rate);
+    $("capacity-summary").textContent = c.searching
+      ? "step " + c.step + " at " + rate(c.step_rate) + " (" + held + ")"
+      : (c.max_rate === null || c.max_rate === undefined ? "no step held" : "max " + rate(c.max_rate));
+    $("capacity-answer").textContent = c.summary || ("searching: step " + c.step + " at " + rate(c.step_rate) + ", " + held);
+    var tb = document.querySelector("#capacity-table tbody");
+    tb.replaceChildren.apply(tb, (c.steps || []).map(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.step = s.step;
+      cell(tr, s.step, "num");
+      cell(tr, rate(s.rate), "num");
+      cell(tr, rate(s.achieved_rate), "num");
+      cell(tr, s.requests, "num");
+      cell(tr, num(s.failure_ratio * 100, 2), "num");
+      cell(tr, num(s.throttle_ratio * 100, 2), "num");
+      cell(tr, num(s.p95_ms, 1), "num");
+      cell(tr, s.dropped, "num");
+      cell(tr, s.limited_seconds, "num");
+      cell(tr, s.held ? "held" : "broke: " + s.broke, s.held ? "good" : "bad");
+      return tr;
+    }));
+  }
+
   function renderSlas(d) {
     var slas = d.sla || [];
     var broken = slas.filter(function (s) { return s.state === "breached"; }).length;
@@ -390,6 +420,8 @@
     $("field-run-time").hidden = edit;
     // SLAs are set when a swarm starts.
     $("field-sla").hidden = edit;
+    // A capacity search is set when a swarm starts.
+    $("field-find-max").hidden = edit;
     // An edit shows the arrival rate only for a swarm with open classes.
     var open = last && last.arrival_rate !== null && last.arrival_rate !== undefined;
     $("field-arrival-rate").hidden = edit && !open;
@@ -427,6 +459,12 @@
       // Sent even when empty: what the form shows is what the run judges.
       body.append("sla", $("sla").value);
       if ($("abort_on_sla_failure").checked) body.append("abort_on_sla_failure", "true");
+      var fm = $("find_max").value.trim();
+      if (fm) {
+        body.append("find_max", fm);
+        body.append("find_max_failure_rate", $("find_max_failure_rate").value);
+        body.append("find_max_throttle_rate", $("find_max_throttle_rate").value);
+      }
     }
     $("swarm-submit").disabled = true;
     $("form-error").textContent = editing ? "" : "preflight: checking the target…";

@@ -1186,6 +1186,166 @@ async fn browser_runs_an_open_workload_and_changes_its_arrival_rate() {
     b.close().await.unwrap();
 }
 
+/// A capacity search started from the form: S3 behind an nginx that lets
+/// 10 requests a second through (the rest answered 503), steps of 4/s. The
+/// Capacity tab and box follow the steps; 4/s and 8/s hold, 12/s is
+/// throttled, the run stops by itself, and the JSON and HTML reports and
+/// `/metrics` carry the answer: 8/s.
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_runs_a_capacity_search_and_shows_its_steps() {
+    let _one = BROWSER.lock().await;
+    let moto = Moto::start();
+    let front_port = free_port();
+    let front = Nginx::start_http(
+        front_port,
+        &[],
+        &format!(
+            "  limit_req_zone $server_port zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
+             server {{\n    listen 127.0.0.1:{front_port};\n    location / {{\n      \
+             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
+            moto.url
+        ),
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::copy("profiles/smoke.toml", profiles.path().join("smoke.toml")).unwrap();
+    std::fs::write(
+        profiles.path().join("cap.toml"),
+        "[params]\nobject_size = \"1KiB\"\nbucket = \"shared\"\n\
+         [[user]]\nname = \"api\"\narrival_rate = \"4/s\"\n[[user.task]]\nop = \"s3:PutObject\"\n",
+    )
+    .unwrap();
+    let d = Dashboard::start_with(
+        &moto.url,
+        &front.url,
+        &["--profiles-dir", profiles.path().to_str().unwrap()],
+    );
+    // The API: a search needs an open class, and a plan it can read.
+    let post = |pairs: &[(&str, &str)]| d.http("POST", "/swarm", &[], &form(pairs));
+    for (profile, plan, says) in [
+        ("smoke", "1/s:1/s:1m", "no class of profile `smoke` has one"),
+        ("cap", "1/s:1/s", "is not START:STEP:HOLD"),
+    ] {
+        let r = post(&[
+            ("user_count", "4"),
+            ("spawn_rate", "10"),
+            ("profile", profile),
+            ("find_max", plan),
+        ]);
+        assert_eq!(
+            (r.status, json(&r)["field"].as_str()),
+            (400, Some("find_max")),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains(says), "{}", r.body);
+    }
+    assert_eq!(d.requests()["state"], "ready");
+
+    let driver = Driver::start();
+    let b = driver.browser().await;
+    b.goto(&d.url).await.unwrap();
+    until(
+        &b,
+        "the page script",
+        Duration::from_secs(30),
+        "return document.getElementById('status').textContent === 'ready'",
+    )
+    .await;
+    js(
+        &b,
+        "document.getElementById('profile').value = 'cap'; return 1",
+    )
+    .await;
+    fill(&b, "user_count", "8").await;
+    fill(&b, "spawn_rate", "100").await;
+    fill(&b, "find_max", "4/s:4/s:4s").await;
+    click(&b, "#swarm-submit").await;
+    until(
+        &b,
+        "step 1 in the top bar",
+        Duration::from_secs(60),
+        "return !document.getElementById('capacity-box').hidden && /^step 1 at 4\\/s/.test(document.getElementById('capacity-summary').textContent)",
+    )
+    .await;
+    // An edit cannot start a search on a running swarm.
+    let r = post(&[
+        ("user_count", "8"),
+        ("spawn_rate", "10"),
+        ("find_max", "1/s:1/s:1m"),
+    ]);
+    assert_eq!(
+        (r.status, json(&r)["field"].as_str()),
+        (409, Some("find_max")),
+        "{}",
+        r.body
+    );
+    click(&b, "a[data-tab=capacity]").await;
+    until(
+        &b,
+        "step 1 held in the Capacity tab",
+        Duration::from_secs(30),
+        "const r = document.querySelector('#capacity-table tbody tr[data-step=\"1\"]'); return r && r.lastChild.textContent === 'held'",
+    )
+    .await;
+    let v = d.wait_for("the search's answer", Duration::from_secs(90), |v| {
+        v["capacity"]["searching"] == false
+    });
+    let cap = &v["capacity"];
+    assert_eq!(cap["max_rate"], 8.0, "{cap:#}");
+    assert_eq!(cap["stopped_by"], "throttle_rate", "{cap:#}");
+    let steps = cap["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{cap:#}");
+    for (s, (rate, held)) in steps.iter().zip([(4.0, true), (8.0, true), (12.0, false)]) {
+        assert_eq!(
+            (s["rate"].as_f64(), s["held"].as_bool()),
+            (Some(rate), Some(held)),
+            "{s}"
+        );
+    }
+    until(
+        &b,
+        "the answer in the Capacity tab",
+        Duration::from_secs(30),
+        "const t = document.getElementById('capacity-answer').textContent; return t.startsWith('the highest arrival rate that held: 8/s') && document.querySelector('#capacity-table tbody tr[data-step=\"3\"]').lastChild.textContent.startsWith('broke: throttle rate')",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &b,
+            "return document.getElementById('capacity-summary').textContent"
+        )
+        .await,
+        "max 8/s"
+    );
+    std::fs::write(
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-capacity.png"),
+        b.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    // The search stops the run; the reports and /metrics have the answer.
+    d.wait_for("stopped", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+    let report = json(&d.http("GET", "/report.json", &[], ""));
+    assert_eq!(report["capacity"]["max_rate"], 8.0, "{report:#}");
+    let html = d.http("GET", "/report", &[], "").body;
+    assert!(
+        html.contains("id=\"capacity\"")
+            && html.contains("the highest arrival rate that held: 8/s"),
+        "{html}"
+    );
+    let m = d.http("GET", "/metrics", &[], "").body;
+    for line in [
+        "cloudswarm_capacity_max_rate 8",
+        "cloudswarm_capacity_searching 0",
+        "cloudswarm_capacity_steps_total{verdict=\"held\"} 2",
+        "cloudswarm_capacity_steps_total{verdict=\"broke\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line}\n{m}");
+    }
+    b.close().await.unwrap();
+}
+
 /// Pixels of the generator-limited shade (unpremultiplied) in a chart.
 const SHADE_PIXELS: &str = r#"
   const c = document.getElementById(arguments[0] || 'chart-rps');

@@ -21,13 +21,8 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["tasks"],
     &["engine"],
-    &[
-        "metrics::exporter",
-        "session",
-        "output",
-        "cluster::master",
-        "capacity",
-    ],
+    &["metrics::exporter", "session", "output", "cluster::master"],
+    &["capacity"],
     &["run", "reclaim", "results", "web", "cluster::worker"],
     &["cli"],
 ];

@@ -55,6 +55,8 @@ pub struct Live {
     kept: Option<KeptRun>,
     /// Rewrites the kept run's snapshot until its final report is written.
     snapshots: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The capacity search the form asked for, if any.
+    pub capacity: Option<Arc<crate::capacity::Running>>,
 }
 
 /// The dashboard's shared state.
@@ -195,6 +197,10 @@ pub struct SwarmForm {
     pub slas: Option<Vec<Sla>>,
     /// Stop the run at the first SLA breach.
     pub abort_on_sla_failure: bool,
+    /// A capacity search (`find_max`, START:STEP:HOLD) and the failure and
+    /// throttle rates a step may not exceed.
+    pub find_max: Option<crate::capacity::Plan>,
+    pub find_max_limits: crate::capacity::Limits,
 }
 
 /// Validates the form fields; errors name the field.
@@ -258,6 +264,24 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
             }
         },
     };
+    let find_max = get("find_max")
+        .map(|p| crate::capacity::parse_plan(p).map_err(|e| ("find_max", e)))
+        .transpose()?;
+    if find_max.is_some() && arrival_rate.is_some() {
+        return Err((
+            "find_max",
+            "a capacity search sets the arrival rate itself: leave the arrival rate empty".into(),
+        ));
+    }
+    let mut find_max_limits = crate::capacity::Limits::default();
+    for (field, limit) in [
+        ("find_max_failure_rate", &mut find_max_limits.failure_rate),
+        ("find_max_throttle_rate", &mut find_max_limits.throttle_rate),
+    ] {
+        if let Some(v) = get(field) {
+            *limit = crate::capacity::parse_ratio(v).map_err(|e| (field, e))?;
+        }
+    }
     Ok(SwarmForm {
         user_count,
         spawn_rate,
@@ -266,6 +290,8 @@ pub fn parse_swarm_form(f: &HashMap<String, String>) -> Result<SwarmForm, (&'sta
         arrival_rate,
         slas,
         abort_on_sla_failure,
+        find_max,
+        find_max_limits,
     })
 }
 
@@ -382,6 +408,13 @@ impl App {
                             ),
                         ));
                     }
+                    if f.find_max.is_some() {
+                        return Some(bad(
+                            StatusCode::CONFLICT,
+                            Some("find_max"),
+                            "a capacity search is set when a swarm starts: stop this one to start one with a search",
+                        ));
+                    }
                     if f.slas.is_some() || f.abort_on_sla_failure {
                         return Some(bad(
                             StatusCode::CONFLICT,
@@ -454,6 +487,21 @@ impl App {
             Ok(s) => s,
             Err(answer) => return answer,
         };
+        if f.find_max.is_some() {
+            let path = self.profiles_dir.join(format!("{name}.toml"));
+            let open = crate::profile::load(&path)
+                .map(|p| p.users.iter().any(|u| u.arrival.is_some()))
+                .unwrap_or(true);
+            if !open {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    Some("find_max"),
+                    format!(
+                        "a capacity search raises an arrival rate, but no class of profile `{name}` has one: give a class `arrival_rate = \"1/s\"` (its users are the pool)"
+                    ),
+                );
+            }
+        }
         let profile_text = std::fs::read_to_string(self.profiles_dir.join(format!("{name}.toml")))
             .unwrap_or_default();
         kept::prune_for_new_run(&self.limits.state_dir(), self.keep_runs);
@@ -467,10 +515,16 @@ impl App {
                     Ok(s) => s,
                     Err(answer) => return answer,
                 };
-                if let Some(r) = f.arrival_rate
+                let first_rate = f.find_max.as_ref().map(|p| p.start).or(f.arrival_rate);
+                if let Some(r) = first_rate
                     && let Err(e) = session.engine.set_arrival_rate(r)
                 {
-                    return bad(StatusCode::BAD_REQUEST, Some("arrival_rate"), e);
+                    let field = if f.find_max.is_some() {
+                        "find_max"
+                    } else {
+                        "arrival_rate"
+                    };
+                    return bad(StatusCode::BAD_REQUEST, Some(field), e);
                 }
                 if let Err(e) = session.start(f.user_count, f.spawn_rate) {
                     return bad(StatusCode::BAD_REQUEST, None, e);
@@ -480,6 +534,7 @@ impl App {
         };
         let run_id = session.run_id.clone();
         let started_at = session.started_at;
+        let slas_for_search = slas.clone();
         tracing::info!(
             run_id = %run_id,
             profile = name,
@@ -494,7 +549,7 @@ impl App {
             cleanup: Mutex::new(CleanupView::default()),
             ended_at: Mutex::new(None),
             run_timer: Mutex::new(None),
-            monitor: Arc::new(Monitor::new(slas, started_at)),
+            monitor: Arc::new(Monitor::new(slas.clone(), started_at)),
             abort_on_sla: f.abort_on_sla_failure,
             aborted_by: Mutex::new(None),
             profile_text,
@@ -502,10 +557,15 @@ impl App {
                 .inspect_err(|e| tracing::warn!(run_id = %run_id, "the run is not kept: {e:#}"))
                 .ok(),
             snapshots: Mutex::new(None),
+            capacity: f
+                .find_max
+                .clone()
+                .map(|p| Arc::new(crate::capacity::Running::new(p))),
         });
         if let Some(d) = f.run_time {
             self.arm_timer(&live, d);
         }
+        self.search_capacity(&live, slas_for_search, f.find_max_limits);
         self.watch_slas(&live);
         self.keep_snapshots(&live);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(live);
@@ -613,7 +673,7 @@ impl App {
                 (Arc::new(profile), text.into()),
                 stats,
                 (f.user_count, f.spawn_rate),
-                f.arrival_rate,
+                f.find_max.as_ref().map(|p| p.start).or(f.arrival_rate),
                 self.limits.stop_timeout.as_secs_f64(),
             )
             .map_err(|e| bad(StatusCode::CONFLICT, None, e))?;
@@ -670,6 +730,50 @@ impl App {
     }
 
     /// Stops the run after `d` from now (replacing an earlier run time).
+    /// Runs the form's capacity search, if any, on the run (its engine or
+    /// its workers), then stops the run; a run stopped first ends the
+    /// search with the steps so far.
+    fn search_capacity(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        slas: Vec<Sla>,
+        limits: crate::capacity::Limits,
+    ) {
+        let Some(cap) = live.capacity.clone() else {
+            return;
+        };
+        let (app, live) = (self.clone(), live.clone());
+        tokio::spawn(async move {
+            let judge = crate::capacity::sla_judge(&slas);
+            let search = async {
+                match &live.master {
+                    Some(m) => {
+                        crate::capacity::search(&**m, &cap.plan, limits, &judge, &cap.steps).await
+                    }
+                    None => {
+                        let engine = &*live.session.engine;
+                        crate::capacity::search(engine, &cap.plan, limits, &judge, &cap.steps).await
+                    }
+                }
+            };
+            let stopped = async {
+                while !live.stopping.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            let outcome = tokio::select! {
+                o = search => o,
+                _ = stopped => {
+                    let done = cap.steps.lock().map(|s| s.clone()).unwrap_or_default();
+                    crate::capacity::cut_short(done, "the run was stopped")
+                }
+            };
+            tracing::info!(run_id = %live.session.run_id, "capacity search: {}", outcome.summary());
+            *cap.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            app.stop(&live);
+        });
+    }
+
     fn arm_timer(self: &Arc<Self>, live: &Arc<Live>, d: Duration) {
         let (app, l) = (self.clone(), live.clone());
         let timer = tokio::spawn(async move {
@@ -929,7 +1033,7 @@ impl App {
                 "state": "ready", "state_label": RunState::Ready.as_str(),
                 "run_id": null, "profile": null, "user_count": 0,
                 "target_user_count": 0, "spawn_rate": 0, "user_classes": [],
-                "arrival_rate": null, "dropped": {},
+                "arrival_rate": null, "dropped": {}, "capacity": null,
                 "stats": [], "errors": [], "total_rps": 0, "total_fail_per_sec": 0,
                 "fail_ratio": 0, "total_throttled": 0, "user_panics": 0,
                 "current_response_time_percentiles": {},
@@ -985,6 +1089,7 @@ impl App {
             // All open classes together (null without any), and the
             // arrivals dropped per class.
             "arrival_rate": arrival_total,
+            "capacity": live.capacity.as_ref().map(|c| c.to_json()),
             "dropped": snap.dropped,
             "stats": rows,
             "errors": errors,
@@ -1087,6 +1192,9 @@ impl App {
                 .unwrap_or_default();
         if self.master.is_some() {
             report["workers"] = self.workers_json();
+        }
+        if let Some(c) = &live.capacity {
+            report["capacity"] = c.report_json();
         }
         report
     }
@@ -1497,7 +1605,53 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(open.arrival_rate, Some(1.5));
+        let search = parse_swarm_form(&form(&[
+            ("user_count", "10"),
+            ("spawn_rate", "2.5"),
+            ("find_max", "1/s:2/s:30s"),
+            ("find_max_throttle_rate", "5%"),
+        ]))
+        .unwrap();
+        let plan = search.find_max.unwrap();
+        assert_eq!((plan.start, plan.step), (1.0, 2.0));
+        assert_eq!(plan.hold, Duration::from_secs(30));
+        assert_eq!(search.find_max_limits.throttle_rate, 0.05);
+        assert_eq!(search.find_max_limits.failure_rate, 0.01);
         for (pairs, field) in [
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("find_max", "1/s:1/s"),
+                ],
+                "find_max",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("find_max", "1/s:1/s:1s"),
+                ],
+                "find_max",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("find_max", "1/s:1/s:1m"),
+                    ("arrival_rate", "5/s"),
+                ],
+                "find_max",
+            ),
+            (
+                vec![
+                    ("user_count", "5"),
+                    ("spawn_rate", "1"),
+                    ("find_max", "1/s:1/s:1m"),
+                    ("find_max_failure_rate", "120%"),
+                ],
+                "find_max_failure_rate",
+            ),
             (
                 vec![("user_count", "-3"), ("spawn_rate", "1")],
                 "user_count",
