@@ -1288,3 +1288,131 @@ fn run_master_finds_the_max_rate_over_its_workers() {
         "{out}"
     );
 }
+
+/// The sum over the workers' `/metrics` of `cloudswarm_arrival_rate{class}`,
+/// and each worker's value (None while a worker's page is not up).
+fn worker_rates(ports: &[u16], class: &str) -> Option<(f64, Vec<f64>)> {
+    let want = format!("cloudswarm_arrival_rate{{class=\"{class}\"}} ");
+    let mut each = vec![];
+    for &p in ports {
+        std::net::TcpStream::connect(("127.0.0.1", p)).ok()?;
+        let m = std::panic::catch_unwind(|| http(p, "GET", "/metrics", &[], "")).ok()?;
+        let v = m
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&want)?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        each.push(v);
+    }
+    Some((each.iter().sum(), each))
+}
+
+/// `serve --master`: the start form's arrival rate and an edit's are the
+/// rate in all; the workers' engines (their own `/metrics`) run shares that
+/// add up to it, split as the open class's users are.
+#[test]
+fn serve_master_splits_the_forms_arrival_rate_between_its_workers() {
+    let moto = Moto::start();
+    let (port, mport) = (free_port(), free_port());
+    let mstate = tempfile::tempdir().unwrap();
+    let mut m = master_dashboard(&moto, port, mport, mstate.path());
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let metrics = [free_port(), free_port()];
+    let mut ws: Vec<Child> = states
+        .iter()
+        .zip(metrics)
+        .map(|(s, mp)| {
+            cloudswarm()
+                .args(["worker", "--master-port", &mport.to_string()])
+                .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+                .args(["--state-dir", s.path().to_str().unwrap()])
+                .args(["--metrics-bind", &format!("127.0.0.1:{mp}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_doc(port, "two workers", Duration::from_secs(60), |v| {
+        v["worker_count"] == 2
+    });
+    let post = |pairs: &[(&str, &str)]| {
+        let body = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('/', "%2F")))
+            .collect::<Vec<_>>()
+            .join("&");
+        http(
+            port,
+            "POST",
+            "/swarm",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &body,
+        )
+    };
+    // open-storage: 9 of 10 users are the open class `api` (5 and 4 per worker).
+    let r = post(&[
+        ("user_count", "10"),
+        ("spawn_rate", "20"),
+        ("profile", "open-storage"),
+        ("arrival_rate", "18/s"),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for total in [18.0, 36.0] {
+        if total > 18.0 {
+            let r = post(&[
+                ("user_count", "10"),
+                ("spawn_rate", "20"),
+                ("arrival_rate", "36/s"),
+            ]);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let v = wait_doc(
+            port,
+            "the rate in /stats/requests",
+            Duration::from_secs(30),
+            |v| v["arrival_rate"] == total,
+        );
+        let api = v["user_classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "api")
+            .cloned()
+            .unwrap();
+        assert_eq!(api["arrival_rate"], total, "{v}");
+        // The workers' engines: shares that add up to the total, split as
+        // the users (5 and 4 of the 9).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = worker_rates(&metrics, "api");
+            if let Some((sum, each)) = &seen {
+                let mut users: Vec<f64> = each.iter().map(|r| r * 9.0 / total).collect();
+                users.sort_by(f64::total_cmp);
+                if (sum - total).abs() < 1e-6
+                    && (users[0] - 4.0).abs() < 1e-6
+                    && (users[1] - 5.0).abs() < 1e-6
+                {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the workers' rates never split {total} as 5 and 4 users: {seen:?}\n{}",
+                m.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let r = http(port, "GET", "/stop", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_doc(port, "stopped", Duration::from_secs(120), |v| {
+        v["state"] == "stopped"
+    });
+    for w in &mut ws {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let _ = m.child.kill();
+    let _ = m.child.wait();
+}
