@@ -237,7 +237,40 @@ impl<'a> Reader<'a> {
 
     /// Reads one value whole: an array's or a map's items are checked and
     /// kept as a span to read later.
+    #[inline]
     pub fn value(&mut self, depth: u16) -> Result<V<'a>, Error> {
+        // The usual numbers and short strings (deep enough for any of
+        // them) without the general path.
+        if depth >= 3 {
+            match *self.rest {
+                [m @ 0x00..=0x7f, ref rest @ ..] => {
+                    self.rest = rest;
+                    return Ok(V::Pos(m as u64));
+                }
+                [0xcb, a, b, c, d, e, f, g, h, ref rest @ ..] => {
+                    self.rest = rest;
+                    return Ok(V::F64(f64::from_be_bytes([a, b, c, d, e, f, g, h])));
+                }
+                [0xcc, a, ref rest @ ..] => {
+                    self.rest = rest;
+                    return Ok(V::Pos(a as u64));
+                }
+                [0xcd, a, b, ref rest @ ..] => {
+                    self.rest = rest;
+                    return Ok(V::Pos(u16::from_be_bytes([a, b]) as u64));
+                }
+                [m @ 0xa0..=0xbf, ref rest @ ..] if rest.len() >= (m & 0x1f) as usize => {
+                    let (s, rest) = rest.split_at((m & 0x1f) as usize);
+                    self.rest = rest;
+                    return Ok(V::Str(s));
+                }
+                _ => {}
+            }
+        }
+        self.value_any(depth)
+    }
+
+    fn value_any(&mut self, depth: u16) -> Result<V<'a>, Error> {
         match self.head(depth)? {
             Head::Scalar(v) => Ok(v),
             Head::Array { len, depth } => Ok(V::Array(self.span(len, depth)?)),
