@@ -10,7 +10,16 @@ use std::path::Path;
 /// below the tasks, the exporter above the engine).
 const LAYERS: &[&[&str]] = &[
     &[
-        "error", "signals", "naming", "units", "failure", "ops", "tls", "endpoint", "httpd",
+        "error",
+        "signals",
+        "naming",
+        "units",
+        "failure",
+        "ops",
+        "tls",
+        "endpoint",
+        "httpd",
+        "cluster::msgpack",
     ],
     &["profile", "stats", "resources", "target"],
     &[

@@ -12,12 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rmpv::Value;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use super::wire::{self, Message, Report, Spawn, map};
+use super::wire::{self, Body, Incoming, Spawn, map};
 use crate::engine::{MAX_RATE, MAX_USERS, RunState, distribute};
 use crate::naming::RunId;
 use crate::profile::Profile;
@@ -139,6 +140,9 @@ struct Node {
     ran: bool,
     /// The arrival rates it was last told (its share of the open classes').
     rates: Vec<(String, f64)>,
+    /// Its ZeroMQ identity, and the answer to its heartbeats, ready to send.
+    identity: bytes::Bytes,
+    heartbeat_reply: bytes::Bytes,
 }
 
 struct Inner {
@@ -177,7 +181,8 @@ pub struct Master {
     endpoint: String,
     token: Option<String>,
     inner: Mutex<Inner>,
-    out: mpsc::Sender<(String, Message)>,
+    /// Frames to send: (identity, payload).
+    out: mpsc::Sender<(bytes::Bytes, bytes::Bytes)>,
     /// Wakes whoever waits for workers to join or stop.
     changed: Notify,
     pub started: Instant,
@@ -282,7 +287,8 @@ impl Master {
                 ))
             })?;
         let (mut tx, mut rx) = socket.split();
-        let (out, mut out_rx) = mpsc::channel::<(String, Message)>(4096);
+        let mut tx_now = tx.clone();
+        let (out, mut out_rx) = mpsc::channel::<(bytes::Bytes, bytes::Bytes)>(4096);
         let master = Arc::new(Master {
             stats: Mutex::new(Stats::new()),
             endpoint: ep.to_string(),
@@ -312,9 +318,9 @@ impl Master {
         });
         // One sender: a worker whose queue is full delays others by at most 200 ms.
         tokio::spawn(async move {
-            while let Some((to, m)) = out_rx.recv().await {
-                let mut frame = ZmqMessage::from(m.encode());
-                frame.push_front(bytes::Bytes::from(to.into_bytes()));
+            while let Some((to, payload)) = out_rx.recv().await {
+                let mut frame = ZmqMessage::from(payload);
+                frame.push_front(to);
                 let _ = tokio::time::timeout(Duration::from_millis(200), tx.send(frame)).await;
             }
         });
@@ -324,7 +330,22 @@ impl Master {
                 let got = rx.recv().await;
                 let Some(m) = me.upgrade() else { break };
                 match got {
-                    Ok(frames) => m.on_frames(frames.into_vec()),
+                    Ok(frames) => {
+                        let Some((to, payload)) = m.on_frames(frames.into_vec()) else {
+                            continue;
+                        };
+                        // A heartbeat's answer goes out at once when nothing
+                        // is queued before it (the peer's own queue nearly
+                        // always takes it); else after the queue, in order.
+                        if m.out.capacity() == m.out.max_capacity() {
+                            let mut frame = ZmqMessage::from(payload.clone());
+                            frame.push_front(to.clone());
+                            if tx_now.send(frame).now_or_never().is_some() {
+                                continue;
+                            }
+                        }
+                        m.send_frame(to, payload);
+                    }
                     Err(e) => {
                         tracing::debug!("master: receive error: {e}");
                         m.lock().dropped += 1;
@@ -420,10 +441,16 @@ impl Master {
     }
 
     fn send(&self, to: &str, kind: &str, data: Value) {
+        let payload = wire::envelope(kind, &data, to);
+        self.send_frame(
+            bytes::Bytes::copy_from_slice(to.as_bytes()),
+            bytes::Bytes::from(payload),
+        );
+    }
+
+    fn send_frame(&self, to: bytes::Bytes, payload: bytes::Bytes) {
         // A full queue drops the message rather than stall the master.
-        let _ = self
-            .out
-            .try_send((to.to_string(), Message::new(kind, data, to)));
+        let _ = self.out.try_send((to, payload));
     }
 
     /// Frames that were dropped as malformed or unwanted.
@@ -436,43 +463,57 @@ impl Master {
         self.lock().exceptions.clone()
     }
 
-    fn on_frames(&self, frames: Vec<bytes::Bytes>) {
+    /// Handles a frame; answers the reply to send, if any (to a heartbeat:
+    /// (identity, payload)).
+    fn on_frames(&self, frames: Vec<bytes::Bytes>) -> Option<(bytes::Bytes, bytes::Bytes)> {
         let [identity, payload] = frames.as_slice() else {
             self.lock().dropped += 1;
-            return;
+            return None;
         };
-        let m = match Message::decode(payload) {
+        let m = match Incoming::decode(payload) {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!("master: dropped a frame: {e}");
                 self.lock().dropped += 1;
-                return;
+                return None;
             }
         };
         // The envelope's node id must be the sender's own identity.
         if identity.as_ref() != m.node_id.as_bytes() {
             self.lock().dropped += 1;
-            return;
+            return None;
         }
-        self.on_message(m);
+        let mut reply = None;
+        self.on_message(identity, m, &mut reply);
+        reply
     }
 
-    fn on_message(&self, m: Message) {
-        let id = m.node_id.clone();
+    fn on_message(
+        &self,
+        identity: &bytes::Bytes,
+        m: Incoming<'_>,
+        reply: &mut Option<(bytes::Bytes, bytes::Bytes)>,
+    ) {
+        let id = m.node_id;
+        let nil = Value::Nil;
+        let data = match &m.body {
+            Body::Other(v) => v,
+            _ => &nil,
+        };
         let mut g = self.lock();
-        let known = g.nodes.contains_key(&id);
-        match m.kind.as_str() {
+        let known = g.nodes.contains_key(id);
+        match m.kind {
             "cloudswarm_hello" => {
-                let token = wire::get(&m.data, "token").and_then(Value::as_str);
+                let token = wire::get(data, "token").and_then(Value::as_str);
                 match (&self.token, token) {
                     (Some(want), Some(t)) if same(want, t) => {
-                        g.hello.insert(id);
+                        g.hello.insert(id.to_string());
                     }
                     _ => g.dropped += 1,
                 }
             }
             "client_ready" => {
-                if self.token.is_some() && !g.hello.contains(&id) {
+                if self.token.is_some() && !g.hello.contains(id) {
                     g.dropped += 1;
                     g.refusals_logged += 1;
                     if g.refusals_logged <= 10 {
@@ -488,7 +529,7 @@ impl Master {
                     }
                     return;
                 }
-                if matches!(&m.data, Value::Nil) || m.data.as_str() == Some("") {
+                if matches!(data, Value::Nil) || data.as_str() == Some("") {
                     g.dropped += 1;
                     return;
                 }
@@ -497,9 +538,9 @@ impl Master {
                     return;
                 }
                 let next = g.indexes.len() as u64;
-                let index = *g.indexes.entry(id.clone()).or_insert(next);
+                let index = *g.indexes.entry(id.to_string()).or_insert(next);
                 let classes = g.profile.as_ref().map_or(0, |p| p.0.users.len());
-                match g.nodes.get_mut(&id) {
+                match g.nodes.get_mut(id) {
                     // Ready again after a stop (or a reconnect): its figures stay.
                     Some(n) => {
                         n.state = "ready".into();
@@ -511,7 +552,7 @@ impl Master {
                     }
                     None => {
                         g.nodes.insert(
-                            id.clone(),
+                            id.to_string(),
                             Node {
                                 index,
                                 state: "ready".into(),
@@ -531,11 +572,17 @@ impl Master {
                                 assigned: vec![0; classes],
                                 ran: false,
                                 rates: vec![],
+                                identity: identity.clone(),
+                                heartbeat_reply: bytes::Bytes::from(wire::envelope(
+                                    "heartbeat",
+                                    &Value::Nil,
+                                    id,
+                                )),
                             },
                         );
                     }
                 }
-                self.send(&id, "ack", map([("index", Value::from(index))]));
+                self.send(id, "ack", map([("index", Value::from(index))]));
                 eprintln!(
                     "master: worker {id} joined (index {index}); {} ready",
                     g.nodes.values().filter(|n| !n.missing).count()
@@ -547,27 +594,25 @@ impl Master {
             }
             _ if !known => {
                 g.dropped += 1;
-                if matches!(m.kind.as_str(), "spawning" | "spawning_complete") {
-                    self.send(&id, "quit", Value::Nil);
+                if matches!(m.kind, "spawning" | "spawning_complete") {
+                    self.send(id, "quit", Value::Nil);
                 }
             }
             "heartbeat" => {
-                let state = wire::get(&m.data, "state")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(20)
-                    .collect::<String>();
-                let cpu = wire::get(&m.data, "current_cpu_usage")
-                    .and_then(wire::num)
-                    .filter(|c| c.is_finite())
-                    .unwrap_or(0.0);
-                let mem = wire::get(&m.data, "current_memory_usage")
-                    .and_then(wire::count)
-                    .unwrap_or(0);
-                let healed = {
-                    let n = g.nodes.get_mut(&id).expect("known");
-                    n.state = state;
+                let Body::Heartbeat(h) = &m.body else {
+                    return;
+                };
+                // Its first 20 characters.
+                let state = match h.state.char_indices().nth(20) {
+                    Some((cut, _)) => &h.state[..cut],
+                    None => h.state,
+                };
+                let (cpu, mem) = (h.cpu, h.mem);
+                let (healed, answer) = {
+                    let n = g.nodes.get_mut(id).expect("known");
+                    if n.state != state {
+                        n.state = state.to_string();
+                    }
                     if n.cpu <= 90.0 && cpu > 90.0 {
                         eprintln!(
                             "master: worker {id} uses {cpu:.0}% CPU: its figures may describe the load generator, not the cloud"
@@ -579,9 +624,9 @@ impl Master {
                     n.liveness = LIVENESS;
                     let healed = n.missing;
                     n.missing = false;
-                    healed
+                    (healed, (n.identity.clone(), n.heartbeat_reply.clone()))
                 };
-                self.send(&id, "heartbeat", Value::Nil);
+                *reply = Some(answer);
                 if healed {
                     eprintln!("master: worker {id} is back");
                     if matches!(g.state, RunState::Hatching | RunState::Running) {
@@ -589,10 +634,11 @@ impl Master {
                     }
                 }
             }
-            "stats" => match Report::parse(&m.data) {
-                Ok(mut r) => {
-                    let current = g.run_id.as_ref().map(|r| r.to_string()).unwrap_or_default();
-                    let n = g.nodes.get_mut(&id).expect("known");
+            "stats" => match m.body {
+                Body::Stats(mut r) => {
+                    let same_run = !r.run_id.is_empty()
+                        && g.run_id.as_ref().is_some_and(|c| c.as_str() == r.run_id);
+                    let n = g.nodes.get_mut(id).expect("known");
                     let (requests, failures) = r.totals();
                     n.requests += requests;
                     n.failures += failures;
@@ -601,21 +647,19 @@ impl Master {
                     n.last_report = Instant::now();
                     n.exact = r.exact;
                     n.classes = std::mem::take(&mut r.classes);
-                    if !r.run_id.is_empty() && r.run_id == current {
+                    if same_run {
                         n.held = std::mem::take(&mut r.held);
                     }
                     drop(g);
                     r.add_to(&mut self.stats().lock());
                 }
-                Err(e) => {
-                    tracing::debug!("master: bad stats from {id}: {e}");
-                    g.dropped += 1;
-                }
+                // A `stats` frame's body is its report (a bad one is refused whole).
+                _ => g.dropped += 1,
             },
             "spawning" => {}
             "spawning_complete" => {
-                if let Some(Value::Map(c)) = wire::get(&m.data, "user_classes_count") {
-                    let n = g.nodes.get_mut(&id).expect("known");
+                if let Some(Value::Map(c)) = wire::get(data, "user_classes_count") {
+                    let n = g.nodes.get_mut(id).expect("known");
                     n.classes = c
                         .iter()
                         .take(1000)
@@ -624,13 +668,13 @@ impl Master {
                 }
             }
             "client_stopped" => {
-                let n = g.nodes.get_mut(&id).expect("known");
+                let n = g.nodes.get_mut(id).expect("known");
                 n.stopped = true;
                 n.classes.iter_mut().for_each(|c| c.1 = 0);
                 self.changed.notify_waiters();
             }
             "exception" => {
-                let msg = wire::get(&m.data, "msg")
+                let msg = wire::get(data, "msg")
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .chars()
@@ -644,7 +688,7 @@ impl Master {
             }
             "quit" => {
                 eprintln!("master: worker {id} quit");
-                g.nodes.remove(&id);
+                g.nodes.remove(id);
                 if matches!(g.state, RunState::Hatching | RunState::Running) {
                     self.rebalance(&mut g);
                 }

@@ -8,5 +8,6 @@
 
 pub mod locustfile;
 pub mod master;
+pub mod msgpack;
 pub mod wire;
 pub mod worker;

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 
 use rmpv::Value;
+
+use super::msgpack::{self, Head, Reader, V};
 use sha2::{Digest, Sha256};
 
 use crate::naming::RunId;
@@ -44,15 +46,7 @@ impl Message {
 
     /// The msgpack payload: `[type, data, node_id]`.
     pub fn encode(&self) -> Vec<u8> {
-        let v = Value::Array(vec![
-            Value::from(self.kind.as_str()),
-            self.data.clone(),
-            Value::from(self.node_id.as_str()),
-        ]);
-        let mut out = Vec::with_capacity(64);
-        // Writing into a Vec cannot fail.
-        let _ = rmpv::encode::write_value(&mut out, &v);
-        out
+        envelope(&self.kind, &self.data, &self.node_id)
     }
 
     /// Reads a payload; says what is wrong with a malformed one.
@@ -89,6 +83,135 @@ impl Message {
             data,
             node_id,
         })
+    }
+}
+
+/// The msgpack payload `[type, data, node_id]`, written straight from
+/// its parts (the bytes `Message::encode` gives, without copying `data`).
+pub fn envelope(kind: &str, data: &Value, node_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(kind.len() + node_id.len() + 16);
+    out.push(0x93);
+    put_str(&mut out, kind);
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, data);
+    put_str(&mut out, node_id);
+    out
+}
+
+/// A msgpack string with the shortest header (as `rmp` writes it).
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n < 256 {
+        out.extend_from_slice(&[0xd9, n as u8]);
+    } else if n < 65_536 {
+        out.push(0xda);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A frame from a worker, read in place: the envelope's type and node id
+/// borrowed from the frame, and its data read as its type needs (a
+/// report or a heartbeat straight into their figures, anything else into
+/// a `Value`). Refused exactly when [`Message::decode`] refuses the frame
+/// or, for `stats`, when [`Report::parse`] refuses its data.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    pub kind: &'a str,
+    pub node_id: &'a str,
+    pub body: Body<'a>,
+}
+
+/// The data of an [`Incoming`] frame.
+#[derive(Debug)]
+pub enum Body<'a> {
+    Stats(Box<Report>),
+    Heartbeat(Heartbeat<'a>),
+    Other(Value),
+}
+
+/// A worker's heartbeat: its state and load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat<'a> {
+    /// As sent (not yet cut to the 20 characters a master keeps).
+    pub state: &'a str,
+    /// Finite, else 0.
+    pub cpu: f64,
+    pub mem: u64,
+}
+
+/// The depth `Message::decode` allows a frame (rmpv's count).
+const MAX_DEPTH: u16 = 16;
+
+impl<'a> Incoming<'a> {
+    /// Reads a worker's frame; says what is wrong with a malformed one (or
+    /// with a malformed report).
+    pub fn decode(bytes: &'a [u8]) -> Result<Incoming<'a>, String> {
+        use super::msgpack::{Head, Reader};
+        if bytes.len() > MAX_PAYLOAD {
+            return Err(format!("message of {} bytes is too large", bytes.len()));
+        }
+        let bad = |e: super::msgpack::Error| format!("not msgpack: {e}");
+        let mut rd = Reader::new(bytes);
+        let depth = match rd.head(MAX_DEPTH).map_err(bad)? {
+            Head::Array { len: 3, depth } => depth,
+            Head::Array { len, depth } => {
+                // As rmpv would, read it all before saying what is wrong.
+                for _ in 0..len {
+                    rd.skip(depth).map_err(bad)?;
+                }
+                return Err(format!("{len} elements, expected [type, data, node_id]"));
+            }
+            _ => return Err("not a [type, data, node_id] array".into()),
+        };
+        let kind = rd.value(depth).map_err(bad)?;
+        let kind = match kind.str_bytes() {
+            Some(b) => std::str::from_utf8(b).map_err(|_| "type is not UTF-8")?,
+            None => return Err("type is not a string".into()),
+        };
+        let body = match kind {
+            "stats" => Body::Stats(Box::new(Report::read(&mut rd, depth)?)),
+            "heartbeat" => Body::Heartbeat(Heartbeat::read(rd.value(depth).map_err(bad)?)),
+            _ => {
+                let v = rmpv::decode::read_value_with_max_depth(&mut rd.rest, depth as usize)
+                    .map_err(|e| format!("not msgpack: {e}"))?;
+                Body::Other(v)
+            }
+        };
+        let node_id = match rd.value(depth).map_err(bad)?.str_bytes() {
+            Some(b) => std::str::from_utf8(b).map_err(|_| "node id is not UTF-8")?,
+            None => return Err("node id is not a string".into()),
+        };
+        if !rd.rest.is_empty() {
+            return Err(format!("{} bytes after the message", rd.rest.len()));
+        }
+        Ok(Incoming {
+            kind,
+            node_id,
+            body,
+        })
+    }
+}
+
+impl<'a> Heartbeat<'a> {
+    fn read(data: super::msgpack::V<'a>) -> Heartbeat<'a> {
+        let [state, cpu, mem] = match data.map() {
+            Some(m) => m.fields(["state", "current_cpu_usage", "current_memory_usage"]),
+            None => [None; 3],
+        };
+        Heartbeat {
+            state: state.and_then(|v| v.as_str()).unwrap_or(""),
+            cpu: cpu
+                .and_then(|v| v.num())
+                .filter(|c| c.is_finite())
+                .unwrap_or(0.0),
+            mem: mem.and_then(|v| v.count()).unwrap_or(0),
+        }
     }
 }
 
@@ -595,6 +718,192 @@ pub struct Report {
     pub held: Holdings,
 }
 
+/// Reads one entry of a report in place (see [`Report::read`]): its name,
+/// its figures, and whether they came with their exact histogram.
+fn read_entry(rd: &mut Reader<'_>, depth: u16) -> Result<(String, Delta, bool), String> {
+    /// The fields read (the first of each, as `get` finds it); Locust's
+    /// buckets (at `BUCKETS`) are read as they come, in the one pass.
+    const KEYS: [&str; 13] = [
+        "name",
+        "num_requests",
+        "num_failures",
+        "last_request_timestamp",
+        EXT,
+        "response_times",
+        "total_response_time",
+        "max_response_time",
+        "min_response_time",
+        "total_content_length",
+        "start_time",
+        "num_reqs_per_sec",
+        "num_fail_per_sec",
+    ];
+    const BUCKETS: usize = 5;
+    let bad = |e: msgpack::Error| format!("not msgpack: {e}");
+    let (pairs, d) = match rd.head(depth).map_err(bad)? {
+        Head::Map { len, depth } => (len, depth),
+        _ => return Err("an entry without a name".into()),
+    };
+    let mut f: [Option<V<'_>>; 13] = [None; 13];
+    let mut buckets: Vec<(u64, u64)> = Vec::new();
+    for _ in 0..pairs {
+        let k = rd.value(d).map_err(bad)?;
+        let slot = k.str_bytes().and_then(|k| msgpack::key_index(&KEYS, k));
+        match slot.filter(|&i| f[i].is_none()) {
+            Some(BUCKETS) => match rd.head(d).map_err(bad)? {
+                Head::Map { len, depth: bd } => {
+                    f[BUCKETS] = Some(V::Nil);
+                    buckets.reserve(len.min(MAX_VALUES).min(rd.rest.len() / 2));
+                    for i in 0..len {
+                        let at = rd.value(bd).map_err(bad)?;
+                        let n = rd.value(bd).map_err(bad)?;
+                        if i >= MAX_VALUES {
+                            continue;
+                        }
+                        let (Some(at), Some(n)) = (at.num(), n.count()) else {
+                            continue;
+                        };
+                        if at.is_finite() {
+                            buckets.push(((at.max(0.0) * 1000.0) as u64, n));
+                        }
+                    }
+                }
+                Head::Array { len, depth: bd } => {
+                    f[BUCKETS] = Some(V::Nil);
+                    for _ in 0..len {
+                        rd.skip(bd).map_err(bad)?;
+                    }
+                }
+                Head::Scalar(v) => f[BUCKETS] = Some(v),
+            },
+            Some(i) => f[i] = Some(rd.value(d).map_err(bad)?),
+            None => rd.skip(d).map_err(bad)?,
+        }
+    }
+    let [
+        name,
+        requests,
+        failures,
+        last,
+        ext,
+        _,
+        total_ms,
+        max_ms,
+        min_ms,
+        content,
+        start,
+        reqs,
+        fails,
+    ] = f;
+    let name = name
+        .and_then(|v| v.as_str())
+        .ok_or("an entry without a name")?;
+    if name.len() > 200 {
+        return Err("an entry name longer than 200 bytes".into());
+    }
+    let c = |v: Option<V<'_>>| v.and_then(|v| v.count()).unwrap_or(0);
+    let time = |v: Option<V<'_>>| v.and_then(|v| v.num()).filter(|t| t.is_finite());
+    let mut d = Delta {
+        requests: c(requests),
+        failures: c(failures),
+        last: time(last).unwrap_or(0.0),
+        ..Delta::default()
+    };
+    let x = ext.and_then(|x| x.map()).map(|m| {
+        m.fields([
+            "values",
+            "throttled",
+            "total_us",
+            "min_us",
+            "max_us",
+            "sent",
+            "received",
+            "first",
+        ])
+    });
+    let values = x
+        .and_then(|x| match x[0] {
+            Some(V::Bin(b)) => decode_values(b),
+            _ => None,
+        })
+        .filter(|vals| vals.iter().map(|p| p.1).sum::<u64>() == d.requests);
+    let exact = values.is_some();
+    match (values, x) {
+        (
+            Some(vals),
+            Some(
+                [
+                    _,
+                    throttled,
+                    total_us,
+                    min_us,
+                    max_us,
+                    sent,
+                    received,
+                    first,
+                ],
+            ),
+        ) => {
+            d.values = vals;
+            d.throttled = c(throttled);
+            d.total_us = c(total_us);
+            d.min_us = min_us.and_then(|v| v.count()).unwrap_or(u64::MAX);
+            d.max_us = c(max_us);
+            d.sent = c(sent);
+            d.received = c(received);
+            d.first = time(first).unwrap_or(d.last);
+        }
+        _ => {
+            // A worker that is not cloudswarm: its ms buckets stand in.
+            let ms = |v: Option<V<'_>>| {
+                v.and_then(|v| v.num())
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+            };
+            d.values = buckets;
+            d.total_us = (ms(total_ms).unwrap_or(0.0) * 1000.0) as u64;
+            d.max_us = (ms(max_ms).unwrap_or(0.0) * 1000.0) as u64;
+            d.min_us = ms(min_ms).map_or(u64::MAX, |m| (m * 1000.0) as u64);
+            d.received = c(content);
+            d.first = time(start).unwrap_or(d.last);
+        }
+    }
+    // Per second, as a map (later keys win) of at most 64 pairs read.
+    let per = |v: Option<V<'_>>, out: &mut Vec<(u64, u64)>| {
+        if let Some(V::Map(m)) = v {
+            out.extend(
+                m.pairs()
+                    .filter_map(|(s, n)| Some((s.count()?, n.count()?)))
+                    .take(64),
+            );
+            // Stable: of equal seconds, the last read stays last.
+            out.sort_by_key(|p| p.0);
+            let mut keep = 0;
+            for i in 0..out.len() {
+                if i + 1 < out.len() && out[i + 1].0 == out[i].0 {
+                    continue;
+                }
+                out[keep] = out[i];
+                keep += 1;
+            }
+            out.truncate(keep);
+        }
+    };
+    let (mut r, mut f) = (Vec::new(), Vec::new());
+    per(reqs, &mut r);
+    per(fails, &mut f);
+    d.per_sec = r
+        .into_iter()
+        .map(|(sec, n)| {
+            let failed = f.binary_search_by_key(&sec, |p| p.0).map_or(0, |i| f[i].1);
+            (sec, n, failed)
+        })
+        .collect();
+    Ok((name.to_string(), d, exact))
+}
+
+/// Reads one entry of a report held as a `Value` tree (the reader the
+/// master used before [`Report::read`]; the tests compare the two).
+#[cfg(test)]
 fn entry_from(v: &Value) -> Result<(String, Delta, bool), String> {
     let name = get(v, "name")
         .and_then(Value::as_str)
@@ -683,7 +992,10 @@ fn entry_from(v: &Value) -> Result<(String, Delta, bool), String> {
 }
 
 impl Report {
-    /// Reads a `stats` report (from a cloudswarm worker or a stock one).
+    /// Reads a `stats` report held as a `Value` tree (from a cloudswarm
+    /// worker or a stock one): what [`Report::read`] does in place, kept
+    /// for the tests to compare against.
+    #[cfg(test)]
     pub fn parse(data: &Value) -> Result<Report, String> {
         let mut stats = Report::default();
         let Some(Value::Array(entries)) = get(data, "stats") else {
@@ -801,6 +1113,178 @@ impl Report {
         stats.exact = exact;
         stats.run_id = run_id;
         stats.held = held;
+        Ok(stats)
+    }
+
+    /// Reads a `stats` report in place from `rd` (the data of a frame,
+    /// with `depth` left), as [`Report::parse`] reads its `Value` tree: the
+    /// same figures, refused for the same reasons; malformed msgpack is
+    /// refused too. Entries go straight into their figures, and fields a
+    /// master does not use are stepped over.
+    pub fn read(rd: &mut Reader<'_>, depth: u16) -> Result<Report, String> {
+        let bad = |e: msgpack::Error| format!("not msgpack: {e}");
+        let (pairs, d) = match rd.head(depth).map_err(bad)? {
+            Head::Map { len, depth } => (len, depth),
+            _ => return Err("stats without a `stats` list".into()),
+        };
+        let mut stats = Report::default();
+        let mut exact = true;
+        let mut seen = false;
+        let (mut ext, mut errors, mut classes) = (None, None, None);
+        for _ in 0..pairs {
+            let k = rd.value(d).map_err(bad)?;
+            match k.str_bytes() {
+                Some(b"stats") if !seen => {
+                    seen = true;
+                    let (n, ed) = match rd.head(d).map_err(bad)? {
+                        Head::Array { len, depth } => (len, depth),
+                        _ => return Err("stats without a `stats` list".into()),
+                    };
+                    if n > 10_000 {
+                        return Err(format!("{n} entries in one report"));
+                    }
+                    stats.entries.reserve(n.min(rd.rest.len()));
+                    for _ in 0..n {
+                        let (name, delta, x) = read_entry(rd, ed)?;
+                        exact &= x;
+                        stats.entries.push((name, delta));
+                    }
+                }
+                Some(b"cloudswarm") if ext.is_none() => ext = Some(rd.value(d).map_err(bad)?),
+                Some(b"errors") if errors.is_none() => errors = Some(rd.value(d).map_err(bad)?),
+                Some(b"user_classes_count") if classes.is_none() => {
+                    classes = Some(rd.value(d).map_err(bad)?)
+                }
+                _ => rd.skip(d).map_err(bad)?,
+            }
+        }
+        if !seen {
+            return Err("stats without a `stats` list".into());
+        }
+        let [x_errors, capped, dropped, panics, run_id, resources, left] =
+            match ext.and_then(|x| x.map()) {
+                Some(m) => m.fields([
+                    "errors",
+                    "capped",
+                    "dropped",
+                    "user_panics",
+                    "run_id",
+                    "resources",
+                    "left",
+                ]),
+                None => [None; 7],
+            };
+        let s = |v: Option<V<'_>>| v.and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let f = |v: Option<V<'_>>| v.and_then(|v| v.num()).unwrap_or(0.0);
+        match x_errors {
+            Some(V::Array(errs)) => {
+                for v in errs.items().take(10_000) {
+                    let [name, code, message, n, throttled, first, last] = match v.map() {
+                        Some(m) => m.fields([
+                            "name",
+                            "code",
+                            "message",
+                            "count",
+                            "throttled",
+                            "first_seen",
+                            "last_seen",
+                        ]),
+                        None => [None; 7],
+                    };
+                    stats.errors.push(ErrorStat {
+                        name: s(name),
+                        code: s(code),
+                        message: s(message),
+                        count: n.and_then(|v| v.count()).unwrap_or(0),
+                        throttled: throttled.and_then(|v| v.as_bool()).unwrap_or(false),
+                        first_seen: f(first),
+                        last_seen: f(last),
+                    });
+                }
+            }
+            _ => {
+                if let Some(V::Map(errs)) = errors {
+                    for (_, v) in errs.pairs().take(10_000) {
+                        let [name, error, n, first, last] = match v.map() {
+                            Some(m) => m.fields([
+                                "name",
+                                "error",
+                                "occurrences",
+                                "first_seen",
+                                "last_seen",
+                            ]),
+                            None => [None; 5],
+                        };
+                        let error = s(error);
+                        stats.errors.push(ErrorStat {
+                            name: s(name),
+                            code: error.clone(),
+                            message: error,
+                            count: n.and_then(|v| v.count()).unwrap_or(0),
+                            throttled: false,
+                            first_seen: f(first),
+                            last_seen: f(last),
+                        });
+                    }
+                }
+            }
+        }
+        let named = |v: Option<V<'_>>, out: &mut Vec<(String, u64)>| {
+            if let Some(V::Map(m)) = v {
+                for (k, n) in m.pairs().take(1000) {
+                    if let (Some(k), Some(n)) = (k.as_str(), n.count()) {
+                        out.push((k.to_string(), n));
+                    }
+                }
+            }
+        };
+        named(capped, &mut stats.capped);
+        named(dropped, &mut stats.dropped);
+        stats.user_panics = panics.and_then(|v| v.count()).unwrap_or(0);
+        if ext.is_some() {
+            stats.run_id = run_id
+                .and_then(|v| v.as_str())
+                .filter(|r| RunId::parse(r).is_ok())
+                .unwrap_or("")
+                .to_string();
+            if let Some(V::Map(m)) = resources {
+                for (k, v) in m.pairs() {
+                    let Some(kind) = k
+                        .as_str()
+                        .and_then(|k| Kind::ALL.into_iter().find(|x| x.as_str() == k))
+                    else {
+                        continue;
+                    };
+                    let Some(a) = v.array() else { continue };
+                    let mut n = [0u64; 4];
+                    for (slot, v) in n.iter_mut().zip(a.items()) {
+                        *slot = v.count().unwrap_or(0);
+                    }
+                    stats.held.resources.push((
+                        kind,
+                        KindCounts {
+                            created: n[0],
+                            deleted: n[1],
+                            alive: n[2],
+                        },
+                    ));
+                    stats.held.creating.push((kind, n[3]));
+                }
+            }
+            stats.held.left = match left {
+                Some(V::Nil) => Some(None),
+                Some(v) => v.count().map(Some),
+                None => None,
+            };
+        }
+        if let Some(V::Map(m)) = classes {
+            for (k, n) in m.pairs().take(1000) {
+                if let (Some(k), Some(n)) = (k.as_str(), n.count()) {
+                    stats.classes.push((k.to_string(), n));
+                }
+            }
+        }
+        stats.exact = exact;
         Ok(stats)
     }
 
@@ -1053,5 +1537,344 @@ mod tests {
         // More pairs than any histogram of ours has buckets.
         let many: Vec<(u64, u64)> = (1..=40_001).map(|i| (i, 1)).collect();
         assert_eq!(decode_values(&encode_values(&many)), None);
+    }
+
+    /// A Locust worker's report, as `bench/flood.py` (and Locust) sends it:
+    /// integer bucket keys, per-second maps, errors keyed by hash.
+    fn locust_report(seed: u64) -> Value {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let entry = |rng: &mut rand::rngs::StdRng, name: &str| {
+            let buckets: Vec<(Value, Value)> = (0..rng.random_range(0..45))
+                .map(|i| {
+                    (
+                        Value::from(i * 7 + rng.random_range(1..7u64)),
+                        Value::from(rng.random_range(1..20u64)),
+                    )
+                })
+                .collect();
+            let n: u64 = buckets.iter().map(|(_, n)| n.as_u64().unwrap()).sum();
+            map([
+                ("name", Value::from(name)),
+                ("method", Value::from("ec2")),
+                ("last_request_timestamp", Value::F64(1.7e9 + 0.25)),
+                ("start_time", Value::F64(1.7e9 - 3.0)),
+                ("num_requests", Value::from(n)),
+                ("num_none_requests", Value::from(0)),
+                ("num_failures", Value::from(rng.random_range(0..3u64))),
+                ("total_response_time", Value::F64(1234.5)),
+                ("max_response_time", Value::F64(99.0)),
+                ("min_response_time", Value::from(1)),
+                ("total_content_length", Value::from(n * 1024)),
+                ("response_times", Value::Map(buckets)),
+                (
+                    "num_reqs_per_sec",
+                    Value::Map(vec![
+                        (Value::from(1_700_000_001u64), Value::from(n / 2)),
+                        (Value::from(1_700_000_000u64), Value::from(n - n / 2)),
+                    ]),
+                ),
+                (
+                    "num_fail_per_sec",
+                    Value::Map(vec![(Value::from(1_700_000_000u64), Value::from(1))]),
+                ),
+            ])
+        };
+        let stats: Vec<Value> = (0..rng.random_range(1..14))
+            .map(|i| entry(&mut rng, &format!("ec2:Op{i}")))
+            .collect();
+        map([
+            ("stats", Value::Array(stats)),
+            ("stats_total", entry(&mut rng, "Aggregated")),
+            (
+                "errors",
+                map([(
+                    "abc",
+                    map([
+                        ("name", Value::from("ec2:Op1")),
+                        ("method", Value::from("ec2")),
+                        ("error", Value::from("boom")),
+                        ("occurrences", Value::from(3)),
+                        ("first_seen", Value::F64(1.0)),
+                    ]),
+                )]),
+            ),
+            ("user_classes_count", map([("storage", Value::from(5))])),
+            ("user_count", Value::from(5)),
+        ])
+    }
+
+    /// A cloudswarm worker's report, with every extension field.
+    fn cloudswarm_report() -> Value {
+        let mut d = StatsData::default();
+        for ms in [3u64, 7, 120, 1500, 7] {
+            d.record(
+                "s3:PutObject",
+                Duration::from_millis(ms),
+                Bytes {
+                    sent: 10,
+                    received: 3,
+                },
+                None,
+            );
+        }
+        let f = Failure::new("SlowDown", "please");
+        d.record(
+            "s3:GetObject",
+            Duration::from_millis(5),
+            Bytes::default(),
+            Some(&f),
+        );
+        d.count_dropped("api", 7);
+        d.count_capped("ec2:RunInstances");
+        d.user_panics = 2;
+        let held = Holdings {
+            resources: vec![(
+                Kind::Bucket,
+                KindCounts {
+                    created: 2,
+                    deleted: 1,
+                    alive: 1,
+                },
+            )],
+            creating: vec![(Kind::Bucket, 1)],
+            left: Some(None),
+        };
+        let run_id = crate::naming::RunId::new();
+        stats_report(&d, &[("storage".into(), 3)], run_id.as_str(), &held)
+    }
+
+    /// What the master made of a frame before it read frames in place:
+    /// decoded into a `Value`, then a report or a heartbeat read from that.
+    fn the_old_way(b: &[u8]) -> Result<String, String> {
+        let m = Message::decode(b)?;
+        let body = match m.kind.as_str() {
+            "stats" => format!("{:?}", Report::parse(&m.data)?),
+            "heartbeat" => format!(
+                "{:?}",
+                (
+                    get(&m.data, "state").and_then(Value::as_str).unwrap_or(""),
+                    get(&m.data, "current_cpu_usage")
+                        .and_then(num)
+                        .filter(|c| c.is_finite())
+                        .unwrap_or(0.0),
+                    get(&m.data, "current_memory_usage")
+                        .and_then(count)
+                        .unwrap_or(0),
+                )
+            ),
+            _ => format!("{:?}", m.data),
+        };
+        Ok(format!("{} {} {body}", m.kind, m.node_id))
+    }
+
+    fn the_new_way(b: &[u8]) -> Result<String, String> {
+        let m = Incoming::decode(b)?;
+        let body = match &m.body {
+            Body::Stats(r) => format!("{r:?}"),
+            Body::Heartbeat(h) => format!("{:?}", (h.state, h.cpu, h.mem)),
+            Body::Other(v) => format!("{v:?}"),
+        };
+        Ok(format!("{} {} {body}", m.kind, m.node_id))
+    }
+
+    fn same_verdict(b: &[u8]) {
+        let (old, new) = (the_old_way(b), the_new_way(b));
+        assert_eq!(old.is_ok(), new.is_ok(), "{old:?}\n{new:?}\n{b:x?}");
+        if old.is_ok() {
+            assert_eq!(old, new);
+        }
+    }
+
+    /// A value of another kind, for a field.
+    fn odd_value(rng: &mut impl rand::Rng) -> Value {
+        match rng.random_range(0..10) {
+            0 => Value::Nil,
+            1 => Value::from(-7),
+            2 => Value::F64(f64::NAN),
+            3 => Value::F64(-2.5),
+            4 => Value::F32(3.0),
+            5 => Value::from("text"),
+            6 => Value::Binary(vec![0x80; 3]),
+            7 => Value::Array(vec![Value::from(1), Value::from("x")]),
+            8 => Value::Map(vec![(Value::from(1), Value::from(2))]),
+            _ => Value::F64(1e30),
+        }
+    }
+
+    /// Changes one place of `v`: a value of another kind, a key dropped
+    /// or repeated, an item dropped.
+    fn mutate(v: &mut Value, rng: &mut impl rand::Rng) {
+        match v {
+            Value::Map(m) if !m.is_empty() && rng.random_range(0..3) > 0 => {
+                let i = rng.random_range(0..m.len());
+                match rng.random_range(0..6) {
+                    0 => {
+                        m.remove(i);
+                    }
+                    1 => {
+                        let dup = (m[i].0.clone(), odd_value(rng));
+                        m.insert(rng.random_range(0..=m.len()), dup);
+                    }
+                    2 => m[i].0 = odd_value(rng),
+                    _ => mutate(&mut m[i].1, rng),
+                }
+            }
+            Value::Array(a) if !a.is_empty() && rng.random_range(0..3) > 0 => {
+                let i = rng.random_range(0..a.len());
+                if rng.random_range(0..4) == 0 {
+                    a.remove(i);
+                } else {
+                    mutate(&mut a[i], rng);
+                }
+            }
+            _ => *v = odd_value(rng),
+        }
+    }
+
+    #[test]
+    fn frames_read_in_place_match_the_value_tree_reader_on_good_and_broken_input() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let heartbeat = map([
+            ("state", Value::from("running")),
+            ("current_cpu_usage", Value::F64(12.5)),
+            ("current_memory_usage", Value::from(150_000_000u64)),
+        ]);
+        let ours = cloudswarm_report();
+        let mut bases = vec![
+            Message::new("stats", ours.clone(), "w1"),
+            Message::new("heartbeat", heartbeat, "w1"),
+            Message::new("client_ready", Value::from(-1), "w1"),
+            Message::new(
+                "spawning_complete",
+                map([("user_classes_count", map([("a", Value::from(1))]))]),
+                "w1",
+            ),
+        ];
+        for seed in 0..5 {
+            bases.push(Message::new("stats", locust_report(seed), "sim_1"));
+        }
+        // Unchanged, every frame reads the same both ways, and exactly.
+        for m in &bases {
+            let b = m.encode();
+            assert!(the_new_way(&b).is_ok(), "{m:?}");
+            same_verdict(&b);
+        }
+        let exact = |b: &[u8]| match Incoming::decode(b).unwrap().body {
+            Body::Stats(r) => r.exact,
+            _ => panic!("not a report"),
+        };
+        assert!(exact(&bases[0].encode()));
+        assert!(!exact(&bases[4].encode()));
+        for round in 0..4000 {
+            let mut m = bases[round % bases.len()].clone();
+            match rng.random_range(0..4) {
+                // The data changed in one to three places.
+                0 | 1 => {
+                    for _ in 0..rng.random_range(1..4) {
+                        mutate(&mut m.data, &mut rng);
+                    }
+                    same_verdict(&m.encode());
+                }
+                // Truncated.
+                2 => {
+                    let b = m.encode();
+                    same_verdict(&b[..rng.random_range(0..b.len())]);
+                }
+                // Bytes flipped.
+                _ => {
+                    let mut b = m.encode();
+                    for _ in 0..rng.random_range(1..4) {
+                        let i = rng.random_range(0..b.len());
+                        b[i] = rng.random();
+                    }
+                    same_verdict(&b);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_in_place_too() {
+        let enc = |v: &Value| {
+            let mut b = Vec::new();
+            rmpv::encode::write_value(&mut b, v).unwrap();
+            b
+        };
+        let mut frames = vec![
+            vec![],
+            vec![0xc1],
+            vec![0x93, 0xa1],
+            enc(&Value::Array(vec![Value::from("a"), Value::Nil])),
+            enc(&Value::Array(vec![
+                Value::Binary(b"ack".to_vec()),
+                Value::Nil,
+                Value::from("n"),
+            ])),
+            enc(&Value::Array(vec![
+                Value::from("stats"),
+                Value::Nil,
+                Value::from(3),
+            ])),
+            // A type and a node id that are not UTF-8.
+            vec![0x93, 0xa2, 0xff, 0xfe, 0xc0, 0xa1, b'n'],
+            vec![
+                0x93, 0xa9, b'h', b'e', b'a', b'r', b't', b'b', b'e', b'a', b't', 0xc0, 0xa1, 0xff,
+            ],
+            // Bytes after the envelope.
+            [
+                Message::new("heartbeat", Value::Nil, "n").encode(),
+                vec![0xc0],
+            ]
+            .concat(),
+            // Four elements; a map; deeper than 16 levels.
+            enc(&Value::Array(vec![Value::Nil; 4])),
+            enc(&map([("stats", Value::Nil)])),
+        ];
+        let mut deep = Value::Nil;
+        for _ in 0..20 {
+            deep = Value::Array(vec![deep]);
+        }
+        for kind in ["stats", "heartbeat", "exception"] {
+            frames.push(Message::new(kind, deep.clone(), "n").encode());
+        }
+        // Entries: not maps, unnamed, too many, a name too long.
+        for stats in [
+            Value::Array(vec![Value::from(1)]),
+            Value::Array(vec![map([("num_requests", Value::from(1))])]),
+            Value::Array(vec![Value::Nil; 10_001]),
+            Value::Array(vec![map([("name", Value::from("n".repeat(201)))])]),
+            Value::from("x"),
+        ] {
+            frames.push(Message::new("stats", map([("stats", stats)]), "n").encode());
+        }
+        frames.push(Message::new("stats", map([("errors", Value::Nil)]), "n").encode());
+        for b in &frames {
+            assert!(the_new_way(b).is_err(), "{b:x?}");
+            same_verdict(b);
+        }
+        let big = vec![0u8; MAX_PAYLOAD + 1];
+        assert!(Incoming::decode(&big).unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn envelopes_are_written_as_rmpv_writes_them() {
+        for n in [0, 1, 31, 32, 255, 256, 65_535, 65_536] {
+            let s = "k".repeat(n);
+            for data in [Value::Nil, map([("index", Value::from(3))])] {
+                let want = {
+                    let v = Value::Array(vec![
+                        Value::from(s.as_str()),
+                        data.clone(),
+                        Value::from(s.as_str()),
+                    ]);
+                    let mut b = Vec::new();
+                    rmpv::encode::write_value(&mut b, &v).unwrap();
+                    b
+                };
+                assert_eq!(envelope(&s, &data, &s), want, "{n}");
+            }
+        }
     }
 }
