@@ -153,18 +153,38 @@ impl Entry {
             .collect()
     }
 
-    /// Adds a worker's figures for this entry.
+    /// Adds a worker's figures for this entry. Figures that contradict
+    /// each other (a broken or lying worker) are brought into line, so they
+    /// skew nothing else: failures and throttles are at most the requests,
+    /// a min above the max gives way to the values' own range, and the
+    /// total time lies between requests × min and requests × max.
     pub fn add_delta(&mut self, d: &Delta) {
         for &(us, n) in &d.values {
             self.hist.saturating_record_n(us.clamp(1, MAX_US), n);
         }
-        self.num_requests += d.requests;
-        self.num_failures += d.failures;
-        self.num_throttled += d.throttled;
-        self.total_us = self.total_us.saturating_add(d.total_us);
-        if d.requests > 0 {
-            self.min_us = self.min_us.min(d.min_us);
-            self.max_us = self.max_us.max(d.max_us.min(MAX_US));
+        let requests = d.requests;
+        let (min_us, max_us) = if d.min_us <= d.max_us {
+            let max_us = d.max_us.min(MAX_US);
+            (d.min_us.min(max_us), max_us)
+        } else {
+            let seen = d
+                .values
+                .iter()
+                .filter(|v| v.1 > 0)
+                .map(|v| v.0.clamp(1, MAX_US));
+            (seen.clone().min().unwrap_or(0), seen.max().unwrap_or(0))
+        };
+        let total_us = d.total_us.clamp(
+            requests.saturating_mul(min_us),
+            requests.saturating_mul(max_us),
+        );
+        self.num_requests += requests;
+        self.num_failures += d.failures.min(requests);
+        self.num_throttled += d.throttled.min(requests);
+        self.total_us = self.total_us.saturating_add(total_us);
+        if requests > 0 {
+            self.min_us = self.min_us.min(min_us);
+            self.max_us = self.max_us.max(max_us);
             if self.first_request == 0.0 || (d.first > 0.0 && d.first < self.first_request) {
                 self.first_request = d.first;
             }
@@ -958,6 +978,58 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn a_workers_contradictory_figures_are_brought_into_line() {
+        let mut data = StatsData::default();
+        let good = Delta {
+            requests: 4,
+            failures: 1,
+            total_us: 4_000,
+            min_us: 500,
+            max_us: 2_000,
+            first: 10.0,
+            last: 11.0,
+            values: vec![(500, 1), (1_000, 2), (2_000, 1)],
+            ..Default::default()
+        };
+        data.add_delta("s3:PutObject", &good);
+        // Lies: more failures than requests, a min above the max, a total
+        // no min or max allows.
+        let bad = Delta {
+            requests: 2,
+            failures: 9,
+            throttled: 7,
+            total_us: u64::MAX,
+            min_us: 900_000,
+            max_us: 3,
+            first: 11.0,
+            last: 12.0,
+            values: vec![(700, 1), (1_500, 1)],
+            ..Default::default()
+        };
+        data.add_delta("s3:PutObject", &bad);
+        let e = &data.entries["s3:PutObject"];
+        assert_eq!((e.num_requests, e.num_failures, e.num_throttled), (6, 3, 2));
+        // The values' own range stands in for the lying min and max.
+        assert_eq!((e.min_us, e.max_us), (500, 2_000));
+        // 4,000 + at most 2 × 1,500.
+        assert_eq!(e.total_us, 7_000);
+        assert_eq!(e.hist.len(), 6);
+        // A max beyond any response time, a min beyond that: no panic, capped.
+        let huge = Delta {
+            requests: 1,
+            total_us: 5,
+            min_us: u64::MAX - 1,
+            max_us: u64::MAX,
+            values: vec![(1_000, 1)],
+            ..Default::default()
+        };
+        data.add_delta("s3:PutObject", &huge);
+        let e = &data.entries["s3:PutObject"];
+        assert_eq!(e.max_us, MAX_US);
+        assert_eq!(e.total_us, 7_000 + MAX_US);
     }
 
     #[test]
