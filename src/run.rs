@@ -459,32 +459,13 @@ async fn drive(
             }
         })
     };
-    let shape_done = async {
-        if shape.is_empty() {
-            return std::future::pending::<Option<String>>().await;
-        }
-        // parse_stages bounds users and rates, so a stage is refused here
-        // only if the engine changed its mind: that ends the run (exit 2),
-        // it does not go on with the last target.
-        for (i, st) in shape.iter().enumerate() {
-            let set = match (st.users, st.arrival_rate) {
-                (Some(users), _) => engine.set_target(users, st.rate.unwrap_or(args.rate)),
-                (None, Some(r)) => engine.set_arrival_rate(r),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = set {
-                return Some(format!("--stages: stage {}: {e}", i + 1));
-            }
-            tokio::time::sleep(st.duration).await;
-        }
-        None
-    };
-    let run_time = async {
-        match args.run_time {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let shape_done = follow_stages(
+        &shape,
+        args.rate,
+        |users, rate| engine.set_target(users, rate),
+        |r| engine.set_arrival_rate(r),
+    );
+    let run_time = run_time(args.run_time);
     let steps = std::sync::Mutex::new(Vec::new());
     let search = find_max(args, slas, &*engine, &steps);
     let mut driven = Driven::default();
@@ -507,12 +488,59 @@ async fn drive(
         _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
-    if args.find_max.is_some() && driven.capacity.is_none() {
-        let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
-        driven.capacity = Some(crate::capacity::cut_short(done, &reason));
-    }
+    cut_search_short(args, &steps, &reason, &mut driven);
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
     Ok(driven)
+}
+
+/// Follows `--stages` (never ends without them): each stage sets the users
+/// (at its hatch rate, else `hatch_rate`) or the open classes' arrival
+/// rate, then holds. parse_stages bounds users and rates, so a stage is
+/// refused only if the engine or master changed its mind: that ends the
+/// run (exit 2) with the stage named, it does not go on with the last one.
+async fn follow_stages(
+    shape: &[Stage],
+    hatch_rate: f64,
+    set_users: impl Fn(u64, f64) -> Result<(), String>,
+    set_arrivals: impl Fn(f64) -> Result<(), String>,
+) -> Option<String> {
+    if shape.is_empty() {
+        return std::future::pending().await;
+    }
+    for (i, st) in shape.iter().enumerate() {
+        let set = match (st.users, st.arrival_rate) {
+            (Some(users), _) => set_users(users, st.rate.unwrap_or(hatch_rate)),
+            (None, Some(r)) => set_arrivals(r),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = set {
+            return Some(format!("--stages: stage {}: {e}", i + 1));
+        }
+        tokio::time::sleep(st.duration).await;
+    }
+    None
+}
+
+/// Ends after `-t` (never without it).
+async fn run_time(limit: Option<Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A `--find-max` search the run ended first (run time, a signal, a
+/// breach): its answer is the steps done so far.
+fn cut_search_short(
+    args: &RunArgs,
+    steps: &std::sync::Mutex<Vec<crate::capacity::Step>>,
+    reason: &str,
+    driven: &mut Driven,
+) {
+    if args.find_max.is_some() && driven.capacity.is_none() {
+        let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
+        driven.capacity = Some(crate::capacity::cut_short(done, reason));
+    }
 }
 
 /// The `--find-max` search over a run (the engine, or a master over its
@@ -855,29 +883,13 @@ async fn run_master(
             }
         })
     };
-    let shape_done = async {
-        if shape.is_empty() {
-            return std::future::pending::<Option<String>>().await;
-        }
-        for (i, st) in shape.iter().enumerate() {
-            let set = match (st.users, st.arrival_rate) {
-                (Some(users), _) => master.set_target(users, st.rate.unwrap_or(args.rate)),
-                (None, Some(r)) => master.set_arrival_rate(r),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = set {
-                return Some(format!("--stages: stage {}: {e}", i + 1));
-            }
-            tokio::time::sleep(st.duration).await;
-        }
-        None
-    };
-    let run_time = async {
-        match args.run_time {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let shape_done = follow_stages(
+        &shape,
+        args.rate,
+        |users, rate| master.set_target(users, rate),
+        |r| master.set_arrival_rate(r),
+    );
+    let run_time = run_time(args.run_time);
     let mut driven = Driven::default();
     // The master's figures: its workers' reports merged, judged like a local run's.
     let monitor = Monitor::new(slas.clone(), started_at);
@@ -925,10 +937,7 @@ async fn run_master(
             _ = signals::shutdown() => "interrupted".to_string(),
         };
         status.abort();
-        if args.find_max.is_some() && driven.capacity.is_none() {
-            let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
-            driven.capacity = Some(crate::capacity::cut_short(done, &reason));
-        }
+        cut_search_short(&args, &steps, &reason, &mut driven);
         eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
         let peak_users = master.peak_users();
         let limit =

@@ -457,17 +457,7 @@ fn check_and_run_explain_arrival_mistakes_before_anything_starts() {
 #[test]
 fn find_max_reports_the_highest_rate_that_held_and_each_step() {
     let moto = Moto::start();
-    let port = free_port();
-    let front = Nginx::start_http(
-        port,
-        &[],
-        &format!(
-            "  limit_req_zone $binary_remote_addr zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      \
-             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
-            moto.url
-        ),
-    );
+    let front = Nginx::rate_limited(&moto.url, 10);
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("cap.toml");
     std::fs::write(

@@ -1199,17 +1199,7 @@ fn run_master_splits_arrival_rates_between_workers_and_follows_rate_stages() {
 #[test]
 fn run_master_finds_the_max_rate_over_its_workers() {
     let moto = Moto::start();
-    let front_port = free_port();
-    let front = Nginx::start_http(
-        front_port,
-        &[],
-        &format!(
-            "  limit_req_zone $server_port zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
-             server {{\n    listen 127.0.0.1:{front_port};\n    location / {{\n      \
-             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
-            moto.url
-        ),
-    );
+    let front = Nginx::rate_limited(&moto.url, 10);
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("cap.toml");
     std::fs::write(

@@ -1195,17 +1195,7 @@ async fn browser_runs_an_open_workload_and_changes_its_arrival_rate() {
 async fn browser_runs_a_capacity_search_and_shows_its_steps() {
     let _one = BROWSER.lock().await;
     let moto = Moto::start();
-    let front_port = free_port();
-    let front = Nginx::start_http(
-        front_port,
-        &[],
-        &format!(
-            "  limit_req_zone $server_port zone=cap:1m rate=10r/s;\n  limit_req_status 503;\n  \
-             server {{\n    listen 127.0.0.1:{front_port};\n    location / {{\n      \
-             limit_req zone=cap burst=5 nodelay;\n      proxy_pass {};\n    }}\n  }}\n",
-            moto.url
-        ),
-    );
+    let front = Nginx::rate_limited(&moto.url, 10);
     let profiles = tempfile::tempdir().unwrap();
     std::fs::copy("profiles/smoke.toml", profiles.path().join("smoke.toml")).unwrap();
     std::fs::write(

@@ -526,6 +526,22 @@ impl Nginx {
     /// stands for the nginx's own folder (for log files). `url` is
     /// `http://127.0.0.1:<port>`; the start waits for every port of `ports`,
     /// `port` first.
+    /// A proxy to `upstream` that lets `per_second` requests a second
+    /// through (a burst of 5) and answers the rest 503: a cloud front end
+    /// that throttles, for capacity searches.
+    pub fn rate_limited(upstream: &str, per_second: u32) -> Nginx {
+        let port = free_port();
+        Nginx::start_http(
+            port,
+            &[],
+            &format!(
+                "  limit_req_zone $server_port zone=cap:1m rate={per_second}r/s;\n  limit_req_status 503;\n  \
+                 server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      \
+                 limit_req zone=cap burst=5 nodelay;\n      proxy_pass {upstream};\n    }}\n  }}\n"
+            ),
+        )
+    }
+
     pub fn start_http(port: u16, ports: &[u16], http_body: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
