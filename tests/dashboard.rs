@@ -1503,6 +1503,15 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
     d.wait_for("stopped", Duration::from_secs(120), |v| {
         v["state"] == "stopped"
     });
+    // This run's reports say the generator limited it, and why.
+    let report = json(&d.http("GET", "/report.json", &[], ""));
+    assert!(
+        report["generator"]["limited_seconds"].as_u64() >= Some(1),
+        "{report:#}"
+    );
+    let html = d.http("GET", "/report", &[], "").body;
+    assert!(html.contains("The load generator limited <b>"), "{html}");
+    assert!(html.contains("<td>in-flight slots full</td>"), "{html}");
 
     // Again, aborting on SLA failure: the run stops itself at the breach.
     until(
@@ -1580,10 +1589,8 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
         report["aborted_by_sla"]["sla"],
         "requests[5s](s3:PutObject)<3"
     );
-    assert!(
-        report["generator"]["limited_seconds"].as_u64() >= Some(1),
-        "{report:#}"
-    );
+    // (This run stops within its first second or two, so whether one of
+    // them was marked limited is a matter of timing: not asserted here.)
     let html = d.http("GET", "/report", &[], "").body;
     assert!(
         html.contains(
@@ -1592,8 +1599,6 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
         "{html}"
     );
     assert!(html.contains("<td class=\"bad\">FAILED</td>"), "{html}");
-    assert!(html.contains("The load generator limited <b>"), "{html}");
-    assert!(html.contains("<td>in-flight slots full</td>"), "{html}");
     let csv = d.http("GET", "/stats/sla/csv", &[], "").body;
     assert_eq!(csv.lines().count(), 4, "{csv}");
     assert!(
