@@ -176,6 +176,11 @@ pub fn name_number(name: &str, run_id: &str) -> Option<u64> {
 /// (from 0) names from `(i + 1) * NAME_RANGE + 1` on.
 pub const NAME_RANGE: u64 = 1_000_000_000;
 
+/// The numbers worker `index` of a shared run names from.
+pub fn worker_names(index: u64) -> std::ops::RangeInclusive<u64> {
+    (index + 1) * NAME_RANGE + 1..=(index + 2) * NAME_RANGE
+}
+
 /// The `Name` tag's value among `tags`, if any.
 pub fn name_tag_of(tags: &[Tag]) -> Option<&str> {
     tags.iter()

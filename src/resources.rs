@@ -170,7 +170,9 @@ pub struct Tracker {
     objects: Arc<ObjectCounts>,
     /// The numbers of the names this tracker may claim by tag or marker
     /// (a worker of a run shared with other workers); None: the whole run.
-    scope: Option<RangeInclusive<u64>>,
+    /// Shared by the clones: a worker told to sweep for a missing one
+    /// widens it for its session's clean-up.
+    scope: Arc<Mutex<Option<Vec<RangeInclusive<u64>>>>>,
 }
 
 impl Tracker {
@@ -198,7 +200,7 @@ impl Tracker {
             seq: Arc::new(AtomicU64::new(0)),
             inner: Arc::default(),
             objects: Arc::default(),
-            scope: None,
+            scope: Arc::default(),
         })
     }
 
@@ -225,7 +227,7 @@ impl Tracker {
             seq: Arc::new(AtomicU64::new(1_000_000_000)),
             inner: Arc::default(),
             objects: Arc::default(),
-            scope: None,
+            scope: Arc::default(),
         })
     }
 
@@ -233,19 +235,33 @@ impl Tracker {
     /// resources named `cs-<runid>-<n>` with `n` in `names`: a worker's
     /// clean-up must not take what other workers of the same run still
     /// use. What the journal names stays claimed whatever its name.
-    pub fn scoped(mut self, names: RangeInclusive<u64>) -> Tracker {
-        self.scope = Some(names);
+    pub fn scoped(self, names: RangeInclusive<u64>) -> Tracker {
+        *self.scope.lock().unwrap_or_else(|p| p.into_inner()) = Some(vec![names]);
         self
+    }
+
+    /// Adds `names` to a scoped tracker's (see [`Tracker::scoped`]): the
+    /// range of a worker of the same run that went missing, whose
+    /// resources this one's clean-up is to take too. No-op when unscoped.
+    pub fn widen_scope(&self, names: RangeInclusive<u64>) {
+        if let Some(v) = self
+            .scope
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            v.push(names);
+        }
     }
 
     /// True when a resource named `name` (None: no name) that proves to be
     /// the run's by its tag or marker is this tracker's to claim.
     pub fn in_scope(&self, name: Option<&str>) -> bool {
-        match &self.scope {
+        match &*self.scope.lock().unwrap_or_else(|p| p.into_inner()) {
             None => true,
-            Some(r) => name
+            Some(ranges) => name
                 .and_then(|n| crate::naming::name_number(n, self.run_id.as_str()))
-                .is_some_and(|n| r.contains(&n)),
+                .is_some_and(|n| ranges.iter().any(|r| r.contains(&n))),
         }
     }
 

@@ -268,6 +268,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         let peak_users = session.engine.peak_users();
         stop(&args, &session).await;
         let duration_s = t0.elapsed().as_secs_f64();
+        // The SLAs' final verdicts are of the load, not of the clean-up.
+        monitor.evaluate_final(&session.ctx.stats, crate::output::report::unix_now());
         let ended = finish(&args, &session).await;
         Ok::<_, anyhow::Error>((driven, peak_users, duration_s, ended))
     };
@@ -661,7 +663,6 @@ fn report(
             warnings.push(format!("  {k} {id}: {why}"));
         }
     }
-    monitor.evaluate(&session.ctx.stats, true);
     let history = session.ctx.stats.lock().history.clone();
     let snap = session.ctx.stats.snapshot();
     outputs(
@@ -916,6 +917,7 @@ async fn run_master(
     };
     let steps = std::sync::Mutex::new(Vec::new());
     let search = find_max(&args, &slas, &*master, &steps);
+    let load_ended = std::sync::Mutex::new(crate::output::report::unix_now());
     let work = async {
         let reason = tokio::select! {
             outcome = search => {
@@ -943,6 +945,7 @@ async fn run_master(
         let limit =
             args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
         let progress = |m: &str| eprintln!("clean-up: {m}");
+        *load_ended.lock().unwrap_or_else(|p| p.into_inner()) = crate::output::report::unix_now();
         tokio::select! {
             _ = master.stop(limit, &progress) => {}
             _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
@@ -973,6 +976,13 @@ async fn run_master(
         leaked,
     };
     let mut warnings = vec![];
+    if let Some((i, missing)) = master.swept_for_missing() {
+        let missing: Vec<String> = missing.iter().map(u64::to_string).collect();
+        warnings.push(format!(
+            "note: worker(s) {} went missing; worker {i}'s clean-up also took what they made, found by the run's tag and marker. A resource only their journals name (a bucket cut off before its marker) is found by `cloudswarm cleanup --run-id {run_id}` on their machines",
+            missing.join(", ")
+        ));
+    }
     match leaked {
         Some(0) => {}
         Some(n) => warnings.push(format!(
@@ -993,7 +1003,12 @@ async fn run_master(
             if w.missing { " (missing)" } else { "" }
         );
     }
-    monitor.evaluate(&stats, true);
+    // The SLAs' final verdicts are of the load (the workers' last reports
+    // count as of the stop), not of the clean-up.
+    monitor.evaluate_final(
+        &stats,
+        *load_ended.lock().unwrap_or_else(|p| p.into_inner()),
+    );
     let history = stats.lock().history.clone();
     let snap = stats.snapshot();
     // Let the workers' quit messages leave before the process does.

@@ -991,27 +991,25 @@ async fn a_dashboard_that_is_a_master_runs_on_its_workers_and_shows_them() {
         "return document.getElementById('worker-count').textContent === '2' && Number(document.querySelector('#workers-table tbody tr').cells[5].textContent.replace(/,/g, '')) > 0",
     )
     .await;
-    let v = d.requests();
+    // (A worker's first report may hold only its CreateBucket.)
+    let v = d.wait_for("the workers' puts", Duration::from_secs(30), |v| {
+        row(v, "s3:PutObject").is_some_and(|r| r["num_requests"].as_u64() > Some(0))
+    });
     assert_eq!(v["user_count"], 4, "{v}");
-    assert!(
-        row(&v, "s3:PutObject").is_some_and(|r| r["num_requests"].as_u64() > Some(0)),
-        "{v}"
-    );
 
     // Stopping waits for each worker's clean-up and says how it went.
     let r = d.http("POST", "/stop", &[], "");
     assert_eq!(r.status, 200, "{}", r.body);
-    let done = d.wait_for("the workers' clean-up", Duration::from_secs(120), |v| {
+    d.wait_for("the workers' clean-up", Duration::from_secs(120), |v| {
         v["state"] == "stopped" && v["cleanup"]["outcome"]["leaked"] == 0
     });
-    assert!(
-        done["workers"]
+    // Each worker says it is ready again.
+    let done = d.wait_for("the workers ready again", Duration::from_secs(30), |v| {
+        v["workers"]
             .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "ready"),
-        "{done}"
-    );
+            .is_some_and(|ws| ws.iter().all(|w| w["state"] == "ready"))
+    });
+    assert_eq!(done["cleanup"]["outcome"]["leaked"], 0, "{done}");
     let m = d.http("GET", "/metrics", &[], "");
     assert!(
         m.body.contains("cloudswarm_workers{state=\"ready\"} 2"),
@@ -1467,7 +1465,14 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
         "return !document.getElementById('generator-box').hidden && document.getElementById('generator-limited').textContent",
     )
     .await;
-    assert_eq!(limited, "GENERATOR-LIMITED: in-flight slots full");
+    // (A busy machine may add "runtime lag ..." after it.)
+    assert!(
+        limited
+            .as_str()
+            .unwrap()
+            .starts_with("GENERATOR-LIMITED: in-flight slots full"),
+        "{limited}"
+    );
     let v = d.requests();
     let states: Vec<&str> = v["sla"]
         .as_array()
@@ -1511,7 +1516,7 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
     );
     let html = d.http("GET", "/report", &[], "").body;
     assert!(html.contains("The load generator limited <b>"), "{html}");
-    assert!(html.contains("<td>in-flight slots full</td>"), "{html}");
+    assert!(html.contains("<td>in-flight slots full"), "{html}");
 
     // Again, aborting on SLA failure: the run stops itself at the breach.
     until(

@@ -589,7 +589,11 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
     let g = &r["generator"];
     eprintln!("generator: {g}");
     assert!(g["saturated_seconds"].as_u64().unwrap() >= 3, "{g}");
-    assert_eq!(g["limited_seconds"], g["saturated_seconds"], "{g}");
+    // Limited: the saturated seconds, and any whose runtime lagged (a busy machine).
+    assert!(
+        g["limited_seconds"].as_u64() >= g["saturated_seconds"].as_u64(),
+        "{g}"
+    );
     assert_eq!(g["dropped_seconds"], 0, "{g}");
     assert!(err.contains("note: the load generator limited "), "{err}");
     let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
@@ -601,7 +605,14 @@ sequence = ["s3:PutObject", "s3:HeadObject", "s3:DeleteObject"]
         .skip(1)
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f[limited] == "1")
-        .inspect(|f| assert_eq!(f[by], "in-flight slots full", "{hist}"))
+        .inspect(|f| {
+            assert!(
+                f[by]
+                    .split("; ")
+                    .all(|r| r == "in-flight slots full" || r.starts_with("runtime lag ")),
+                "{hist}"
+            )
+        })
         .count();
     assert_eq!(
         marked as u64,

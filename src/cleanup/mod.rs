@@ -190,9 +190,10 @@ mod tests {
     /// Two workers share run `sizes`: worker 1 names from 1e9 + 1, worker 2
     /// from 2e9 + 1. Worker 1's clean-up takes its own names and what its
     /// journal names, and leaves worker 2's though they carry the run's tag
-    /// and marker; an unscoped clean-up (`cleanup --run-id`) takes the rest.
+    /// and marker; told worker 2 went missing, it takes worker 2's too; an
+    /// unscoped clean-up (`cleanup --run-id`) takes the rest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_workers_sweep_spares_the_other_workers_resources() {
+    async fn a_workers_sweep_spares_the_other_workers_resources_unless_told_they_are_missing() {
         let moto = Moto::start();
         let dir = tempfile::tempdir().unwrap();
         let ctx = ctx_at(dir.path(), &moto.url).await;
@@ -293,9 +294,11 @@ mod tests {
             [run.resource_name(2_000_000_005), run.resource_name(7)]
         );
 
-        // The whole run, as `cloudswarm cleanup --run-id` takes it.
-        let all = Tracker::open(state.path(), run).unwrap();
-        let (report, left) = sweep(c, &all, Services::ALL, Duration::from_secs(60), &|_| {}).await;
+        // Worker 2 (index 1) went missing: worker 1, told to sweep for it,
+        // widens its scope to worker 2's names and takes those too.
+        worker1.widen_scope(crate::naming::worker_names(1));
+        let (report, left) =
+            sweep(c, &worker1, Services::ALL, Duration::from_secs(60), &|_| {}).await;
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         for kind in [
             Kind::KeyPair,
@@ -303,12 +306,24 @@ mod tests {
             Kind::Volume,
             Kind::Bucket,
         ] {
-            let want = if kind == Kind::KeyPair { 1 } else { 2 };
-            assert_eq!(
-                report.deleted.get(&kind),
-                Some(&want),
-                "{kind:?}: {report:?}"
-            );
+            assert_eq!(report.deleted.get(&kind), Some(&1), "{kind:?}: {report:?}");
+        }
+        assert!(
+            left.unwrap().is_empty(),
+            "both workers' scopes are empty now"
+        );
+        let buckets = list_bucket_names(c, Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(buckets, [run.resource_name(7)], "number 7 is in neither");
+
+        // The whole run, as `cloudswarm cleanup --run-id` takes it.
+        let all = Tracker::open(state.path(), run).unwrap();
+        let (report, left) = sweep(c, &all, Services::ALL, Duration::from_secs(60), &|_| {}).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.deleted.get(&Kind::KeyPair), None, "{report:?}");
+        for kind in [Kind::SecurityGroup, Kind::Volume, Kind::Bucket] {
+            assert_eq!(report.deleted.get(&kind), Some(&1), "{kind:?}: {report:?}");
         }
         assert!(left.unwrap().is_empty());
     }

@@ -138,6 +138,9 @@ struct Node {
     assigned: Vec<u64>,
     /// It was given users in the current run.
     ran: bool,
+    /// It reported figures of the current run (a cloudswarm worker: a
+    /// stock one says no run id).
+    reported_run: bool,
     /// The arrival rates it was last told (its share of the open classes').
     rates: Vec<(String, f64)>,
     /// Its ZeroMQ identity, and the answer to its heartbeats, ready to send.
@@ -172,6 +175,9 @@ struct Inner {
     /// The open classes' arrival rate in all (per second, split between
     /// them as their profile rates are); None: the profile's rates.
     arrival: Option<f64>,
+    /// The worker (by index) whose clean-up also took what the run's
+    /// missing workers (by index) made, by the run's tag and marker.
+    sweep: Option<(u64, Vec<u64>)>,
 }
 
 /// The master of a distributed run.
@@ -311,6 +317,7 @@ impl Master {
                 refusals_logged: 0,
                 info: None,
                 arrival: None,
+                sweep: None,
             }),
             out,
             changed: Notify::new(),
@@ -571,6 +578,7 @@ impl Master {
                                 stopped: true,
                                 assigned: vec![0; classes],
                                 ran: false,
+                                reported_run: false,
                                 rates: vec![],
                                 identity: identity.clone(),
                                 heartbeat_reply: bytes::Bytes::from(wire::envelope(
@@ -649,6 +657,7 @@ impl Master {
                     n.classes = std::mem::take(&mut r.classes);
                     if same_run {
                         n.held = std::mem::take(&mut r.held);
+                        n.reported_run = true;
                     }
                     drop(g);
                     r.add_to(&mut self.stats().lock());
@@ -938,10 +947,12 @@ impl Master {
         for n in g.nodes.values_mut() {
             n.ran = false;
             n.held = Default::default();
+            n.reported_run = false;
             n.rates = vec![];
         }
         g.ramp = 0.0;
         g.arrival = None;
+        g.sweep = None;
         drop(g);
         self.set_target(users, rate)?;
         if let Some(r) = arrival {
@@ -1101,13 +1112,22 @@ impl Master {
     pub fn left(&self) -> Option<u64> {
         let g = self.lock();
         let mut sum = 0;
+        let swept = |i: u64| g.sweep.as_ref().is_some_and(|(_, m)| m.contains(&i));
         for n in g.nodes.values().filter(|n| n.ran) {
             match n.held.left {
                 Some(Some(k)) if !n.missing => sum += k,
+                // Its sweeper's count covers it.
+                _ if n.missing && swept(n.index) => {}
                 _ => return None,
             }
         }
         Some(sum)
+    }
+
+    /// Which worker (by index) also cleaned up for the run's missing
+    /// workers (by index), if one was told to.
+    pub fn swept_for_missing(&self) -> Option<(u64, Vec<u64>)> {
+        self.lock().sweep.clone()
     }
 
     /// Stops the run: every live worker stops its users and cleans up; waits
@@ -1117,14 +1137,44 @@ impl Master {
         {
             let mut g = self.lock();
             g.state = RunState::Stopping;
+            // What workers that went missing made is left to one cloudswarm
+            // worker that ran: its clean-up takes their names too.
+            let missing: Vec<u64> = g
+                .nodes
+                .values()
+                .filter(|n| n.missing && n.ran)
+                .map(|n| n.index)
+                .collect();
+            let sweeper = g
+                .nodes
+                .iter()
+                .filter(|(_, n)| !n.missing && n.ran && n.reported_run)
+                .min_by_key(|(_, n)| n.index)
+                .map(|(id, n)| (id.clone(), n.index))
+                .filter(|_| !missing.is_empty());
+            g.sweep = sweeper.as_ref().map(|(_, i)| (*i, missing.clone()));
             let ids: Vec<String> = g.nodes.keys().cloned().collect();
             for id in ids {
                 let n = g.nodes.get_mut(&id).expect("listed");
                 if !n.missing {
                     n.stopped = false;
                     n.assigned.iter_mut().for_each(|a| *a = 0);
-                    self.send(&id, "stop", Value::Nil);
+                    let data = match &sweeper {
+                        Some((s, _)) if *s == id => map([(
+                            "sweep_for",
+                            Value::Array(missing.iter().map(|&i| Value::from(i)).collect()),
+                        )]),
+                        _ => Value::Nil,
+                    };
+                    self.send(&id, "stop", data);
                 }
+            }
+            if let Some((i, m)) = &g.sweep {
+                let m: Vec<String> = m.iter().map(u64::to_string).collect();
+                progress(&format!(
+                    "worker {i} also cleans up what missing worker(s) {} made",
+                    m.join(", ")
+                ));
             }
             g.state = RunState::CleaningUp;
         }

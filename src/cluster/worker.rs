@@ -28,7 +28,7 @@ use zeromq::{
 use super::wire::{self, Holdings, Message, Spawn, map};
 use crate::engine::{MAX_RATE, RunState};
 use crate::error::config_err;
-use crate::naming::{NAME_RANGE, RunId};
+use crate::naming::RunId;
 use crate::profile::{self, Profile};
 use crate::session::{CleanupOutcome, Limits, Session, Spec};
 use crate::signals;
@@ -561,7 +561,15 @@ impl Worker {
             }
             "heartbeat" => {}
             "spawn" => self.on_spawn(&m.data).await,
-            "stop" => self.stop().await,
+            "stop" => {
+                // cloudswarm's master may hand this worker the name ranges
+                // of workers of the run that went missing, to sweep too.
+                let sweep_for: Vec<u64> = match wire::get(&m.data, "sweep_for") {
+                    Some(Value::Array(a)) => a.iter().filter_map(wire::count).take(1024).collect(),
+                    _ => vec![],
+                };
+                self.stop_sweeping_for(&sweep_for).await
+            }
             "quit" => return Some("the master said quit".into()),
             "reconnect" => {
                 self.link = None;
@@ -670,7 +678,7 @@ impl Worker {
         let path = self.profile_path.clone();
         // Workers under one run id each name from their own range, and
         // their clean-ups claim only that range (and their journals).
-        let name_base = (self.index.unwrap_or(0) + 1) * NAME_RANGE;
+        let name_base = crate::naming::worker_names(self.index.unwrap_or(0)).start() - 1;
         let own_names_only = run_id.is_some();
         let tx = self.jobs_tx.clone();
         tokio::spawn(async move {
@@ -775,6 +783,12 @@ impl Worker {
     /// background (heartbeats say `stopping`, then `cleanup`), then the
     /// worker is ready again.
     async fn stop(&mut self) {
+        self.stop_sweeping_for(&[]).await
+    }
+
+    /// [`Self::stop`], the clean-up also taking what the run's tag or
+    /// marker proves of the names of workers `missing` (by index).
+    async fn stop_sweeping_for(&mut self, missing: &[u64]) {
         let Phase::Running(s) = &self.phase else {
             if matches!(self.phase, Phase::Idle) {
                 self.send("client_stopped", Value::Nil).await;
@@ -783,6 +797,16 @@ impl Worker {
             return;
         };
         let s = s.clone();
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(u64::to_string).collect();
+            eprintln!(
+                "worker: the clean-up also takes what missing worker(s) {} made (by the run's tag and marker)",
+                list.join(", ")
+            );
+            for &i in missing {
+                s.tracker.widen_scope(crate::naming::worker_names(i));
+            }
+        }
         self.phase = Phase::Stopping(s.clone());
         s.mark_stopping();
         let (stop_timeout, cleanup_timeout) = (self.stop_timeout, self.args.limits.cleanup_timeout);

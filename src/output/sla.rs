@@ -710,6 +710,20 @@ impl Monitor {
         self.judge(now, &snap, figures, last)
     }
 
+    /// The final evaluation, as of unix time `load_ended` (when the users
+    /// were stopped): a window (`rps[10s]`) judges the run's last seconds
+    /// of load, not the stop timeout and clean-up that came after. Figures
+    /// that arrived since (a worker's last report) count as of then.
+    pub fn evaluate_final(&self, stats: &Stats, load_ended: f64) {
+        if self.slas.is_empty() {
+            return;
+        }
+        let data = stats.lock();
+        let (snap, figures) = self.observe(&data, load_ended);
+        drop(data);
+        self.judge(load_ended, &snap, figures, true);
+    }
+
     /// [`Monitor::evaluate`] on figures at unix time `now` (tests, replays).
     pub fn evaluate_at(&self, data: &StatsData, now: f64, last: bool) -> Option<SlaStatus> {
         let (snap, figures) = self.observe(data, now);
@@ -1143,6 +1157,33 @@ mod tests {
         );
         assert_eq!(state(&m), [Breached, Holding, Breached, Breached]);
         assert!(!m.verdicts(&d.snapshot_at(at(11)))[0].held);
+    }
+
+    #[test]
+    fn the_final_verdict_is_of_the_load_not_of_the_clean_up() {
+        // 10 puts a second for 6 s, judged each second; then the users stop
+        // and the clean-up takes 5 s more, with no puts.
+        let slas = || parse_list(["rps[3s](s3:PutObject)>=5", "rps>=5"]).unwrap();
+        let (final_at_end, late) = (Monitor::new(slas(), T0), Monitor::new(slas(), T0));
+        let stats = Stats::new();
+        stats.lock().started = T0;
+        for sec in 0..6 {
+            put(&mut stats.lock(), sec, 10, 10, false);
+            for m in [&final_at_end, &late] {
+                assert!(
+                    m.evaluate_at(&stats.lock(), T0 + sec as f64 + 1.0, false)
+                        .is_none()
+                );
+            }
+        }
+        // Judged as of the load's end: both hold.
+        final_at_end.evaluate_final(&stats, T0 + 6.0);
+        let ok: Vec<Option<bool>> = final_at_end.statuses().iter().map(|s| s.ok).collect();
+        assert_eq!(ok, [Some(true), Some(true)]);
+        // Judged once the clean-up is over, the window would see no load.
+        late.evaluate_at(&stats.lock(), T0 + 11.0, true);
+        let ok: Vec<Option<bool>> = late.statuses().iter().map(|s| s.ok).collect();
+        assert_eq!(ok, [Some(false), Some(true)]);
     }
 
     #[test]

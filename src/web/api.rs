@@ -613,10 +613,24 @@ impl App {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // When the load ended (the run seen stopping): the final
+            // verdicts are of the load, not of the stop and clean-up.
+            let mut load_ended = None;
             loop {
                 tick.tick().await;
-                let stopped = live.state() == RunState::Stopped;
-                let broke = live.monitor.evaluate(&live.session.ctx.stats, stopped);
+                let state = live.state();
+                if matches!(
+                    state,
+                    RunState::Stopping | RunState::CleaningUp | RunState::Stopped
+                ) {
+                    let at = *load_ended.get_or_insert_with(unix_now);
+                    if state == RunState::Stopped {
+                        live.monitor.evaluate_final(&live.session.ctx.stats, at);
+                        break;
+                    }
+                    continue;
+                }
+                let broke = live.monitor.evaluate(&live.session.ctx.stats, false);
                 if let Some(b) = broke
                     && live.abort_on_sla
                     && matches!(live.state(), RunState::Hatching | RunState::Running)
@@ -625,9 +639,6 @@ impl App {
                     tracing::warn!(run_id = %live.session.run_id, "{}: stopping the run", b.describe());
                     *live.aborted_by.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
                     app.stop(&live);
-                }
-                if stopped {
-                    break;
                 }
             }
         });
