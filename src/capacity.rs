@@ -280,7 +280,8 @@ fn judge(
             ),
         ));
     }
-    if step.limited_seconds as f64 * 10.0 > step.seconds {
+    // One second alone (a blip of the machine's) never condemns a step.
+    if step.limited_seconds >= 2 && step.limited_seconds as f64 * 10.0 > step.seconds {
         return Some((
             Stop::Generator,
             format!(
@@ -412,6 +413,8 @@ pub trait Target: Sync {
     /// Waits until the figures hold what was measured up to now (a
     /// master: until each worker has reported since).
     fn settle(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// The run's id (the search's metrics carry it).
+    fn run_id(&self) -> String;
 }
 
 impl Target for crate::engine::Engine {
@@ -422,6 +425,9 @@ impl Target for crate::engine::Engine {
         self.ctx.stats.clone()
     }
     async fn settle(&self) {}
+    fn run_id(&self) -> String {
+        self.ctx.run_id.to_string()
+    }
 }
 
 impl Target for crate::cluster::master::Master {
@@ -435,6 +441,9 @@ impl Target for crate::cluster::master::Master {
     /// that cover it (the rate does not change meanwhile).
     async fn settle(&self) {
         self.fresh_reports(Duration::from_secs(10)).await
+    }
+    fn run_id(&self) -> String {
+        crate::cluster::master::Master::run_id(self).map_or_else(String::new, |r| r.to_string())
     }
 }
 
@@ -453,10 +462,11 @@ pub async fn search(
     let stats = target.figures();
     let mut rate = plan.start;
     let mut last_held = None;
+    let run = target.run_id();
     for n in 1..=MAX_STEPS {
-        sink::capacity_step(n, rate, last_held);
+        sink::capacity_step(&run, n, rate, last_held);
         if let Err(e) = target.set_rate(rate) {
-            sink::capacity_over(last_held);
+            sink::capacity_over(&run, last_held);
             return Outcome {
                 max_rate: last_held,
                 stopped_by: Stop::Ended,
@@ -505,7 +515,12 @@ pub async fn search(
         if step.held {
             last_held = Some(rate);
         }
-        sink::capacity_judged(step.held, last_held, verdict.is_some() || n == MAX_STEPS);
+        sink::capacity_judged(
+            &run,
+            step.held,
+            last_held,
+            verdict.is_some() || n == MAX_STEPS,
+        );
         if let Some((stop, why)) = verdict {
             return Outcome {
                 max_rate: last_held,
@@ -533,13 +548,13 @@ fn unix_now() -> f64 {
 
 /// The outcome of a search that ended before a step broke (run time, a
 /// signal): the steps done so far.
-pub fn cut_short(steps: Vec<Step>, why: &str) -> Outcome {
+pub fn cut_short(run: &str, steps: Vec<Step>, why: &str) -> Outcome {
     let max_rate = steps
         .iter()
         .filter(|s| s.held)
         .map(|s| s.rate)
         .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
-    sink::capacity_over(max_rate);
+    sink::capacity_over(run, max_rate);
     Outcome {
         max_rate,
         stopped_by: Stop::Ended,
@@ -636,5 +651,16 @@ mod tests {
             Stop::Generator
         );
         assert!(judge(&step(100, 0, 0, 0, 1), &snap, l, &none).is_none());
+        // One limited second of a 4 s step is a quarter, but one second
+        // alone is a blip: it takes two.
+        let short = |limited| Step {
+            seconds: 4.0,
+            ..step(40, 0, 0, 0, limited)
+        };
+        assert!(judge(&short(1), &snap, l, &none).is_none());
+        assert_eq!(
+            judge(&short(2), &snap, l, &none).unwrap().0,
+            Stop::Generator
+        );
     }
 }

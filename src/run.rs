@@ -490,7 +490,13 @@ async fn drive(
         _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
-    cut_search_short(args, &steps, &reason, &mut driven);
+    cut_search_short(
+        args,
+        engine.ctx.run_id.as_str(),
+        &steps,
+        &reason,
+        &mut driven,
+    );
     eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
     Ok(driven)
 }
@@ -535,13 +541,14 @@ async fn run_time(limit: Option<Duration>) {
 /// breach): its answer is the steps done so far.
 fn cut_search_short(
     args: &RunArgs,
+    run: &str,
     steps: &std::sync::Mutex<Vec<crate::capacity::Step>>,
     reason: &str,
     driven: &mut Driven,
 ) {
     if args.find_max.is_some() && driven.capacity.is_none() {
         let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
-        driven.capacity = Some(crate::capacity::cut_short(done, reason));
+        driven.capacity = Some(crate::capacity::cut_short(run, done, reason));
     }
 }
 
@@ -939,7 +946,7 @@ async fn run_master(
             _ = signals::shutdown() => "interrupted".to_string(),
         };
         status.abort();
-        cut_search_short(&args, &steps, &reason, &mut driven);
+        cut_search_short(&args, run_id.as_str(), &steps, &reason, &mut driven);
         eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
         let peak_users = master.peak_users();
         let limit =

@@ -505,19 +505,22 @@ fn find_max_reports_the_highest_rate_that_held_and_each_step() {
                     std::panic::catch_unwind(|| http(metrics_port, "GET", "/metrics", &[], ""))
                 && m.status == 200
             {
-                let g = |name: &str| {
-                    m.body
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                // `name{run_id="...",...} value`, the labels holding `label`.
+                let g = |name: &str, label: &str| {
+                    m.body.lines().find_map(|l| {
+                        let rest = l.strip_prefix(name)?.strip_prefix("{run_id=\"")?;
+                        let (labels, value) = rest.split_once("} ")?;
+                        labels.contains(label).then(|| value.parse::<f64>().ok())?
+                    })
                 };
-                if let Some(step) = g("cloudswarm_capacity_step") {
+                if let Some(step) = g("cloudswarm_capacity_step", "") {
                     seen.push([
                         step,
-                        g("cloudswarm_capacity_step_rate").unwrap_or(-1.0),
-                        g("cloudswarm_capacity_max_rate").unwrap_or(-1.0),
-                        g("cloudswarm_capacity_searching").unwrap_or(-1.0),
-                        g("cloudswarm_capacity_steps_total{verdict=\"held\"}").unwrap_or(0.0),
-                        g("cloudswarm_capacity_steps_total{verdict=\"broke\"}").unwrap_or(0.0),
+                        g("cloudswarm_capacity_step_rate", "").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_max_rate", "").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_searching", "").unwrap_or(-1.0),
+                        g("cloudswarm_capacity_steps_total", "verdict=\"held\"").unwrap_or(0.0),
+                        g("cloudswarm_capacity_steps_total", "verdict=\"broke\"").unwrap_or(0.0),
                     ]);
                 }
             }

@@ -1323,11 +1323,12 @@ async fn browser_runs_a_capacity_search_and_shows_its_steps() {
         "{html}"
     );
     let m = d.http("GET", "/metrics", &[], "").body;
+    let run = format!("run_id=\"{}\"", report["run_id"].as_str().unwrap());
     for line in [
-        "cloudswarm_capacity_max_rate 8",
-        "cloudswarm_capacity_searching 0",
-        "cloudswarm_capacity_steps_total{verdict=\"held\"} 2",
-        "cloudswarm_capacity_steps_total{verdict=\"broke\"} 1",
+        format!("cloudswarm_capacity_max_rate{{{run}}} 8"),
+        format!("cloudswarm_capacity_searching{{{run}}} 0"),
+        format!("cloudswarm_capacity_steps_total{{{run},verdict=\"held\"}} 2"),
+        format!("cloudswarm_capacity_steps_total{{{run},verdict=\"broke\"}} 1"),
     ] {
         assert!(m.lines().any(|l| l == line), "{line}\n{m}");
     }

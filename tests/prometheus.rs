@@ -270,8 +270,35 @@ fn annotations(d: &Value) -> Vec<(String, String)> {
 
 /// Every Grafana panel's and annotation's queries that a dashboard (a
 /// master when `master`) feeds, with the test's values for the variables:
-/// `run_id` the run's id (or `.*`: All), the compare row 10 s back.
+/// `run_id` the run's id (or `.*`: All), the compare row 10 s back. The
+/// capacity search's panel is fed only by a run with `--find-max`: see
+/// [`capacity_queries`].
 fn panel_queries(master: bool, run_id: &str) -> Vec<(String, String)> {
+    all_queries(run_id)
+        .into_iter()
+        .filter(|(_, e)| !e.contains("cloudswarm_capacity_"))
+        // Only a master has workers; a master has no engine of its own, so
+        // no generator health (that stays on each worker).
+        .filter(|(_, e)| {
+            if master {
+                !e.contains("cloudswarm_generator_saturated")
+                    && !e.contains("cloudswarm_runtime_lag")
+            } else {
+                !e.contains("cloudswarm_workers")
+            }
+        })
+        .collect()
+}
+
+/// The capacity search panel's queries.
+fn capacity_queries(run_id: &str) -> Vec<(String, String)> {
+    all_queries(run_id)
+        .into_iter()
+        .filter(|(_, e)| e.contains("cloudswarm_capacity_"))
+        .collect()
+}
+
+fn all_queries(run_id: &str) -> Vec<(String, String)> {
     let d = dashboard_json();
     let notes = annotations(&d)
         .into_iter()
@@ -301,16 +328,6 @@ fn panel_queries(master: bool, run_id: &str) -> Vec<(String, String)> {
                 .replace("$base_run_id", ".*")
                 .replace("$compare_offset", "10s");
             (what, e)
-        })
-        // Only a master has workers; a master has no engine of its own, so
-        // no generator health (that stays on each worker).
-        .filter(|(_, e)| {
-            if master {
-                !e.contains("cloudswarm_generator_saturated")
-                    && !e.contains("cloudswarm_runtime_lag")
-            } else {
-                !e.contains("cloudswarm_workers")
-            }
         })
         .collect()
 }
@@ -619,6 +636,92 @@ fn a_headless_run_serves_metrics_on_metrics_bind() {
         "{body}"
     );
     assert!(body.contains("cloudswarm_runtime_lag_seconds "), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A headless `--find-max` run feeds the Grafana capacity panel through a
+/// real Prometheus: each of its queries has data for the run's id, none
+/// for another run's, and the step rate climbs as the search goes.
+#[test]
+fn a_capacity_search_feeds_the_grafana_capacity_panel() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("open.toml");
+    std::fs::write(
+        &profile,
+        "[[user]]\nname = \"api\"\narrival_rate = \"2/s\"\n[[user.task]]\nop = \"s3:ListBuckets\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = cloudswarm()
+        .args([
+            "run",
+            "-f",
+            profile.to_str().unwrap(),
+            "-u",
+            "8",
+            "-t",
+            "60s",
+        ])
+        .args(["--find-max", "2/s:2/s:2s"])
+        .args(["--ec2-endpoint", &moto.url, "--s3-endpoint", &moto.url])
+        .args([
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+            "--status-every",
+            "0",
+        ])
+        .args(["--metrics-bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line names the run.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let run_id = loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        assert!(err.read_line(&mut line).unwrap() > 0, "no run id");
+        if let Some(rest) = line.strip_prefix("cloudswarm run ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches(':')
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    // (A headless run's /metrics takes no token: the one sent is ignored.)
+    let prom = Prometheus::start(&format!("127.0.0.1:{port}"), "unused");
+    let exprs = capacity_queries(&run_id);
+    assert_eq!(exprs.len(), 3, "{exprs:?}");
+    require_data(&prom, &exprs);
+    for (what, expr) in capacity_queries("nosuchrun") {
+        let v = prom.query(&expr);
+        assert_eq!(v["data"]["result"], serde_json::json!([]), "{what}: {v}");
+    }
+    // The step rate climbs, and a step held, as the search goes on.
+    let (_, step_rate) = &exprs[0];
+    let (_, held) = &exprs[1];
+    let value = |q: &str| -> f64 {
+        let v = prom.query(q);
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !(value(step_rate) >= 6.0 && value(held) >= 4.0) {
+        assert!(
+            Instant::now() < deadline,
+            "step rate {}, held {}",
+            value(step_rate),
+            value(held)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

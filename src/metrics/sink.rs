@@ -111,34 +111,47 @@ pub fn sla_ok(expression: &str, ok: bool) {
     }
 }
 
-/// A capacity search (`--find-max`) in Prometheus: the step under way and
-/// its rate (set as it starts), the highest rate that held so far (0 until
-/// one did), whether the search goes on, and the steps judged by verdict.
-pub fn capacity_step(step: usize, rate: f64, max_rate: Option<f64>) {
+/// A capacity search (`--find-max`) of run `run` in Prometheus: the step
+/// under way and its rate (set as it starts), the highest rate that held
+/// so far (0 until one did), whether the search goes on, and the steps
+/// judged by verdict. Labelled by run (one search per run), so a
+/// dashboard narrowed to a run shows that run's search and no other's.
+pub fn capacity_step(run: &str, step: usize, rate: f64, max_rate: Option<f64>) {
     if enabled() {
-        metrics::gauge!("cloudswarm_capacity_max_rate").set(max_rate.unwrap_or(0.0));
-        metrics::gauge!("cloudswarm_capacity_searching").set(1.0);
-        metrics::gauge!("cloudswarm_capacity_step").set(step as f64);
-        metrics::gauge!("cloudswarm_capacity_step_rate").set(rate);
+        let run = run.to_string();
+        metrics::gauge!("cloudswarm_capacity_max_rate", "run_id" => run.clone())
+            .set(max_rate.unwrap_or(0.0));
+        metrics::gauge!("cloudswarm_capacity_searching", "run_id" => run.clone()).set(1.0);
+        metrics::gauge!("cloudswarm_capacity_step", "run_id" => run.clone()).set(step as f64);
+        metrics::gauge!("cloudswarm_capacity_step_rate", "run_id" => run).set(rate);
     }
 }
 
 /// A step judged (see [`capacity_step`]); `done` when the search is over.
-pub fn capacity_judged(held: bool, max_rate: Option<f64>, done: bool) {
+pub fn capacity_judged(run: &str, held: bool, max_rate: Option<f64>, done: bool) {
     if enabled() {
         let verdict = if held { "held" } else { "broke" };
-        counter!("cloudswarm_capacity_steps_total", "verdict" => verdict).increment(1);
-        metrics::gauge!("cloudswarm_capacity_max_rate").set(max_rate.unwrap_or(0.0));
-        metrics::gauge!("cloudswarm_capacity_searching").set(if done { 0.0 } else { 1.0 });
+        let run = run.to_string();
+        counter!("cloudswarm_capacity_steps_total", "run_id" => run.clone(), "verdict" => verdict)
+            .increment(1);
+        metrics::gauge!("cloudswarm_capacity_max_rate", "run_id" => run.clone())
+            .set(max_rate.unwrap_or(0.0));
+        metrics::gauge!("cloudswarm_capacity_searching", "run_id" => run).set(if done {
+            0.0
+        } else {
+            1.0
+        });
     }
 }
 
 /// A capacity search ended without a verdict (run time, a signal, an
 /// error): not searching any more, the highest rate that held stays.
-pub fn capacity_over(max_rate: Option<f64>) {
+pub fn capacity_over(run: &str, max_rate: Option<f64>) {
     if enabled() {
-        metrics::gauge!("cloudswarm_capacity_max_rate").set(max_rate.unwrap_or(0.0));
-        metrics::gauge!("cloudswarm_capacity_searching").set(0.0);
+        let run = run.to_string();
+        metrics::gauge!("cloudswarm_capacity_max_rate", "run_id" => run.clone())
+            .set(max_rate.unwrap_or(0.0));
+        metrics::gauge!("cloudswarm_capacity_searching", "run_id" => run).set(0.0);
     }
 }
 

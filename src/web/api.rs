@@ -776,7 +776,7 @@ impl App {
                 o = search => o,
                 _ = stopped => {
                     let done = cap.steps.lock().map(|s| s.clone()).unwrap_or_default();
-                    crate::capacity::cut_short(done, "the run was stopped")
+                    crate::capacity::cut_short(live.session.run_id.as_str(), done, "the run was stopped")
                 }
             };
             tracing::info!(run_id = %live.session.run_id, "capacity search: {}", outcome.summary());
