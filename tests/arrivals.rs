@@ -332,22 +332,30 @@ fn stages_with_rate_change_the_arrival_rate_while_running() {
         (135..=165).contains(&started),
         "5/s for 6 s and 20/s for 6 s make 150 starts, got {started}: {r:#}"
     );
-    // Per phase, from the history (a row a second from the start; one
-    // request per task): about 5/s in the first, 20/s in the second.
+    // Per phase, from the history (a row about a second from the start,
+    // each with its time; one request per task): about 5/s in the first,
+    // 20/s in the second. The rows are picked by their time, away from the
+    // stage boundary (about 5 s after the first row), so a late row does
+    // not shift a phase.
     let hist = std::fs::read_to_string(format!("{}_stats_history.csv", csv.display())).unwrap();
     let header: Vec<&str> = hist.lines().next().unwrap().split(',').collect();
-    let col = header
-        .iter()
-        .position(|h| *h == "Total Request Count")
-        .unwrap();
-    let total: Vec<u64> = hist
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (at, count) = (col("Timestamp"), col("Total Request Count"));
+    let rows: Vec<(u64, u64)> = hist
         .lines()
         .skip(1)
-        .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[at].parse().unwrap(), f[count].parse().unwrap())
+        })
         .collect();
-    assert!(total.len() >= 11, "{hist}");
-    let first = (total[4] - total[0]) as f64 / 4.0;
-    let second = (total[10] - total[6]) as f64 / 4.0;
+    assert!(rows.len() >= 11, "{hist}");
+    let t0 = rows[0].0;
+    let last_by = |t: u64| *rows.iter().rev().find(|r| r.0 <= t0 + t).unwrap();
+    let first_from = |t: u64| *rows.iter().find(|r| r.0 >= t0 + t).unwrap();
+    let rate = |a: (u64, u64), b: (u64, u64)| (b.1 - a.1) as f64 / (b.0 - a.0) as f64;
+    let first = rate(rows[0], last_by(4));
+    let second = rate(first_from(6), last_by(10));
     eprintln!("{started} starts; {first}/s, then {second}/s");
     assert!(
         (3.5..=6.5).contains(&first),

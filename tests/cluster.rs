@@ -715,11 +715,12 @@ fn bad_frame(k: usize, me: &str, rng: &mut impl rand::Rng) -> Vec<Vec<u8>> {
 }
 
 /// Sends `n` malformed or unwanted frames to the master at `port` from 20
-/// DEALERs, and some raw garbage over TCP; answers how many were sent.
-async fn fuzz(port: u16, n: usize) -> usize {
+/// DEALERs, and some raw garbage over TCP; answers how many were sent, and
+/// the DEALERs (to drop once the master has read everything).
+async fn fuzz(port: u16, n: usize) -> (usize, Vec<zeromq::DealerSocket>) {
     use rand::SeedableRng;
     use zeromq::{DealerSocket, Socket, SocketSend, ZmqMessage};
-    let mut sent = 0;
+    let (mut sent, mut sockets) = (0, vec![]);
     let mut tasks = vec![];
     for d in 0..20 {
         let per = n / 20 + 1;
@@ -742,7 +743,7 @@ async fn fuzz(port: u16, n: usize) -> usize {
                         .collect::<Vec<_>>(),
                 )
                 .unwrap();
-                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), s.send(msg)).await
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(10), s.send(msg)).await
                 {
                     ok += 1;
                 }
@@ -750,9 +751,9 @@ async fn fuzz(port: u16, n: usize) -> usize {
                     tokio::task::yield_now().await;
                 }
             }
-            // Let the queue drain before the socket goes.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            ok
+            // The socket stays open (the caller drops it) so that nothing
+            // queued is lost with it.
+            (ok, s)
         }));
     }
     for _ in 0..20 {
@@ -765,9 +766,11 @@ async fn fuzz(port: u16, n: usize) -> usize {
         }
     }
     for t in tasks {
-        sent += t.await.unwrap();
+        let (ok, s) = t.await.unwrap();
+        sent += ok;
+        sockets.push(s);
     }
-    sent
+    (sent, sockets)
 }
 
 #[test]
@@ -814,10 +817,11 @@ fn ten_thousand_malformed_frames_leave_the_master_serving_and_its_figures_intact
     let run_id = started.split_whitespace().nth(2).unwrap().to_string();
     let rss_before = rss_kib(m.child.id());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sent = rt.block_on(fuzz(port, 10_000));
+    let (sent, sockets) = rt.block_on(fuzz(port, 10_000));
     assert!(sent >= 10_000, "sent {sent}");
     let rss_after = rss_kib(m.child.id());
     let (code, out) = m.finish(Duration::from_secs(120));
+    rt.block_on(async move { drop(sockets) });
     assert_eq!(code, Some(0), "{out}\n{}", m.stderr());
     let (_, dropped) = m
         .wait_line("master: dropped ", Duration::ZERO)

@@ -1161,8 +1161,11 @@ impl Master {
                     n.assigned.iter_mut().for_each(|a| *a = 0);
                     let data = match &sweeper {
                         Some((s, _)) if *s == id => map([(
-                            "sweep_for",
-                            Value::Array(missing.iter().map(|&i| Value::from(i)).collect()),
+                            wire::EXT,
+                            map([(
+                                "sweep_for",
+                                Value::Array(missing.iter().map(|&i| Value::from(i)).collect()),
+                            )]),
                         )]),
                         _ => Value::Nil,
                     };

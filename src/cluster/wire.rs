@@ -21,7 +21,8 @@ use crate::stats::{Delta, Entry, ErrorStat, StatsData};
 /// What a worker sends as its version in `client_ready`: Locust masters
 /// accept `-1` without comparing versions.
 pub const VERSION_ANY: i64 = -1;
-/// The extension key: in a stats report, in each entry, and in `spawn`.
+/// The extension key: in a stats report, in each entry, in `spawn`, and in
+/// the `stop` of the worker told to sweep for missing ones (`sweep_for`).
 pub const EXT: &str = "cloudswarm";
 /// Largest payload either side accepts (a stats report of a few hundred
 /// entries with their histograms is far below it).

@@ -564,7 +564,8 @@ impl Worker {
             "stop" => {
                 // cloudswarm's master may hand this worker the name ranges
                 // of workers of the run that went missing, to sweep too.
-                let sweep_for: Vec<u64> = match wire::get(&m.data, "sweep_for") {
+                let ext = wire::get(&m.data, wire::EXT);
+                let sweep_for: Vec<u64> = match ext.and_then(|e| wire::get(e, "sweep_for")) {
                     Some(Value::Array(a)) => a.iter().filter_map(wire::count).take(1024).collect(),
                     _ => vec![],
                 };
