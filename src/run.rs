@@ -447,8 +447,45 @@ async fn drive(
             .map_err(|e| config_err(format!("--find-max: {e}")))?;
     }
     session.start(first.0, first.1).map_err(config_err)?;
+    let e = engine.clone();
+    Ok(until_stop(
+        args,
+        slas,
+        monitor,
+        &*engine,
+        (
+            |users, rate| engine.set_target(users, rate),
+            |r| engine.set_arrival_rate(r),
+        ),
+        std::future::pending(),
+        move || status_line(&e, t0),
+    )
+    .await)
+}
+
+/// What a run (the local engine, or a master over its workers) follows
+/// until it is to stop: the load shape (`--stages`, through `set`: users
+/// and hatch rate, arrival rate), the run time, the capacity search, the
+/// SLAs (a breach with `--abort-on-sla-failure`), a signal, and
+/// `other_end` (a master's workers all missing: its reason). `line` is the
+/// status line, printed every `--status-every` seconds and once more with
+/// the reason the run stops.
+async fn until_stop<S, A>(
+    args: &RunArgs,
+    slas: &[Sla],
+    monitor: &Monitor,
+    target: &impl crate::capacity::Target,
+    set: (S, A),
+    other_end: impl std::future::Future<Output = String>,
+    line: impl Fn() -> String + Send + Sync + 'static,
+) -> Driven
+where
+    S: Fn(u64, f64) -> Result<(), String>,
+    A: Fn(f64) -> Result<(), String>,
+{
+    let line = std::sync::Arc::new(line);
     let status = {
-        let (engine, every) = (engine.clone(), args.status_every);
+        let (line, every) = (line.clone(), args.status_every);
         tokio::spawn(async move {
             if every == 0 {
                 return std::future::pending().await;
@@ -457,19 +494,15 @@ async fn drive(
             tick.tick().await;
             loop {
                 tick.tick().await;
-                eprintln!("{}", status_line(&engine, t0));
+                eprintln!("{}", line());
             }
         })
     };
-    let shape_done = follow_stages(
-        &shape,
-        args.rate,
-        |users, rate| engine.set_target(users, rate),
-        |r| engine.set_arrival_rate(r),
-    );
-    let run_time = run_time(args.run_time);
+    let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
+    let shape_done = follow_stages(&shape, args.rate, set.0, set.1);
     let steps = std::sync::Mutex::new(Vec::new());
-    let search = find_max(args, slas, &*engine, &steps);
+    let search = find_max(args, slas, target, &steps);
+    let stats = target.figures();
     let mut driven = Driven::default();
     let reason = tokio::select! {
         outcome = search => {
@@ -477,28 +510,26 @@ async fn drive(
             driven.capacity = Some(outcome);
             "capacity search done".to_string()
         }
-        _ = run_time => "run time reached".to_string(),
+        _ = run_time(args.run_time) => "run time reached".to_string(),
         e = shape_done => {
             driven.stage_error = e;
             if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
         }
-        broke = watch_slas(monitor, &engine.ctx.stats, args.abort_on_sla_failure) => {
+        broke = watch_slas(monitor, &stats, args.abort_on_sla_failure) => {
             let why = broke.describe();
             driven.aborted = Some(broke);
             why
         }
+        why = other_end => why,
         _ = signals::shutdown() => "interrupted".to_string(),
     };
     status.abort();
-    cut_search_short(
-        args,
-        engine.ctx.run_id.as_str(),
-        &steps,
-        &reason,
-        &mut driven,
-    );
-    eprintln!("{} — stopping ({reason})", status_line(&engine, t0));
-    Ok(driven)
+    if args.find_max.is_some() && driven.capacity.is_none() {
+        let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
+        driven.capacity = Some(crate::capacity::cut_short(&target.run_id(), done, &reason));
+    }
+    eprintln!("{} — stopping ({reason})", line());
+    driven
 }
 
 /// Follows `--stages` (never ends without them): each stage sets the users
@@ -534,21 +565,6 @@ async fn run_time(limit: Option<Duration>) {
     match limit {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A `--find-max` search the run ended first (run time, a signal, a
-/// breach): its answer is the steps done so far.
-fn cut_search_short(
-    args: &RunArgs,
-    run: &str,
-    steps: &std::sync::Mutex<Vec<crate::capacity::Step>>,
-    reason: &str,
-    driven: &mut Driven,
-) {
-    if args.find_max.is_some() && driven.capacity.is_none() {
-        let done = steps.lock().map(|s| s.clone()).unwrap_or_default();
-        driven.capacity = Some(crate::capacity::cut_short(run, done, reason));
     }
 }
 
@@ -877,28 +893,6 @@ async fn run_master(
         "cloudswarm run {run_id} on {have} worker(s): profile {}",
         args.profile.display()
     );
-    let status = {
-        let (m, every) = (master.clone(), args.status_every);
-        tokio::spawn(async move {
-            if every == 0 {
-                return std::future::pending().await;
-            }
-            let mut tick = tokio::time::interval(Duration::from_secs(every));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                eprintln!("{}", master_status_line(&m, t0));
-            }
-        })
-    };
-    let shape_done = follow_stages(
-        &shape,
-        args.rate,
-        |users, rate| master.set_target(users, rate),
-        |r| master.set_arrival_rate(r),
-    );
-    let run_time = run_time(args.run_time);
-    let mut driven = Driven::default();
     // The master's figures: its workers' reports merged, judged like a local run's.
     let monitor = Monitor::new(slas.clone(), started_at);
     let stats = master.stats();
@@ -922,32 +916,25 @@ async fn run_master(
         r["workers"] = serde_json::to_value(master.workers()).unwrap_or_default();
         r
     };
-    let steps = std::sync::Mutex::new(Vec::new());
-    let search = find_max(&args, &slas, &*master, &steps);
     let load_ended = std::sync::Mutex::new(crate::output::report::unix_now());
     let work = async {
-        let reason = tokio::select! {
-            outcome = search => {
-                eprintln!("find-max: {}", outcome.summary());
-                driven.capacity = Some(outcome);
-                "capacity search done".to_string()
-            }
-            _ = run_time => "run time reached".to_string(),
-            e = shape_done => {
-                driven.stage_error = e;
-                if driven.stage_error.is_some() { "a stage was refused" } else { "last stage done" }.to_string()
-            }
-            broke = watch_slas(&monitor, &stats, args.abort_on_sla_failure) => {
-                let why = broke.describe();
-                driven.aborted = Some(broke);
-                why
-            }
-            _ = master.stopped_by_itself() => "every worker went missing".to_string(),
-            _ = signals::shutdown() => "interrupted".to_string(),
-        };
-        status.abort();
-        cut_search_short(&args, run_id.as_str(), &steps, &reason, &mut driven);
-        eprintln!("{} — stopping ({reason})", master_status_line(&master, t0));
+        let m = master.clone();
+        let driven = until_stop(
+            &args,
+            &slas,
+            &monitor,
+            &*master,
+            (
+                |users, rate| master.set_target(users, rate),
+                |r| master.set_arrival_rate(r),
+            ),
+            async {
+                master.stopped_by_itself().await;
+                "every worker went missing".to_string()
+            },
+            move || master_status_line(&m, t0),
+        )
+        .await;
         let peak_users = master.peak_users();
         let limit =
             args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
@@ -957,9 +944,9 @@ async fn run_master(
             _ = master.stop(limit, &progress) => {}
             _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
         }
-        peak_users
+        (peak_users, driven)
     };
-    let peak_users = kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await;
+    let (peak_users, driven) = kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await;
     let duration_s = t0.elapsed().as_secs_f64();
     // What the workers said, before they quit (and leave the list).
     let resources = master.resources();
