@@ -176,8 +176,14 @@ pub fn name_number(name: &str, run_id: &str) -> Option<u64> {
 /// (from 0) names from `(i + 1) * NAME_RANGE + 1` on.
 pub const NAME_RANGE: u64 = 1_000_000_000;
 
-/// The numbers worker `index` of a shared run names from.
+/// Worker indexes a master may give (far beyond any real fleet; with
+/// [`NAME_RANGE`] names each, every name fits a u64).
+pub const MAX_WORKER_INDEX: u64 = 1_000_000;
+
+/// The numbers worker `index` (below [`MAX_WORKER_INDEX`]) of a shared
+/// run names from.
 pub fn worker_names(index: u64) -> std::ops::RangeInclusive<u64> {
+    let index = index.min(MAX_WORKER_INDEX);
     (index + 1) * NAME_RANGE + 1..=(index + 2) * NAME_RANGE
 }
 
@@ -281,6 +287,15 @@ impl RunMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_name_ranges_do_not_overlap_or_overflow() {
+        assert_eq!(worker_names(0), 1_000_000_001..=2_000_000_000);
+        assert_eq!(worker_names(1), 2_000_000_001..=3_000_000_000);
+        // A hostile index is bounded, never an overflow.
+        assert_eq!(worker_names(u64::MAX), worker_names(MAX_WORKER_INDEX));
+        assert!(worker_names(MAX_WORKER_INDEX).end() < &u64::MAX);
+    }
 
     #[test]
     fn run_ids_fit_bucket_names_and_parse_back() {

@@ -552,7 +552,9 @@ impl Worker {
         match m.kind.as_str() {
             "ack" => {
                 self.acked = true;
-                self.index = wire::get(&m.data, "index").and_then(wire::count);
+                self.index = wire::get(&m.data, "index")
+                    .and_then(wire::count)
+                    .filter(|&i| i < crate::naming::MAX_WORKER_INDEX);
                 eprintln!(
                     "worker: joined the master at {} (index {})",
                     self.endpoint,
@@ -566,7 +568,12 @@ impl Worker {
                 // of workers of the run that went missing, to sweep too.
                 let ext = wire::get(&m.data, wire::EXT);
                 let sweep_for: Vec<u64> = match ext.and_then(|e| wire::get(e, "sweep_for")) {
-                    Some(Value::Array(a)) => a.iter().filter_map(wire::count).take(1024).collect(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(wire::count)
+                        .filter(|&i| i < crate::naming::MAX_WORKER_INDEX)
+                        .take(1024)
+                        .collect(),
                     _ => vec![],
                 };
                 self.stop_sweeping_for(&sweep_for).await
