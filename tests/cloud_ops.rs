@@ -591,8 +591,10 @@ op = "s3:PutObject"
             "6",
             "-r",
             "6",
+            // Long enough that every cap is reached on a slow machine too
+            // (6 s once made only 4 of the 5 puts that fit 5 MiB).
             "-t",
-            "6s",
+            "15s",
             "--max-instances",
             "3",
             "--max-volumes",
