@@ -454,6 +454,7 @@ async fn drive(
         monitor,
         &*engine,
         (
+            &shape,
             |users, rate| engine.set_target(users, rate),
             |r| engine.set_arrival_rate(r),
         ),
@@ -464,8 +465,8 @@ async fn drive(
 }
 
 /// What a run (the local engine, or a master over its workers) follows
-/// until it is to stop: the load shape (`--stages`, through `set`: users
-/// and hatch rate, arrival rate), the run time, the capacity search, the
+/// until it is to stop: the load shape (`--stages`, with how to set users
+/// and hatch rate, and arrival rate), the run time, the capacity search, the
 /// SLAs (a breach with `--abort-on-sla-failure`), a signal, and
 /// `other_end` (a master's workers all missing: its reason). `line` is the
 /// status line, printed every `--status-every` seconds and once more with
@@ -475,7 +476,7 @@ async fn until_stop<S, A>(
     slas: &[Sla],
     monitor: &Monitor,
     target: &impl crate::capacity::Target,
-    set: (S, A),
+    (shape, set_users, set_arrivals): (&[Stage], S, A),
     other_end: impl std::future::Future<Output = String>,
     line: impl Fn() -> String + Send + Sync + 'static,
 ) -> Driven
@@ -498,8 +499,7 @@ where
             }
         })
     };
-    let shape: Vec<Stage> = args.stages.as_ref().map_or_else(Vec::new, |s| s.0.clone());
-    let shape_done = follow_stages(&shape, args.rate, set.0, set.1);
+    let shape_done = follow_stages(shape, args.rate, set_users, set_arrivals);
     let steps = std::sync::Mutex::new(Vec::new());
     let search = find_max(args, slas, target, &steps);
     let stats = target.figures();
@@ -916,7 +916,6 @@ async fn run_master(
         r["workers"] = serde_json::to_value(master.workers()).unwrap_or_default();
         r
     };
-    let load_ended = std::sync::Mutex::new(crate::output::report::unix_now());
     let work = async {
         let m = master.clone();
         let driven = until_stop(
@@ -925,6 +924,7 @@ async fn run_master(
             &monitor,
             &*master,
             (
+                &shape,
                 |users, rate| master.set_target(users, rate),
                 |r| master.set_arrival_rate(r),
             ),
@@ -939,14 +939,15 @@ async fn run_master(
         let limit =
             args.limits.stop_timeout + args.limits.cleanup_timeout + Duration::from_secs(30);
         let progress = |m: &str| eprintln!("clean-up: {m}");
-        *load_ended.lock().unwrap_or_else(|p| p.into_inner()) = crate::output::report::unix_now();
+        let load_ended = crate::output::report::unix_now();
         tokio::select! {
             _ = master.stop(limit, &progress) => {}
             _ = signals::shutdown() => eprintln!("interrupted: the workers' runs stay in their journals"),
         }
-        (peak_users, driven)
+        (peak_users, driven, load_ended)
     };
-    let (peak_users, driven) = kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await;
+    let (peak_users, driven, load_ended) =
+        kept::while_snapshotting(keep.run.as_ref(), snapshot, work).await;
     let duration_s = t0.elapsed().as_secs_f64();
     // What the workers said, before they quit (and leave the list).
     let resources = master.resources();
@@ -999,10 +1000,7 @@ async fn run_master(
     }
     // The SLAs' final verdicts are of the load (the workers' last reports
     // count as of the stop), not of the clean-up.
-    monitor.evaluate_final(
-        &stats,
-        *load_ended.lock().unwrap_or_else(|p| p.into_inner()),
-    );
+    monitor.evaluate_final(&stats, load_ended);
     let history = stats.lock().history.clone();
     let snap = stats.snapshot();
     // Let the workers' quit messages leave before the process does.

@@ -557,6 +557,20 @@ impl Driver {
             .await
             .expect("a Chromium session")
     }
+
+    /// A browser on the dashboard at `url`, once its page script says `ready`.
+    async fn open(&self, url: &str) -> fantoccini::Client {
+        let b = self.browser().await;
+        b.goto(url).await.unwrap();
+        until(
+            &b,
+            "the page script",
+            Duration::from_secs(30),
+            "return document.getElementById('status').textContent === 'ready'",
+        )
+        .await;
+        b
+    }
 }
 
 impl Drop for Driver {
@@ -622,15 +636,7 @@ async fn browser_starts_edits_stops_and_downloads() {
     let moto = Moto::start();
     let d = Dashboard::start(&moto, &[]);
     let driver = Driver::start();
-    let b = driver.browser().await;
-    b.goto(&d.url).await.unwrap();
-    until(
-        &b,
-        "the page script",
-        Duration::from_secs(30),
-        "return document.getElementById('status').textContent === 'ready'",
-    )
-    .await;
+    let b = driver.open(&d.url).await;
     let options = js(
         &b,
         "return Array.from(document.querySelectorAll('#profile option')).map(o => o.value)",
@@ -1086,15 +1092,7 @@ async fn browser_runs_an_open_workload_and_changes_its_arrival_rate() {
     assert_eq!(d.requests()["state"], "ready");
 
     let driver = Driver::start();
-    let b = driver.browser().await;
-    b.goto(&d.url).await.unwrap();
-    until(
-        &b,
-        "the page script",
-        Duration::from_secs(30),
-        "return document.getElementById('status').textContent === 'ready'",
-    )
-    .await;
+    let b = driver.open(&d.url).await;
     js(
         &b,
         "document.getElementById('profile').value = 'open-storage'; return 1",
@@ -1230,15 +1228,7 @@ async fn browser_runs_a_capacity_search_and_shows_its_steps() {
     assert_eq!(d.requests()["state"], "ready");
 
     let driver = Driver::start();
-    let b = driver.browser().await;
-    b.goto(&d.url).await.unwrap();
-    until(
-        &b,
-        "the page script",
-        Duration::from_secs(30),
-        "return document.getElementById('status').textContent === 'ready'",
-    )
-    .await;
+    let b = driver.open(&d.url).await;
     js(
         &b,
         "document.getElementById('profile').value = 'cap'; return 1",
@@ -1394,15 +1384,7 @@ async fn browser_shows_slas_and_the_generator_limit_and_aborts_on_a_breach() {
     assert_eq!(d.requests()["state"], "ready");
 
     let driver = Driver::start();
-    let b = driver.browser().await;
-    b.goto(&d.url).await.unwrap();
-    until(
-        &b,
-        "the page script",
-        Duration::from_secs(30),
-        "return document.getElementById('status').textContent === 'ready'",
-    )
-    .await;
+    let b = driver.open(&d.url).await;
     // Choosing the profile fills the SLA box with its SLAs.
     js(
         &b,

@@ -697,17 +697,11 @@ impl Monitor {
     /// evaluation, which judges lower bounds too). Answers the first SLA
     /// that broke at this evaluation and held (or waited) before.
     pub fn evaluate(&self, stats: &Stats, last: bool) -> Option<SlaStatus> {
-        if self.slas.is_empty() {
-            return None;
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        let data = stats.lock();
-        let (snap, figures) = self.observe(&data, now);
-        drop(data);
-        self.judge(now, &snap, figures, last)
+        self.evaluate_as_of(stats, now, last)
     }
 
     /// The final evaluation, as of unix time `load_ended` (when the users
@@ -715,13 +709,19 @@ impl Monitor {
     /// of load, not the stop timeout and clean-up that came after. Figures
     /// that arrived since (a worker's last report) count as of then.
     pub fn evaluate_final(&self, stats: &Stats, load_ended: f64) {
+        self.evaluate_as_of(stats, load_ended, true);
+    }
+
+    /// Judges on the figures as of unix time `now` (the lock is held only
+    /// while they are read).
+    fn evaluate_as_of(&self, stats: &Stats, now: f64, last: bool) -> Option<SlaStatus> {
         if self.slas.is_empty() {
-            return;
+            return None;
         }
         let data = stats.lock();
-        let (snap, figures) = self.observe(&data, load_ended);
+        let (snap, figures) = self.observe(&data, now);
         drop(data);
-        self.judge(load_ended, &snap, figures, true);
+        self.judge(now, &snap, figures, last)
     }
 
     /// [`Monitor::evaluate`] on figures at unix time `now` (tests, replays).
